@@ -1,0 +1,48 @@
+"""The `avemo` command: one console entry point with subcommands.
+
+Each subcommand lives in its package's ``cli.py`` as ``add_arguments(parser)`` + ``run(args) -> int``;
+those modules import heavy libraries (torch, tritonclient) lazily, inside ``run``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, add_arguments attr, run attr, one-line help)
+COMMANDS = {
+    "corpus": ("training.cli", "corpus_arguments", "corpus_run", "generate the synthetic RAVDESS-layout MP4 corpus"),
+    "cache": ("training.cli", "cache_arguments", "cache_run", "decode clips into the training cache (done by train too)"),
+    "train": ("training.cli", "train_arguments", "train_run", "train a fusion model or a unimodal baseline"),
+    "evaluate": ("training.cli", "evaluate_arguments", "evaluate_run", "metrics of a checkpoint on a split"),
+    "export": ("export.cli", "add_arguments", "run", "checkpoint -> ONNX in the Triton model repository"),
+    "serve": ("serving.cli", "add_arguments", "run", "run the bundled Triton server on the model repository"),
+    "predict": ("client.cli", "add_arguments", "run", "stream clips through Triton over gRPC and print predictions"),
+    "demo": ("avemo.demo", "add_arguments", "run", "the main job: corpus -> train -> export -> Triton -> predict test clips"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avemo", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, add, _run, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        getattr(importlib.import_module(module), add)(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module, _add, run, _help = COMMANDS[args.command]
+    try:
+        return int(getattr(importlib.import_module(module), run)(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""`avemo predict CLIP [CLIP...]`: stream clips through the served model and print predictions."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("clips", nargs="+", metavar="CLIP", help="audio/video files (.mp4, .wav, ...)")
+    parser.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC address (default: %(default)s)")
+    parser.add_argument("--model", default="emotion", help="served model name (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the server")
+    parser.add_argument(
+        "--face-crop", default="auto", choices=("auto", "haar", "center"), help="face crop method (default: auto)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON only (one object per clip, as a list)")
+    parser.add_argument("--plot", metavar="OUT.png", help="also draw the prediction timelines to this PNG")
+
+
+def run(args: argparse.Namespace) -> int:
+    from client.grpc_client import EmotionClient, EmotionClientError
+    from client.predict import format_prediction, plot_timelines, predict_clip
+    from contract.media import MediaError
+
+    client = EmotionClient(args.url, args.model, timeout=args.timeout)
+    try:
+        try:
+            served = client.model()
+        except EmotionClientError as exc:
+            print(f"error: {exc}\n(is the server running? start it with `avemo serve`)", file=sys.stderr)
+            return 2
+        if not args.json:
+            g = served.geometry
+            print(
+                f"model {served.name} v{served.version} at {args.url}: {len(served.labels)} classes, "
+                f"windows {g.window_seconds:g} s / hop {g.hop_seconds:g} s, "
+                f"{g.sample_rate} Hz audio, {g.video_fps} fps {g.face_size}px faces\n"
+            )
+        preds, failed = [], 0
+        for clip in args.clips:
+            try:
+                pred = predict_clip(client, clip, face_crop=args.face_crop)
+            except (MediaError, FileNotFoundError, ValueError) as exc:
+                print(f"error: skipping {clip}: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            except EmotionClientError as exc:
+                print(f"error: {clip}: server error: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            except Exception as exc:  # noqa: BLE001 - one bad clip must not stop the others
+                print(f"error: skipping {clip}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            preds.append(pred)
+            if not args.json:
+                print(format_prediction(pred) + "\n", flush=True)
+        if args.json:
+            print(json.dumps(preds, indent=2))
+        if args.plot and preds:
+            path = plot_timelines(preds, args.plot)
+            if not args.json:
+                print(f"timeline plot: {path}")
+        return 1 if failed else 0
+    finally:
+        client.close()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="avemo predict", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

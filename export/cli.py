@@ -1,0 +1,42 @@
+"""`avemo export CHECKPOINT`: checkpoint -> ONNX in the Triton model repository."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", type=Path, help="best.pt written by `avemo train`")
+    p.add_argument("--model-repository", type=Path, default=Path("model_repository"), help="Triton model repository (default: %(default)s)")
+    p.add_argument("--model-name", default="emotion", help="model folder name in the repository (default: %(default)s)")
+    p.add_argument("--version", type=int, default=1, help="model version folder (default: %(default)s)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default: %(default)s)")
+    p.add_argument("--atol", type=float, default=1e-4, help="parity tolerance, onnxruntime vs PyTorch (default: %(default)s)")
+    p.add_argument("--max-batch-size", type=int, default=32, help="Triton max_batch_size (default: %(default)s)")
+    p.add_argument("--instances", type=int, default=1, help="model instances per server (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the export report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from export.onnx_export import ParityError, export_checkpoint
+
+    if args.opset < 17:
+        print(f"error: --opset must be >= 17, got {args.opset}", file=sys.stderr)
+        return 2
+    try:
+        report = export_checkpoint(args.checkpoint, args.model_repository, args.model_name, args.version,
+                                   args.opset, args.atol, args.max_batch_size, args.instances)
+    except ParityError as e:
+        print(f"error: export failed the parity check: {e}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(report.to_json())
+    else:
+        diffs = ", ".join(f"{k} {v:.2g}" for k, v in report.max_abs_diff.items())
+        print(f"exported {report.fusion} model to {report.model_dir} (opset {report.opset}); "
+              f"parity max|diff| {diffs} (atol {report.atol}); smoke run {report.smoke_ms:.1f} ms")
+    return 0

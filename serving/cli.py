@@ -1,0 +1,87 @@
+"""`avemo serve`: run the bundled Triton server on a model repository until Ctrl-C / SIGTERM."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model-repository", default="model_repository", type=Path, help="written by `avemo export` (default: %(default)s)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--log-file", type=Path, default=None, help="server log (default: a temp file, path printed)")
+    parser.add_argument("--verbose", action="store_true", help="verbose Triton logging (--log-verbose=1)")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for models to load")
+
+
+def run(args: argparse.Namespace) -> int:
+    from serving.server import ServerPorts, TritonServer, TritonServerError, models_in_repository
+
+    repo = Path(args.model_repository)
+    if not repo.is_dir() or not models_in_repository(repo):
+        print(
+            f"error: model repository '{repo}' holds no model (expected <model>/config.pbtxt); "
+            "run `avemo export` first",
+            file=sys.stderr,
+        )
+        return 2
+    server = TritonServer(
+        repo,
+        ServerPorts(grpc=args.grpc_port, http=args.http_port, metrics=args.metrics_port),
+        host=args.host,
+        log_file=args.log_file,
+        log_verbose=1 if args.verbose else 0,
+    )
+    server.delete_own_log = False  # the path is printed; keep it for the user
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"starting Triton on {repo.resolve()} ...", flush=True)
+        try:
+            server.start(timeout=args.timeout)
+        except TritonServerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        for name, version in server.ready_models():
+            print(f"  model ready: {name} (version {version})")
+        print(f"gRPC: {server.url}   HTTP: {server.http_url}   metrics: {server.client_host}:{server.ports.metrics}")
+        print(f"log: {server.log_file}")
+        print("serving; Ctrl-C to stop", flush=True)
+        while not stop.wait(0.5):
+            if not server.is_running():
+                print(
+                    f"error: tritonserver exited unexpectedly (code {server.process.returncode}); "
+                    f"log tail:\n{server.log_tail()}",
+                    file=sys.stderr,
+                )
+                return 1
+        print("stopping ...", flush=True)
+        code = server.stop()
+        print(f"stopped (tritonserver exit code {code})")
+        return 0
+    finally:
+        if server.is_running():
+            server.stop()
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="avemo serve", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""End to end: tiny corpus -> train (and resume) -> export -> real Triton -> gRPC stream -> parity."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from contract import media
+from contract.geometry import DEFAULT_GEOMETRY
+from training.config import ModelConfig, TrainConfig
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from training.synthetic import generate_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    generate_corpus(root, n_actors=3, seed=0, statements=(1,), repetitions=(1,), intensities=(2,), jobs=1, progress=False)
+    return root
+
+
+def tiny_config(corpus, tmp_path, epochs: int) -> TrainConfig:
+    return TrainConfig(data_root=str(corpus), cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "run"),
+                       epochs=epochs, batch_size=8, lr=3e-3, early_stopping_patience=10, progress=False,
+                       model=ModelConfig(fusion="gated", audio_channels=(8, 16), video_channels=(8, 16), embed_dim=32))
+
+
+def test_train_resume_export_serve_stream(corpus, tmp_path):
+    from training.trainer import train
+
+    # train 1 epoch, then "resume" to 2: the second call continues from last.pt
+    first = train(tiny_config(corpus, tmp_path, epochs=1))
+    assert first["epochs_run"] == 1
+    second = train(replace(tiny_config(corpus, tmp_path, epochs=2), resume=True))
+    assert second["epochs_run"] == 2 and len(second["history"]) == 2
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {"best.pt", "last.pt", "metrics.json", "history.png", "confusion_test.png"}
+    assert not list(run.glob("*.tmp")), "no temporary checkpoint files left"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["split"]["test"] and set(metrics["split"]["test"]).isdisjoint(metrics["split"]["train"])
+    assert 0.0 <= metrics["test"]["clip"]["macro_f1"] <= 1.0
+
+    # export
+    from export.onnx_export import export_checkpoint
+
+    repo = tmp_path / "repo"
+    report = export_checkpoint(run / "best.pt", repo, "emotion")
+    assert max(report.max_abs_diff.values()) <= 1e-4
+
+    # real Triton, real gRPC stream
+    from client.grpc_client import EmotionClient
+    from client.predict import predict_clip
+    from serving.server import ServerPorts, TritonServer, free_port
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    clip_path = sorted(corpus.glob("Actor_03/*.mp4"))[0]
+    ports = ServerPorts(grpc=free_port(), http=free_port(), metrics=free_port())
+    with TritonServer(repo, ports=ports, log_file=tmp_path / "triton.log") as server:
+        client = EmotionClient(server.url, "emotion")
+        served = client.model()
+        assert served.geometry == DEFAULT_GEOMETRY and len(served.labels) == 8
+        result = predict_clip(client, clip_path)
+        assert result["label"] in served.labels and len(result["timeline"]) >= 1
+
+        # same windows through in-process onnxruntime
+        clip = media.decode_clip(clip_path, DEFAULT_GEOMETRY)
+        windows = media.make_windows(clip, DEFAULT_GEOMETRY)
+        sess = ort.InferenceSession(report.onnx_path, providers=["CPUExecutionProvider"])
+        local, _ = sess.run(None, {"audio": np.stack([w.audio for w in windows]),
+                                   "frames": np.stack([w.frames for w in windows]),
+                                   "modality_mask": np.stack([w.mask for w in windows])})
+        streamed = client.stream(windows)
+        np.testing.assert_allclose(np.stack([r.probs for r in streamed]), local, atol=1e-5)
+        np.testing.assert_allclose([result["probs"][l] for l in served.labels], local.mean(0), atol=1e-5)
+
+        # a malformed request is refused with a readable message ...
+        raw = grpcclient.InferenceServerClient(server.url)
+        bad = grpcclient.InferInput("audio", [1, 100], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 100), np.float32))
+        frames = grpcclient.InferInput("frames", [1, *windows[0].frames.shape], "UINT8")
+        frames.set_data_from_numpy(windows[0].frames[None])
+        mask = grpcclient.InferInput("modality_mask", [1, 2], "FP32")
+        mask.set_data_from_numpy(np.ones((1, 2), np.float32))
+        with pytest.raises(InferenceServerException) as err:
+            raw.infer("emotion", [bad, frames, mask])
+        assert "audio" in str(err.value) and str(DEFAULT_GEOMETRY.window_samples) in str(err.value)
+        # ... and the server still answers a good request
+        probs, weights = client.infer(windows[0].audio, windows[0].frames, windows[0].mask)
+        np.testing.assert_allclose(probs[0], local[0], atol=1e-5)
+        client.close()
+    assert server.process is None or server.process.poll() is not None

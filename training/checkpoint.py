@@ -1,0 +1,78 @@
+"""Checkpoints: atomic writes, and a model rebuilt from the checkpoint alone.
+
+A checkpoint is a plain dict loadable with ``torch.load(path, weights_only=True)``:
+    format       "avemo-checkpoint-v1"
+    model_config ModelConfig.to_dict()
+    labels       list of class names (index = class id)
+    geometry     WindowGeometry.to_dict()
+    state_dict   model weights
+    metrics      dict of floats (validation metrics at save time)
+    train_state  (last.pt only) optimizer, scheduler, early stopping, RNG states, epoch
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from contract.geometry import WindowGeometry
+from training.config import ModelConfig
+from training.model import FusionModel, build_model
+
+FORMAT = "avemo-checkpoint-v1"
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: a kill never leaves a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def make_checkpoint(model: FusionModel, cfg: ModelConfig, labels: list[str], geometry: WindowGeometry,
+                    metrics: dict | None = None, train_state: dict | None = None) -> dict:
+    ckpt = {
+        "format": FORMAT,
+        "model_config": cfg.to_dict(),
+        "labels": list(labels),
+        "geometry": geometry.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+    }
+    if train_state is not None:
+        ckpt["train_state"] = train_state
+    return ckpt
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - report any unpickling problem the same way
+        raise ValueError(f"checkpoint {path} could not be read: {e}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an avemo checkpoint (expected format {FORMAT!r})")
+    return ckpt
+
+
+def model_from_checkpoint(path_or_ckpt: str | os.PathLike | dict) -> tuple[FusionModel, dict]:
+    """Rebuild the model (eval mode) from a checkpoint; returns (model, checkpoint dict)."""
+    ckpt = path_or_ckpt if isinstance(path_or_ckpt, dict) else load_checkpoint(path_or_ckpt)
+    cfg = ModelConfig.from_dict(ckpt["model_config"])
+    model = build_model(cfg, WindowGeometry.from_dict(ckpt["geometry"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt

@@ -1,0 +1,146 @@
+"""`avemo corpus`, `avemo cache`, `avemo train`, `avemo evaluate` (argument parsing only; heavy imports are lazy)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _opt(p: argparse.ArgumentParser, name: str, **kw) -> None:
+    """Add ``--name_with_underscores`` and its ``--dashed-alias``."""
+    flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    p.add_argument(*flags, dest=name, **kw)
+
+
+# ---------------------------------------------------------------- corpus
+def corpus_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=Path("data/corpus"), help="output folder (default: %(default)s)")
+    p.add_argument("--actors", type=int, default=10, help="number of actors, 60 clips each (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="corpus seed (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="re-render clips that already exist")
+
+
+def corpus_run(args: argparse.Namespace) -> int:
+    from training.synthetic import generate_corpus
+
+    files = generate_corpus(args.out, n_actors=args.actors, seed=args.seed, jobs=args.jobs, overwrite=args.overwrite)
+    print(f"{len(files)} clips in {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------- cache
+def cache_arguments(p: argparse.ArgumentParser) -> None:
+    _opt(p, "data_root", type=Path, default=Path("data/corpus"), help="RAVDESS-layout folder (default: %(default)s)")
+    _opt(p, "cache_dir", type=Path, default=Path("cache"), help="cache folder (default: %(default)s)")
+    p.add_argument("--face-crop", choices=["auto", "haar", "center"], default="auto", help="face crop (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=2, help="decoding processes (default: %(default)s)")
+
+
+def cache_run(args: argparse.Namespace) -> int:
+    from contract.geometry import DEFAULT_GEOMETRY
+    from training import ravdess
+    from training.cache import build_cache
+
+    items, problems = ravdess.scan(args.data_root, modality=None, vocal_channel=None)
+    for p in problems:
+        print(f"skipped {p.path}: {p.reason}", file=sys.stderr)
+    cached, bad = build_cache([it.path for it in items], args.cache_dir, DEFAULT_GEOMETRY, face_crop=args.face_crop, jobs=args.jobs)
+    crops: dict[str, int] = {}
+    for c in cached.values():
+        crops[c.crop_method] = crops.get(c.crop_method, 0) + 1
+    print(f"{len(cached)} clips cached in {args.cache_dir} ({len(bad)} failed); face crops: {crops}")
+    return 0
+
+
+# ---------------------------------------------------------------- train
+def train_arguments(p: argparse.ArgumentParser) -> None:
+    from training.config import FUSIONS  # light module: no torch import
+
+    _opt(p, "data_root", default="data/corpus", help="RAVDESS-layout folder (default: %(default)s)")
+    _opt(p, "cache_dir", default="cache", help="decoded-clip cache (default: %(default)s)")
+    _opt(p, "out_dir", default=None, help="run folder (default: runs/<fusion>)")
+    p.add_argument("--fusion", choices=FUSIONS, default="gated", help="fusion method or unimodal baseline (default: %(default)s)")
+    _opt(p, "num_classes", type=int, choices=[4, 8], default=8, help="8 emotions or the 4-class mapping (default: %(default)s)")
+    _opt(p, "split_mode", choices=["actor", "kfold", "stratified"], default="actor", help="how to split (default: %(default)s)")
+    p.add_argument("--fold", type=int, default=0, help="test fold for --split_mode kfold (default: %(default)s)")
+    p.add_argument("--folds", type=int, default=5, help="number of folds for kfold (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=20, help="max epochs (default: %(default)s)")
+    _opt(p, "batch_size", type=int, default=32, help="batch size (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default: %(default)s)")
+    _opt(p, "weight_decay", type=float, default=1e-2, help="AdamW weight decay (default: %(default)s)")
+    _opt(p, "use_cosine_annealing", action=argparse.BooleanOptionalAction, default=True, help="cosine LR schedule (default: on)")
+    _opt(p, "early_stopping_patience", type=int, default=5, help="epochs without val macro-F1 gain before stopping (default: %(default)s)")
+    _opt(p, "class_weight", action=argparse.BooleanOptionalAction, default=True, help="inverse-frequency class weights (default: on)")
+    _opt(p, "modality_dropout", type=float, default=0.2, help="per-modality drop probability in training (default: %(default)s)")
+    _opt(p, "aux_weight", type=float, default=0.3, help="weight of the unimodal auxiliary heads' loss (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
+    _opt(p, "max_train_batches", type=int, default=0, help=argparse.SUPPRESS)
+    _opt(p, "no_progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+
+
+def train_config_from_args(args: argparse.Namespace):
+    from training.config import ModelConfig, TrainConfig
+
+    model = ModelConfig(fusion=args.fusion, num_classes=args.num_classes, modality_dropout=args.modality_dropout)
+    return TrainConfig(data_root=args.data_root, cache_dir=args.cache_dir, out_dir=args.out_dir or f"runs/{args.fusion}",
+                       num_classes=args.num_classes, split_mode=args.split_mode, fold=args.fold, folds=args.folds,
+                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                       use_cosine_annealing=args.use_cosine_annealing, early_stopping_patience=args.early_stopping_patience,
+                       aux_weight=args.aux_weight, class_weight=args.class_weight, seed=args.seed, resume=args.resume,
+                       max_train_batches=args.max_train_batches, progress=not args.no_progress, model=model)
+
+
+def train_run(args: argparse.Namespace) -> int:
+    from training.trainer import train
+
+    results = train(train_config_from_args(args))
+    if args.json:
+        print(json.dumps({k: v for k, v in results.items() if k != "history"}, indent=2))
+    else:
+        print(summary_line(results))
+    return 0
+
+
+def summary_line(results: dict) -> str:
+    test = results.get("test", {}).get("clip", {})
+    return (f"{results['fusion']}: test clip macro-F1 {test.get('macro_f1', float('nan')):.3f}, "
+            f"accuracy {test.get('accuracy', float('nan')):.3f} ({test.get('n', 0)} clips); "
+            f"checkpoint {results['checkpoint']}")
+
+
+# ---------------------------------------------------------------- evaluate
+def evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", type=Path, help="checkpoint (best.pt)")
+    _opt(p, "data_root", default="data/corpus", help="RAVDESS-layout folder (default: %(default)s)")
+    _opt(p, "cache_dir", default="cache", help="decoded-clip cache (default: %(default)s)")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test", help="split to evaluate (default: %(default)s)")
+    _opt(p, "split_mode", choices=["actor", "kfold", "stratified"], default="actor", help="(default: %(default)s)")
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print metrics as JSON")
+
+
+def evaluate_run(args: argparse.Namespace) -> int:
+    from contract.geometry import WindowGeometry
+    from training.checkpoint import model_from_checkpoint
+    from training.config import TrainConfig
+    from training.trainer import evaluate_split, prepare_data
+
+    model, ckpt = model_from_checkpoint(args.checkpoint)
+    cfg = TrainConfig(data_root=args.data_root, cache_dir=args.cache_dir, num_classes=len(ckpt["labels"]),
+                      split_mode=args.split_mode, fold=args.fold, folds=args.folds, seed=args.seed)
+    datasets, _ = prepare_data(cfg, WindowGeometry.from_dict(ckpt["geometry"]))
+    res = evaluate_split(model, datasets[args.split], ckpt["labels"], progress=True)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        c = res["clip"]
+        print(f"{args.split}: {c['n']} clips, macro-F1 {c['macro_f1']:.3f}, accuracy {c['accuracy']:.3f}")
+        for label, f1 in c["per_class_f1"].items():
+            print(f"  {label:10s} F1 {f1:.3f}")
+    return 0

@@ -1,0 +1,309 @@
+"""Deterministic synthetic RAVDESS-style corpus: real MP4 files (H.264 + AAC 48 kHz) with emotion cues.
+
+Layout and names follow RAVDESS: ``ROOT/Actor_XX/01-01-EE-II-SS-RR-XX.mp4`` (audio-video, speech,
+emotion 01..08, intensity 01/02, statement 01/02, repetition 01/02, actor). 60 clips per actor:
+neutral 2 statements x 2 repetitions at normal intensity, every other emotion 2 x 2 x 2 intensities.
+Odd actors are male, even actors female.
+
+Everything is a pure function of (seed, actor, file fields): random numbers come from
+``numpy.random.default_rng`` seeded by a SHA-256 hash of those fields (never global state), so the
+same seed gives identical audio / frame arrays (the encoded files may differ in metadata).
+
+Voice synthesis lives in ``training.synthetic_audio``, face rendering in ``training.synthetic_video``;
+all emotion cue numbers are in ``CUES`` below.
+
+CLI:  python -m training.synthetic --root data/corpus --actors 10 --seed 0 --jobs 2
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from contract.labels import EMOTIONS_8
+from training.synthetic_audio import STATEMENT_SYLLABLES, synth_speech, voice_identity
+from training.synthetic_video import face_identity, render_face
+
+GENERATOR_VERSION = "1.0.0"
+AUDIO_RATE = 48_000  # Hz, AAC audio
+VIDEO_RATE = 24  # fps, H.264 video
+FRAME_SIZE = 128  # frames are FRAME_SIZE x FRAME_SIZE RGB
+STRONG_GAIN = 1.6  # intensity 02 (strong): deviation of every cue from neutral x STRONG_GAIN
+
+# ------------------------------------------------------------------------------------------------
+# THE CUE TABLE: one dict per emotion, voice cues first, face cues second.
+#
+# Pair design: each modality alone only tells 4 groups apart; the two groupings are crossed so that
+# (audio group, video group) identifies all 8 emotions.
+#   AUDIO pairs (voice nearly identical): {neutral, calm} {happy, surprised} {sad, fearful} {angry, disgust}
+#       neutral/calm     : mid pitch, flat range, normal tempo, moderate energy, neutral timbre
+#       happy/surprised  : high pitch, wide range, fast, loud-ish, bright
+#       sad/fearful      : quiet, dark (negative tilt), slow, breathy, high jitter/shimmer, tremor
+#       angry/disgust    : loudest, very bright + pressed (low open quotient), low-mid pitch
+#   VIDEO pairs (face nearly identical):  {calm, happy} {surprised, fearful} {sad, angry} {disgust, neutral}
+#       calm/happy       : mouth curved up, relaxed brows, open eyes, small head motion
+#       surprised/fearful: brows raised, eyes wide, mouth open at rest and wide when speaking, more motion
+#       sad/angry        : brows lowered, mouth curved down, head dropped
+#       disgust/neutral  : flat mouth, neutral brows, narrowed eyes
+# Within a pair only WEAK differences (about 1 semitone of pitch and ~5 % tempo in the voice; small
+# curvature / brow slant / eye offsets in the face), comparable to actor-to-actor variation
+# (actor f0 sd ~10 %, speaking rate sd ~7 %, habitual smile sd 0.05, brow sd 0.012), so one
+# modality alone lands a bit above chance inside its pairs: ~55-70 % accuracy overall per modality.
+# Mouth opening follows the *normalised* speech envelope, so loudness does not leak into the face.
+#
+# Voice fields: f0 = pitch multiplier of the actor's base pitch; f0_range = accent excursion (st);
+#   jitter / shimmer = per-period relative f0 / amplitude perturbation (sd); energy = loudness factor
+#   (RMS of speech); tempo = speaking-rate multiplier; tilt = spectral tilt (dB/octave, + brighter);
+#   oq = glottal open quotient (low = pressed, bright); breath = aspiration noise; tremor = 5-6 Hz
+#   f0 modulation depth (st).
+# Face fields (fractions of head half-width a / half-height b): mouth_curve = corner lift (+ smile,
+#   - frown, x mouth half-width); mouth_open = max lip opening while speaking (x b); mouth_rest =
+#   opening at rest (x b); mouth_width = mouth width multiplier; brow_raise = brow height (x b, + up);
+#   brow_slant = inner brow end (x b, + raised); eye_open = eye openness multiplier;
+#   head_motion = head motion multiplier; head_drop = head lowered (x b, + down).
+# ------------------------------------------------------------------------------------------------
+_VOICE = ("f0", "f0_range", "jitter", "shimmer", "energy", "tempo", "tilt", "oq", "breath", "tremor")
+_FACE = ("mouth_curve", "mouth_open", "mouth_rest", "mouth_width", "brow_raise", "brow_slant",
+         "eye_open", "head_motion", "head_drop")
+_ROWS = {
+    #            f0    range jitter shimmer energy tempo tilt  oq    breath tremor | curve  open  rest  width brow   slant  eye   motion drop
+    "neutral":   (1.00, 2.0, 0.006, 0.04, 0.80, 1.00, 0.0, 0.60, 0.04, 0.00,   0.00, 0.16, 0.00, 1.00, 0.000, 0.000, 0.70, 1.0, 0.00),
+    "calm":      (0.94, 1.7, 0.006, 0.04, 0.75, 0.95, -0.3, 0.62, 0.05, 0.00,  0.32, 0.14, 0.00, 1.05, 0.010, 0.000, 1.00, 0.6, 0.00),
+    "happy":     (1.32, 6.5, 0.008, 0.05, 1.20, 1.12, 3.0, 0.50, 0.03, 0.00,   0.40, 0.17, 0.01, 1.10, 0.015, 0.000, 0.95, 0.7, 0.00),
+    "sad":       (1.05, 2.6, 0.030, 0.10, 0.50, 0.84, -4.0, 0.72, 0.14, 0.35,  -0.34, 0.13, 0.00, 0.95, -0.050, 0.020, 0.88, 0.7, 0.05),
+    "angry":     (0.94, 4.0, 0.012, 0.06, 1.60, 1.00, 5.0, 0.40, 0.02, 0.00,   -0.30, 0.16, 0.00, 0.95, -0.065, -0.020, 0.85, 0.8, 0.04),
+    "fearful":   (1.12, 3.0, 0.032, 0.10, 0.52, 0.88, -3.7, 0.72, 0.15, 0.40,  -0.05, 0.28, 0.06, 0.88, 0.110, 0.025, 1.45, 1.5, -0.02),
+    "disgust":   (0.88, 3.6, 0.012, 0.06, 1.50, 0.95, 4.7, 0.42, 0.03, 0.00,   -0.06, 0.15, 0.00, 0.95, -0.015, -0.010, 0.64, 1.0, 0.00),
+    "surprised": (1.40, 7.0, 0.008, 0.05, 1.25, 1.07, 3.3, 0.50, 0.03, 0.00,   0.00, 0.30, 0.07, 0.85, 0.120, 0.000, 1.50, 1.4, -0.02),
+}
+CUES: dict[str, dict[str, float]] = {e: dict(zip(_VOICE + _FACE, row)) for e, row in _ROWS.items()}
+AUDIO_PAIRS = (("neutral", "calm"), ("happy", "surprised"), ("sad", "fearful"), ("angry", "disgust"))
+VIDEO_PAIRS = (("calm", "happy"), ("surprised", "fearful"), ("sad", "angry"), ("disgust", "neutral"))
+VOICE_CUES, FACE_CUES = _VOICE, _FACE
+_POSITIVE = {"f0", "f0_range", "jitter", "shimmer", "energy", "tempo", "oq", "breath", "tremor",
+             "mouth_open", "mouth_rest", "mouth_width", "eye_open", "head_motion"}
+
+
+def _hash_seed(*fields) -> int:
+    digest = hashlib.sha256(":".join(str(f) for f in fields).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def _rng(*fields) -> np.random.Generator:
+    return np.random.default_rng(_hash_seed(*fields))
+
+
+def clip_name(emotion: int, intensity: int, statement: int, repetition: int, actor: int) -> str:
+    """RAVDESS file name ``01-01-EE-II-SS-RR-AA.mp4`` (audio-video, speech)."""
+    return f"01-01-{emotion:02d}-{intensity:02d}-{statement:02d}-{repetition:02d}-{actor:02d}.mp4"
+
+
+def parse_clip_name(name: str) -> dict:
+    """Inverse of ``clip_name`` for any RAVDESS name: the 7 integer fields."""
+    parts = Path(name).stem.split("-")
+    if len(parts) != 7 or not all(len(p) == 2 and p.isdigit() for p in parts):
+        raise ValueError(f"not a RAVDESS file name: {name}")
+    keys = ("modality", "vocal_channel", "emotion", "intensity", "statement", "repetition", "actor")
+    return dict(zip(keys, (int(p) for p in parts)))
+
+
+def _emotion_code(e) -> int:
+    code = EMOTIONS_8.index(e) + 1 if isinstance(e, str) else int(e)
+    if not 1 <= code <= 8:
+        raise ValueError(f"emotion {e!r} is not 1..8 or a name in EMOTIONS_8")
+    return code
+
+
+def corpus_plan(n_actors: int, emotions=None, statements=(1, 2), repetitions=(1, 2),
+                intensities=(1, 2)) -> list[dict]:
+    """The clips to make, RAVDESS rules (neutral only at normal intensity). ``emotions``: codes or names."""
+    codes = sorted({_emotion_code(e) for e in emotions}) if emotions is not None else list(range(1, 9))
+    plan = []
+    for actor in range(1, n_actors + 1):
+        for emo in codes:
+            for inten in sorted(intensities):
+                if emo == 1 and inten != 1:
+                    continue
+                for st in sorted(statements):
+                    for rep in sorted(repetitions):
+                        name = clip_name(emo, inten, st, rep, actor)
+                        plan.append({"actor": actor, "emotion": emo, "intensity": inten, "statement": st,
+                                     "repetition": rep, "name": name, "relpath": f"Actor_{actor:02d}/{name}"})
+    return plan
+
+
+def effective_cues(emotion: int, intensity: int) -> dict[str, float]:
+    """Cue values of an emotion at an intensity: strong = neutral + STRONG_GAIN x (cue - neutral)."""
+    base, cue = CUES["neutral"], CUES[EMOTIONS_8[_emotion_code(emotion) - 1]]
+    g = STRONG_GAIN if intensity == 2 else 1.0
+    out = {k: base[k] + g * (cue[k] - base[k]) for k in cue}
+    for k in _POSITIVE:
+        out[k] = max(out[k], 0.0 if k in ("jitter", "shimmer", "breath", "tremor", "mouth_rest") else 0.05)
+    return out
+
+
+def actor_identity(actor: int, seed: int) -> dict:
+    """Voice and face identity of an actor (odd = male, even = female); same for all its clips."""
+    male = actor % 2 == 1
+    return {"male": male,
+            "voice": voice_identity(_rng(seed, "voice", actor), male),
+            "face": face_identity(_rng(seed, "face", actor), male, FRAME_SIZE)}
+
+
+def _render(emotion: int, intensity: int, statement: int, repetition: int, actor: int, seed: int):
+    if statement not in STATEMENT_SYLLABLES:
+        raise ValueError(f"statement must be 1 or 2, got {statement}")
+    cues = effective_cues(emotion, intensity)
+    ident = actor_identity(actor, seed)
+    fields = (seed, actor, emotion, intensity, statement, repetition)
+    audio, track = synth_speech(cues, ident["voice"], statement, _rng(*fields, "audio"), AUDIO_RATE, VIDEO_RATE)
+    frames = render_face(cues, ident["face"], track, track["n_frames"], VIDEO_RATE, FRAME_SIZE,
+                         _rng(*fields, "video"))
+    return audio, frames, cues, ident, track
+
+
+def render_clip(emotion: int, intensity: int, statement: int, repetition: int, actor: int,
+                seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Synthesise one clip: audio float32 [N] at 48 kHz in [-1, 1], video uint8 [T, H, W, 3] RGB at VIDEO_RATE.
+
+    ``N == T * AUDIO_RATE / VIDEO_RATE`` and the clip lasts 3.1-3.95 s.
+    """
+    audio, frames, *_ = _render(emotion, intensity, statement, repetition, actor, seed)
+    return audio, frames
+
+
+def clip_params(emotion: int, intensity: int, statement: int, repetition: int, actor: int, seed: int) -> dict:
+    """The parameters behind one clip (effective cues, actor identity, f0 / tempo / RMS actually used)."""
+    _, _, cues, ident, track = _render(emotion, intensity, statement, repetition, actor, seed)
+    keep = ("duration", "n_frames", "f0_mean", "tempo", "speech_start", "speech_end", "rms")
+    return {"cues": cues, "male": ident["male"], "voice": ident["voice"], **{k: track[k] for k in keep}}
+
+
+def write_mp4(path: Path, audio: np.ndarray, frames: np.ndarray, audio_rate: int = AUDIO_RATE,
+              fps: int = VIDEO_RATE, crf: int = 23) -> None:
+    """Write H.264 (yuv420p) + AAC mono MP4 with PyAV; atomic (temporary name, then ``os.replace``)."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    _, h, w, _ = frames.shape
+    try:
+        with av.open(str(tmp), "w", format="mp4") as out:
+            vs = out.add_stream("libx264", rate=Fraction(fps), options={"crf": str(crf), "preset": "veryfast"})
+            vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+            vs.codec_context.thread_count = 1
+            aus = out.add_stream("aac", rate=audio_rate, layout="mono", options={"aac_coder": "fast"})
+            aus.bit_rate = 96_000
+            for i, img in enumerate(frames):
+                vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+                vf.pts = i
+                out.mux(vs.encode(vf))
+            out.mux(vs.encode())
+            pcm = np.clip(np.asarray(audio, np.float32), -1.0, 1.0)[None, :]
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm), format="fltp", layout="mono")
+            af.sample_rate, af.pts = audio_rate, 0
+            out.mux(aus.encode(af))
+            out.mux(aus.encode())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _make_one(task: tuple) -> str:
+    root, item, seed = task
+    audio, frames = render_clip(item["emotion"], item["intensity"], item["statement"], item["repetition"],
+                                item["actor"], seed)
+    write_mp4(Path(root) / item["relpath"], audio, frames)
+    return item["relpath"]
+
+
+def _worker_init() -> None:
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except Exception:  # pragma: no cover
+        pass
+
+
+def cue_summary() -> dict:
+    """The cue table and pair design, as stored in corpus.json."""
+    return {"cues": CUES, "audio_pairs": AUDIO_PAIRS, "video_pairs": VIDEO_PAIRS, "strong_gain": STRONG_GAIN}
+
+
+def generate_corpus(root: Path, n_actors: int = 10, seed: int = 0, *, emotions=None, statements=(1, 2),
+                    repetitions=(1, 2), intensities=(1, 2), jobs: int = 1, progress: bool = True,
+                    overwrite: bool = False) -> list[Path]:
+    """Write the corpus under ``root`` (skipping existing files unless ``overwrite``) and ``root/corpus.json``.
+
+    Returns the paths of all planned clips (existing or newly written), in plan order.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    plan = corpus_plan(n_actors, emotions, statements, repetitions, intensities)
+    todo = [(str(root), item, seed) for item in plan if overwrite or not (root / item["relpath"]).exists()]
+    t0 = time.time()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="synthetic corpus", unit="clip")
+    try:
+        if jobs > 1 and len(todo) > 1:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            with ctx.Pool(min(jobs, len(todo)), initializer=_worker_init) as pool:
+                for _ in pool.imap_unordered(_make_one, todo, chunksize=2):
+                    if bar is not None:
+                        bar.update(1)
+        else:
+            for task in todo:
+                _make_one(task)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    meta = {
+        "generator": "training.synthetic", "version": GENERATOR_VERSION, "seed": seed, "n_actors": n_actors,
+        "audio_rate": AUDIO_RATE, "video_rate": VIDEO_RATE, "frame_size": FRAME_SIZE,
+        "filters": {"emotions": sorted({p["emotion"] for p in plan}), "statements": list(statements),
+                    "repetitions": list(repetitions), "intensities": list(intensities)},
+        "n_files": len(plan), "n_written": len(todo), "seconds": round(time.time() - t0, 2),
+        "files": [p["relpath"] for p in plan], **cue_summary(),
+    }
+    tmp = root / ".corpus.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, root / "corpus.json")
+    return [root / p["relpath"] for p in plan]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Generate the synthetic RAVDESS-layout corpus (MP4 files).")
+    ap.add_argument("--root", default="data/corpus")
+    ap.add_argument("--actors", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--emotions", type=int, nargs="*", default=None, help="emotion codes 1..8 (default all)")
+    ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    files = generate_corpus(Path(args.root), args.actors, args.seed, emotions=args.emotions, jobs=args.jobs,
+                            progress=not args.no_progress, overwrite=args.overwrite)
+    mb = sum(f.stat().st_size for f in files) / 1e6
+    print(f"{len(files)} clips under {args.root} ({mb:.1f} MB) in {time.time() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Trainer: AdamW, cosine annealing, early stopping on validation macro-F1, class-weighted CE,
+atomic checkpoints (best.pt, last.pt for --resume), metrics.json and plots for the test split."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from contract.geometry import DEFAULT_GEOMETRY, WindowGeometry
+from contract.labels import label_names
+from training import ravdess
+from training.cache import build_cache
+from training.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint
+from training.config import TrainConfig
+from training.dataset import WindowDataset
+from training.losses import class_weights, total_loss
+from training.metrics import classification_metrics, plot_confusion, plot_history
+from training.model import FusionModel, build_model
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_data(cfg: TrainConfig, geometry: WindowGeometry) -> tuple[dict[str, WindowDataset], dict]:
+    """Scan, split by cfg.split_mode, build/reuse the cache, make datasets. Returns (datasets, info)."""
+    items, problems = ravdess.scan(cfg.data_root, num_classes=cfg.num_classes)
+    for p in problems:
+        tqdm.write(f"skipped {p.path}: {p.reason}")
+    if not items:
+        raise SystemExit(f"no usable clips under {cfg.data_root} (expected Actor_XX/01-01-EE-II-SS-RR-XX.mp4)")
+    splits = make_splits(items, cfg)
+    ravdess.check_no_leak(splits)
+    cached, cache_problems = build_cache([it.path for it in items], Path(cfg.cache_dir), geometry,
+                                         progress=cfg.progress)
+    datasets = {}
+    for name, split_items in splits.items():
+        kept = [it for it in split_items if str(Path(it.path).resolve()) in cached]
+        clips = [cached[str(Path(it.path).resolve())] for it in kept]
+        datasets[name] = WindowDataset(clips, [it.label for it in kept], geometry, train=(name == "train"), seed=cfg.seed)
+    info = {
+        "problems": [p.to_dict() for p in problems] + cache_problems,
+        "split": {k: sorted({it.name.actor for it in v}) for k, v in splits.items()},
+        "clips": {k: len(v) for k, v in datasets.items()},
+        "windows": {k: len(v.index) for k, v in datasets.items()},
+    }
+    return datasets, info
+
+
+def make_splits(items: list, cfg: TrainConfig) -> dict[str, list]:
+    if cfg.split_mode == "actor":
+        actors = sorted({it.name.actor for it in items})
+        return ravdess.split_by_actors(items, *ravdess.default_actor_split(actors))
+    if cfg.split_mode == "kfold":
+        return ravdess.kfold_by_actor(items, cfg.folds, cfg.fold)
+    if cfg.split_mode == "stratified":
+        return ravdess.stratified_split(items, seed=cfg.seed)
+    raise ValueError(f"split_mode must be actor, kfold or stratified, got {cfg.split_mode!r}")
+
+
+def loader(ds: WindowDataset, cfg: TrainConfig, shuffle: bool, epoch: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, generator=g, num_workers=cfg.num_workers,
+                      drop_last=False)
+
+
+@torch.no_grad()
+def logmel_stats(model: FusionModel, ds: WindowDataset, n: int = 64) -> tuple[float, float]:
+    frontend = model.audio_encoder.frontend
+    idx = np.linspace(0, len(ds) - 1, min(n, len(ds))).astype(int)
+    x = torch.stack([ds[int(i)]["audio"] for i in idx])
+    lm = frontend.log_mel(x)
+    return float(lm.mean()), float(lm.std().clamp(min=1e-3))
+
+
+@torch.no_grad()
+def predict(model: FusionModel, ds: WindowDataset, batch_size: int = 64, progress: bool = False,
+            desc: str = "eval") -> dict[str, np.ndarray]:
+    """Window-level probabilities: probs [N, C], modality_weights [N, 2], audio/video probs, clip ids."""
+    model.eval()
+    out: dict[str, list] = {"probs": [], "modality_weights": [], "audio_probs": [], "video_probs": [], "clip": [], "label": []}
+    for batch in tqdm(DataLoader(ds, batch_size=batch_size), desc=desc, leave=False, disable=not progress):
+        o = model(batch["audio"], batch["frames"], batch["mask"])
+        out["probs"].append(torch.softmax(o["logits"], -1).numpy())
+        out["modality_weights"].append(o["modality_weights"].numpy())
+        for m in ("audio", "video"):
+            if f"{m}_logits" in o:
+                out[f"{m}_probs"].append(torch.softmax(o[f"{m}_logits"], -1).numpy())
+        out["clip"].append(batch["clip"].numpy())
+        out["label"].append(np.asarray(batch["label"]))
+    return {k: np.concatenate(v) for k, v in out.items() if v}
+
+
+def clip_level(pred: dict[str, np.ndarray], key: str = "probs") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean of window probabilities per clip -> (clip ids, true labels, predicted labels)."""
+    clips = np.unique(pred["clip"])
+    mean = np.stack([pred[key][pred["clip"] == c].mean(0) for c in clips])
+    labels = np.array([pred["label"][pred["clip"] == c][0] for c in clips])
+    return clips, labels, mean.argmax(1)
+
+
+def evaluate_split(model: FusionModel, ds: WindowDataset, labels: list[str], progress: bool = False,
+                   desc: str = "eval") -> dict:
+    pred = predict(model, ds, progress=progress, desc=desc)
+    _, y, yhat = clip_level(pred)
+    result = {"window": classification_metrics(pred["label"], pred["probs"].argmax(1), labels),
+              "clip": classification_metrics(y, yhat, labels),
+              "mean_modality_weights": pred["modality_weights"].mean(0).tolist()}
+    return result
+
+
+def train(cfg: TrainConfig, geometry: WindowGeometry = DEFAULT_GEOMETRY) -> dict:
+    """Train one model; writes best.pt, last.pt, metrics.json, history.png, confusion_test.png to cfg.out_dir."""
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    seed_everything(cfg.seed)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = list(label_names(cfg.num_classes))
+    datasets, info = prepare_data(cfg, geometry)
+    if len(datasets["train"]) == 0 or len(datasets["val"]) == 0:
+        raise SystemExit(f"empty split: {info['clips']}")
+    mcfg = replace(cfg.model, num_classes=cfg.num_classes)
+    model = build_model(mcfg, geometry)
+    if model.audio_encoder is not None:
+        mean, std = logmel_stats(model, datasets["train"])
+        mcfg = replace(mcfg, logmel_mean=mean, logmel_std=std)
+        model.audio_encoder.frontend.set_normalisation(mean, std)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1)) if cfg.use_cosine_annealing else None
+    weight = class_weights(datasets["train"].labels, cfg.num_classes) if cfg.class_weight else None
+    state = {"epoch": 0, "best_f1": -1.0, "bad_epochs": 0, "history": []}
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if cfg.resume and last_path.exists():
+        ckpt = load_checkpoint(last_path)
+        model.load_state_dict(ckpt["state_dict"])
+        ts = ckpt["train_state"]
+        opt.load_state_dict(ts["optimizer"])
+        if sched is not None and ts.get("scheduler"):
+            sched.load_state_dict(ts["scheduler"])
+        torch.set_rng_state(ts["torch_rng"])
+        state = {"epoch": ts["epoch"], "best_f1": ts["best_f1"], "bad_epochs": ts["bad_epochs"],
+                 "history": json.loads(ts["history_json"])}
+        tqdm.write(f"resumed from {last_path} at epoch {state['epoch']}")
+    t0 = time.time()
+    n_params = sum(p.numel() for p in model.parameters())
+    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.early_stopping_patience:
+        epoch = state["epoch"] + 1
+        model.train()
+        datasets["train"].set_epoch(epoch, cfg.seed)
+        sums: dict[str, float] = {}
+        n = 0
+        bar = tqdm(loader(datasets["train"], cfg, True, epoch), desc=f"{mcfg.fusion} epoch {epoch}/{cfg.epochs}",
+                   leave=False, disable=not cfg.progress)
+        for step, batch in enumerate(bar):
+            if cfg.max_train_batches and step >= cfg.max_train_batches:
+                break
+            outputs = model(batch["audio"], batch["frames"], batch["mask"])
+            loss, parts = total_loss(outputs, torch.as_tensor(batch["label"]), weight, cfg.aux_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+            bar.set_postfix(loss=f"{parts['total']:.3f}")
+        if sched is not None:
+            sched.step()
+        val = evaluate_split(model, datasets["val"], labels)
+        record = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], **{f"train_loss_{k}": v / max(n, 1) for k, v in sums.items()},
+                  "val_macro_f1": val["clip"]["macro_f1"], "val_accuracy": val["clip"]["accuracy"],
+                  "val_window_macro_f1": val["window"]["macro_f1"], "seconds": time.time() - t0}
+        state["history"].append(record)
+        improved = val["clip"]["macro_f1"] > state["best_f1"]
+        if improved:
+            state["best_f1"], state["bad_epochs"] = val["clip"]["macro_f1"], 0
+            atomic_torch_save(make_checkpoint(model, mcfg, labels, geometry, {"val_macro_f1": state["best_f1"], "epoch": epoch}), best_path)
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        train_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
+                       "torch_rng": torch.get_rng_state(), "epoch": epoch, "best_f1": state["best_f1"],
+                       "bad_epochs": state["bad_epochs"], "history_json": json.dumps(state["history"])}
+        atomic_torch_save(make_checkpoint(model, mcfg, labels, geometry, {"val_macro_f1": val["clip"]["macro_f1"]}, train_state), last_path)
+        tqdm.write(f"[{mcfg.fusion}] epoch {epoch}: loss {record.get('train_loss_total', float('nan')):.3f} "
+                   f"val macro-F1 {record['val_macro_f1']:.3f} acc {record['val_accuracy']:.3f}"
+                   f"{' *' if improved else ''}")
+    from training.checkpoint import model_from_checkpoint
+    best, _ = model_from_checkpoint(best_path)
+    results = {"fusion": mcfg.fusion, "num_classes": cfg.num_classes, "labels": labels, "params": n_params,
+               "train_seconds": round(time.time() - t0, 1), "epochs_run": state["epoch"], "best_val_macro_f1": state["best_f1"],
+               "checkpoint": str(best_path), "config": cfg.to_dict() | {"model": mcfg.to_dict()}, **info,
+               "history": state["history"]}
+    if len(datasets.get("test", [])):
+        results["test"] = evaluate_split(best, datasets["test"], labels, progress=cfg.progress, desc="test")
+        plot_confusion(results["test"]["clip"]["confusion_matrix"], labels, out / "confusion_test.png",
+                       f"{mcfg.fusion}: test clips, macro-F1 {results['test']['clip']['macro_f1']:.3f}")
+    plot_history(state["history"], out / "history.png")
+    (out / "metrics.json").write_text(json.dumps(results, indent=2))
+    return results
