@@ -22,19 +22,22 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s own arguments are added (so `avemo predict` never imports torch)."""
     parser = argparse.ArgumentParser(prog="avemo", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, add, _run, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
-        getattr(importlib.import_module(module), add)(p)
+        if name == command:
+            getattr(importlib.import_module(module), add)(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     module, _add, run, _help = COMMANDS[args.command]
     try:

@@ -29,6 +29,7 @@ FACE_CROP_METHODS = ("auto", "haar", "center")
 FACE_MARGIN = 0.3  # crop side = detected face side * (1 + FACE_MARGIN)
 DETECT_MAX_SIDE = 320  # Haar detection runs on a grayscale copy downscaled to this longest side
 SMOOTH_FRAMES = 5  # centred moving average of the face box over this many frames
+DETECT_EVERY = 4  # run the cascade on every 4th sampled frame (2 Hz at 8 fps); others reuse the nearest box
 
 _CASCADE = None  # lazily loaded cv2.CascadeClassifier, see _get_cascade()
 
@@ -211,10 +212,11 @@ def _square(frame: np.ndarray, cx: float, cy: float, side: float, size: int) -> 
     return cv2.resize(frame[y0 : y0 + s, x0 : x0 + s], (size, size), interpolation=cv2.INTER_AREA)
 
 
-def crop_faces(frames, size: int = DEFAULT_GEOMETRY.face_size, method: str = "auto", max_gap: int | None = None):
+def crop_faces(frames, size: int = DEFAULT_GEOMETRY.face_size, method: str = "auto", max_gap: int | None = None,
+               detect_every: int = DETECT_EVERY):
     """Square face crops: uint8 [T, H, W, 3] RGB -> (uint8 [T, size, size, 3], {"haar": n, "center": m}).
 
-    "auto": Haar cascade on every frame (grayscale, downscaled), largest face, box with margin,
+    "auto": Haar cascade on every ``detect_every``-th frame (grayscale, downscaled), largest face, box with margin,
     frames without a detection reuse the nearest detected box (within ``max_gap`` frames if given),
     box smoothed over time; frames with no usable box get the centre square. "haar": the same but
     raises ValueError if no face is found in any frame. "center": centre square only.
@@ -230,7 +232,8 @@ def crop_faces(frames, size: int = DEFAULT_GEOMETRY.face_size, method: str = "au
     use_haar = np.zeros(t_count, bool)
     boxes = None
     if method != "center":
-        found = [(i, b) for i, b in enumerate(map(_detect, frames)) if b is not None]
+        probe = sorted(set(range(0, t_count, max(1, detect_every))) | {t_count - 1})  # every k-th frame + last
+        found = [(i, b) for i, b in ((i, _detect(frames[i])) for i in probe) if b is not None]
         if not found and method == "haar":
             raise ValueError(f"no face detected in any of {t_count} frames")
         if found:

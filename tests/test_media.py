@@ -173,17 +173,32 @@ def test_crop_faces_center_and_fake_haar(monkeypatch):
 
     frames[:, 0:40, 0:40] = (255, 0, 0)  # the "face" is red
     monkeypatch.setattr(media, "_get_cascade", lambda: FakeCascade())
-    crops, counts = crop_faces(frames, 64, "haar")
+    crops, counts = crop_faces(frames, 64, "haar", detect_every=1)
     assert counts == {"haar": 6, "center": 0} and crops.shape == (6, 64, 64, 3)
     assert (crops[:, 24:40, 24:40, 0] > 200).all()  # crop centred on the red face, margin around it
     FakeCascade.calls = 0
-    crops, counts = crop_faces(frames, 64, "auto", max_gap=1)  # frames 4, 5 too far from a detection
+    crops, counts = crop_faces(frames, 64, "auto", max_gap=1, detect_every=1)  # frames 4, 5 too far from a detection
     assert counts == {"haar": 4, "center": 2}
     assert media._crop_method(counts) == "mixed"
     assert (crops[4:, ..., 2] == 255).all()
     assert crop_faces(np.zeros((0, 50, 50, 3), np.uint8))[0].shape == (0, 112, 112, 3)
     with pytest.raises(ValueError):
         crop_faces(frames, 64, "eyes")
+
+
+def test_detection_runs_on_every_kth_frame_and_last(monkeypatch):
+    frames = np.zeros((10, 120, 120, 3), np.uint8)
+    seen = []
+
+    class CountingCascade:
+        def detectMultiScale(self, gray, **kw):
+            seen.append(1)
+            return np.array([[40, 40, 40, 40]])
+
+    monkeypatch.setattr(media, "_get_cascade", lambda: CountingCascade())
+    _, counts = crop_faces(frames, 64, "auto", detect_every=4)
+    assert len(seen) == 4  # frames 0, 4, 8 and the last one (9)
+    assert counts == {"haar": 10, "center": 0}  # frames between detections reuse the nearest box
 
 
 def test_real_haar_cascade_loads_and_finds_nothing_in_noise():

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from contract import media
 from contract.geometry import WindowGeometry
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
 @dataclass

@@ -7,10 +7,12 @@ A checkpoint is a plain dict loadable with ``torch.load(path, weights_only=True)
     geometry     WindowGeometry.to_dict()
     state_dict   model weights
     metrics      dict of floats (validation metrics at save time)
+    train_config_json  the TrainConfig (all CLI flags: losses, weighting, split, ...) as JSON
     train_state  (last.pt only) optimizer, scheduler, early stopping, RNG states, epoch
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -42,7 +44,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def make_checkpoint(model: FusionModel, cfg: ModelConfig, labels: list[str], geometry: WindowGeometry,
-                    metrics: dict | None = None, train_state: dict | None = None) -> dict:
+                    metrics: dict | None = None, train_state: dict | None = None, train_config: dict | None = None) -> dict:
     ckpt = {
         "format": FORMAT,
         "model_config": cfg.to_dict(),
@@ -51,6 +53,8 @@ def make_checkpoint(model: FusionModel, cfg: ModelConfig, labels: list[str], geo
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "metrics": {k: float(v) for k, v in (metrics or {}).items()},
     }
+    if train_config is not None:
+        ckpt["train_config_json"] = json.dumps(train_config)  # every training flag, for the record
     if train_state is not None:
         ckpt["train_state"] = train_state
     return ckpt

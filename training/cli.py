@@ -72,25 +72,44 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     _opt(p, "weight_decay", type=float, default=1e-2, help="AdamW weight decay (default: %(default)s)")
     _opt(p, "use_cosine_annealing", action=argparse.BooleanOptionalAction, default=True, help="cosine LR schedule (default: on)")
     _opt(p, "early_stopping_patience", type=int, default=5, help="epochs without val macro-F1 gain before stopping (default: %(default)s)")
-    _opt(p, "class_weight", action=argparse.BooleanOptionalAction, default=True, help="inverse-frequency class weights (default: on)")
     _opt(p, "modality_dropout", type=float, default=0.2, help="per-modality drop probability in training (default: %(default)s)")
-    _opt(p, "aux_weight", type=float, default=0.3, help="weight of the unimodal auxiliary heads' loss (default: %(default)s)")
+    m = p.add_argument_group("model")
+    _opt(m, "use_resnet_audio", action="store_true", help="ResNet18 on the log-mel (1-channel stem) instead of the light CNN")
+    _opt(m, "use_resnet_video", action="store_true", help="torchvision ResNet18 per frame instead of the light CNN")
+    _opt(m, "video_pooling", choices=["meanmax", "mean", "attention"], default="meanmax", help="temporal pooling of frame features (default: %(default)s)")
+    _opt(m, "spec_augment", action="store_true", help="SpecAugment in training: 0-20 mel-bin and 0-40 frame masks")
+    _opt(m, "variational", action="store_true", help="variational encoder heads (mu/logvar; on for the uncertainty fusions)")
+    _opt(m, "gate_alpha", type=float, default=0.5, help="gated_uncertainty: w = alpha*w_unc + (1-alpha)*w_gate (default: %(default)s)")
+    _opt(m, "contrastive_proj_dim", type=int, default=0, help="projection size for the InfoNCE loss, 0 = off (default: %(default)s)")
+    _opt(p, "teacher_audio", default="", help="frozen audio-only checkpoint distilled into the audio head (weight --delta_va)")
+    _opt(p, "teacher_video", default="", help="frozen video-only checkpoint distilled into the video head (weight --delta_va)")
+    _opt(p, "tensorboard", action=argparse.BooleanOptionalAction, default=True, help="TensorBoard logs in <out_dir>/tensorboard (default: on)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
     _opt(p, "max_train_batches", type=int, default=0, help=argparse.SUPPRESS)
     _opt(p, "no_progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    from training.losses import add_loss_arguments
+
+    add_loss_arguments(p.add_argument_group("losses"))
 
 
 def train_config_from_args(args: argparse.Namespace):
     from training.config import ModelConfig, TrainConfig
+    from training.losses import LossWeights
 
-    model = ModelConfig(fusion=args.fusion, num_classes=args.num_classes, modality_dropout=args.modality_dropout)
+    model = ModelConfig(fusion=args.fusion, num_classes=args.num_classes, modality_dropout=args.modality_dropout,
+                        use_resnet_audio=args.use_resnet_audio, use_resnet_video=args.use_resnet_video,
+                        video_pooling=args.video_pooling, spec_augment=args.spec_augment, variational=args.variational,
+                        gate_alpha=args.gate_alpha, contrastive_proj_dim=args.contrastive_proj_dim)
     return TrainConfig(data_root=args.data_root, cache_dir=args.cache_dir, out_dir=args.out_dir or f"runs/{args.fusion}",
                        num_classes=args.num_classes, split_mode=args.split_mode, fold=args.fold, folds=args.folds,
                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        use_cosine_annealing=args.use_cosine_annealing, early_stopping_patience=args.early_stopping_patience,
-                       aux_weight=args.aux_weight, class_weight=args.class_weight, seed=args.seed, resume=args.resume,
+                       losses=LossWeights.from_args(args).to_dict(), loss_weighting=args.loss_weighting,
+                       loss_weighting_momentum=args.loss_weighting_momentum, loss_weighting_every=args.loss_weighting_every,
+                       teacher_audio=args.teacher_audio, teacher_video=args.teacher_video, tensorboard=args.tensorboard,
+                       seed=args.seed, resume=args.resume,
                        max_train_batches=args.max_train_batches, progress=not args.no_progress, model=model)
 
 

@@ -6,7 +6,9 @@ from dataclasses import asdict, dataclass, field, fields
 from contract.geometry import N_FFT, N_MELS, HOP_LENGTH
 
 
-FUSIONS = ("gated", "audio", "video")
+# fusion methods and unimodal baselines (see training/fusion.py); the first three are the original set
+FUSIONS = ("gated", "audio", "video", "late", "concat", "xattn", "uncertainty", "gated_uncertainty", "hierarchical")
+VIDEO_POOLINGS = ("meanmax", "mean", "attention")
 
 
 @dataclass
@@ -24,6 +26,20 @@ class ModelConfig:
     gate_init_audio: float = 0.3  # initial audio share of the gate (video favoured at start)
     logmel_mean: float = -6.0  # log-mel normalisation, overwritten from training data statistics
     logmel_std: float = 4.0
+    # --- optional extensions; every default keeps the original model (same parameters, same forward)
+    use_resnet_audio: bool = False  # ResNet18 (1-channel stem, no fc) on the log-mel instead of the light CNN
+    use_resnet_video: bool = False  # torchvision ResNet18 per frame instead of the light per-frame CNN
+    video_pooling: str = "meanmax"  # temporal pooling of frame features: one of VIDEO_POOLINGS
+    spec_augment: bool = False  # SpecAugment on the log-mel, training mode only (never in the export)
+    spec_freq_mask: int = 20  # each frequency mask covers 0..spec_freq_mask mel bins (uniform)
+    spec_time_mask: int = 40  # each time mask covers 0..spec_time_mask frames (uniform)
+    spec_num_masks: int = 1  # number of frequency masks and of time masks per example
+    variational: bool = False  # variational embedding heads (mu / logvar); forced on by the uncertainty fusions
+    uncertainty_temperature: float = 1.0  # T in softmax((1 / sigma) / T) of the uncertainty fusions
+    gate_alpha: float = 0.5  # gated_uncertainty: w = alpha * w_uncertainty + (1 - alpha) * w_gate
+    xattn_heads: int = 4  # attention heads of the cross-modal attention (embed_dim must be divisible)
+    bottleneck_dim: int = 0  # hierarchical fusion bottleneck; 0 = embed_dim // 2
+    contrastive_proj_dim: int = 0  # >0: output projected embeddings z_audio / z_video [B, dim] for InfoNCE
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -56,8 +72,13 @@ class TrainConfig:
     weight_decay: float = 1e-2
     use_cosine_annealing: bool = True
     early_stopping_patience: int = 5  # epochs without val macro-F1 improvement before stopping
-    aux_weight: float = 0.3  # weight of the unimodal auxiliary heads' cross-entropy (fusion models)
-    class_weight: bool = True  # inverse-frequency class weights in the cross-entropy
+    losses: dict = field(default_factory=dict)  # LossWeights fields (training/losses.py); empty = defaults
+    loss_weighting: str = "fixed"  # fixed | inverse_ema | log_norm | grad_balance (training/loss_weighting.py)
+    loss_weighting_momentum: float = 0.9  # EMA momentum for inverse_ema
+    loss_weighting_every: int = 50  # grad_balance recomputation period (steps)
+    teacher_audio: str = ""  # frozen audio-only teacher checkpoint distilled into the audio head (--delta_va)
+    teacher_video: str = ""  # frozen video-only teacher checkpoint distilled into the video head
+    tensorboard: bool = True  # TensorBoard event files in <out_dir>/tensorboard
     seed: int = 0
     num_workers: int = 0
     max_train_batches: int = 0  # 0 = all; >0 caps batches per epoch (tests)

@@ -10,6 +10,25 @@ from contract.geometry import WindowGeometry
 from training.cache import CachedClip, load_clip_arrays
 
 
+def augment(audio: np.ndarray, frames: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Training-only augmentation of one window (shapes unchanged).
+
+    audio [S]: gain in [0.8, 1.25]. frames [F, H, W, 3]: horizontal flip (p = 0.5), a shift of up to
+    8 px, brightness/contrast jitter -- the face crop varies like this between
+    recordings, the emotion does not.
+    """
+    audio = audio * np.float32(rng.uniform(0.8, 1.25))
+    if frames.size == 0:
+        return audio, frames
+    f = frames[:, :, ::-1] if rng.random() < 0.5 else frames
+    dy, dx = (int(v) for v in rng.integers(-8, 9, size=2))
+    f = np.roll(f, (dy, dx), axis=(1, 2))  # the border that wraps around is background
+    contrast, brightness = rng.uniform(0.8, 1.2), rng.uniform(-20, 20)
+    lut = np.clip((np.arange(256, dtype=np.float32) - 128.0) * contrast + 128.0 + brightness, 0, 255).astype(np.uint8)
+    f = lut[f]  # brightness/contrast through a 256-entry look-up table
+    return audio, f
+
+
 class WindowDataset(Dataset):
     """Item: audio [S] f32, frames [F, 112, 112, 3] u8, mask [2] f32, label int, clip int, start float.
 
@@ -39,6 +58,8 @@ class WindowDataset(Dataset):
             start = float(self.rng.uniform(0.0, span)) if span > 0 else 0.0
         audio, frames = self.arrays[i]
         a, f = media.window_arrays(audio, frames, self.geometry, start)
+        if self.train:
+            a, f = augment(a, f, self.rng)
         mask = np.array([float(clip.has_audio), float(clip.has_video)], dtype=np.float32)
         return {"audio": torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)),
                 "frames": torch.from_numpy(np.ascontiguousarray(f, dtype=np.uint8)),

@@ -6,9 +6,9 @@ from torch import nn
 
 from contract.geometry import WindowGeometry
 from training.config import ModelConfig
-from training.encoders import AudioCNN, VideoCNN
+from training.encoders import AudioCNN, AudioResNet, SpecAugment, VariationalHead, VideoCNN, VideoResNet
 from training.frontend import LogMel
-from training.fusion import FUSION_BUILDERS
+from training.fusion import FUSION_BUILDERS, SEQUENCE_FUSIONS, VARIATIONAL_FUSIONS
 
 
 def modality_dropout(mask: torch.Tensor, p: float) -> torch.Tensor:
@@ -22,13 +22,28 @@ def modality_dropout(mask: torch.Tensor, p: float) -> torch.Tensor:
     return torch.where(dropped.sum(dim=1, keepdim=True) > 0, dropped, mask)
 
 
+def projection_head(dim_in: int, dim_out: int) -> nn.Sequential:
+    """Linear-ReLU-Linear projection of an embedding for the contrastive loss."""
+    return nn.Sequential(nn.Linear(dim_in, dim_in), nn.ReLU(inplace=True), nn.Linear(dim_in, dim_out))
+
+
 class FusionModel(nn.Module):
     """audio [B, S] f32, frames [B, F, H, W, 3] u8, modality_mask [B, 2] f32 -> dict of
     logits [B, C], modality_weights [B, 2] and, for fusion models, audio_logits / video_logits [B, C]
-    (auxiliary unimodal heads used by the losses and the error analysis)."""
+    (auxiliary unimodal heads used by the losses and the error analysis).
+
+    Optional outputs (only when the corresponding option is on; the default model has none):
+      mu_audio, logvar_audio, mu_video, logvar_video [B, D]  ``variational`` (multiplied by the mask:
+        a missing modality has mu = logvar = 0, i.e. zero KL)
+      z_audio, z_video [B, P]  ``contrastive_proj_dim`` = P > 0, both encoders present
+      whatever the fusion adds (hierarchical: recon*, target_*, gate; gated_uncertainty: gate).
+    ``sequence``: the encoders return token sequences too (``forward_with_sequence``), passed to
+    the fusion as ctx["seq_audio"] / ctx["seq_video"] (masked).
+    """
 
     def __init__(self, audio_encoder: nn.Module | None, video_encoder: nn.Module | None, fusion: nn.Module,
-                 num_classes: int, embed_dim: int, modality_dropout: float = 0.0):
+                 num_classes: int, embed_dim: int, modality_dropout: float = 0.0, variational: bool = False,
+                 contrastive_proj_dim: int = 0, sequence: bool = False):
         super().__init__()
         self.audio_encoder, self.video_encoder, self.fusion = audio_encoder, video_encoder, fusion
         self.audio_norm = nn.LayerNorm(embed_dim) if audio_encoder is not None else None
@@ -37,36 +52,83 @@ class FusionModel(nn.Module):
         self.audio_aux = nn.Linear(embed_dim, num_classes) if both else None
         self.video_aux = nn.Linear(embed_dim, num_classes) if both else None
         self.modality_dropout = modality_dropout
+        # optional parts, created after the original ones (same init order for the default model)
+        self.sequence = sequence
+        self.audio_variational = VariationalHead(embed_dim) if variational and audio_encoder is not None else None
+        self.video_variational = VariationalHead(embed_dim) if variational and video_encoder is not None else None
+        proj = contrastive_proj_dim > 0 and both
+        self.audio_proj = projection_head(embed_dim, contrastive_proj_dim) if proj else None
+        self.video_proj = projection_head(embed_dim, contrastive_proj_dim) if proj else None
+
+    def _embed(self, encoder: nn.Module, norm: nn.Module, variational: nn.Module | None, x: torch.Tensor,
+               m: torch.Tensor, name: str, ctx: dict, out: dict) -> torch.Tensor:
+        """One modality: encoder -> LayerNorm (-> variational head) -> times its mask column m [B, 1]."""
+        if self.sequence:
+            e, tokens = encoder.forward_with_sequence(x)
+            ctx[f"seq_{name}"] = tokens * m[:, :, None]
+        else:
+            e = encoder(x)
+        h = norm(e)
+        if variational is not None:
+            h, mu, logvar = variational(h)
+            out[f"mu_{name}"], out[f"logvar_{name}"] = mu * m, logvar * m
+            ctx[f"logvar_{name}"] = out[f"logvar_{name}"]
+        return h * m  # [B, D]
 
     def forward(self, audio: torch.Tensor, frames: torch.Tensor, modality_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         mask = modality_mask
         if self.training and self.modality_dropout > 0 and self.audio_encoder is not None and self.video_encoder is not None:
             mask = modality_dropout(mask, self.modality_dropout)
         h_a = h_v = None
+        ctx: dict[str, torch.Tensor] = {}
+        extra: dict[str, torch.Tensor] = {}
         if self.audio_encoder is not None:
-            h_a = self.audio_norm(self.audio_encoder(audio)) * mask[:, 0:1]  # [B, D]
+            h_a = self._embed(self.audio_encoder, self.audio_norm, self.audio_variational, audio, mask[:, 0:1],
+                              "audio", ctx, extra)
         if self.video_encoder is not None:
-            h_v = self.video_norm(self.video_encoder(frames)) * mask[:, 1:2]  # [B, D]
-        logits, weights = self.fusion(h_a, h_v, mask)
-        out = {"logits": logits, "modality_weights": weights}
+            h_v = self._embed(self.video_encoder, self.video_norm, self.video_variational, frames, mask[:, 1:2],
+                              "video", ctx, extra)
+        result = self.fusion(h_a, h_v, mask, ctx)
+        out = {"logits": result[0], "modality_weights": result[1]}
         if self.audio_aux is not None:
             out["audio_logits"] = self.audio_aux(h_a)
             out["video_logits"] = self.video_aux(h_v)
+        if self.audio_proj is not None:
+            out["z_audio"] = self.audio_proj(h_a)
+            out["z_video"] = self.video_proj(h_v)
+        out.update(extra)
+        if len(result) > 2:
+            out.update(result[2])
         return out
 
 
 def build_model(cfg: ModelConfig, geometry: WindowGeometry) -> FusionModel:
-    """The builder: encoders by what the fusion needs, fusion from ``FUSION_BUILDERS``."""
+    """The builder: encoders by what the fusion needs, fusion from ``FUSION_BUILDERS``.
+
+    Light CNNs unless ``use_resnet_audio`` / ``use_resnet_video``; token projections only for the
+    fusions in ``SEQUENCE_FUSIONS``; variational heads when ``cfg.variational`` or the fusion
+    needs them (``VARIATIONAL_FUSIONS``). Construction order (audio, video, fusion, model) is fixed:
+    the same seed gives the same weights.
+    """
     if cfg.fusion not in FUSION_BUILDERS:
         raise ValueError(f"unknown fusion {cfg.fusion!r}; expected one of {sorted(FUSION_BUILDERS)}")
+    seq_dim = cfg.embed_dim if cfg.fusion in SEQUENCE_FUSIONS else 0
     audio_encoder = video_encoder = None
     if cfg.fusion != "video":
         frontend = LogMel(geometry.sample_rate, cfg.n_fft, cfg.hop_length, cfg.n_mels, cfg.logmel_mean, cfg.logmel_std)
-        audio_encoder = AudioCNN(frontend, cfg.audio_channels, cfg.embed_dim)
+        spec = SpecAugment(cfg.spec_freq_mask, cfg.spec_time_mask, cfg.spec_num_masks) if cfg.spec_augment else None
+        if cfg.use_resnet_audio:
+            audio_encoder = AudioResNet(frontend, cfg.embed_dim, spec, seq_dim)
+        else:
+            audio_encoder = AudioCNN(frontend, cfg.audio_channels, cfg.embed_dim, spec, seq_dim)
     if cfg.fusion != "audio":
-        video_encoder = VideoCNN(cfg.video_channels, cfg.embed_dim)
+        if cfg.use_resnet_video:
+            video_encoder = VideoResNet(cfg.embed_dim, cfg.video_pooling, seq_dim)
+        else:
+            video_encoder = VideoCNN(cfg.video_channels, cfg.embed_dim, cfg.video_pooling, seq_dim)
     return FusionModel(audio_encoder, video_encoder, FUSION_BUILDERS[cfg.fusion](cfg), cfg.num_classes,
-                       cfg.embed_dim, cfg.modality_dropout)
+                       cfg.embed_dim, cfg.modality_dropout, variational=cfg.variational or cfg.fusion in VARIATIONAL_FUSIONS,
+                       contrastive_proj_dim=cfg.contrastive_proj_dim, sequence=seq_dim > 0)
 
 
 class ExportWrapper(nn.Module):

@@ -43,15 +43,15 @@ STRONG_GAIN = 1.6  # intensity 02 (strong): deviation of every cue from neutral 
 # (audio group, video group) identifies all 8 emotions.
 #   AUDIO pairs (voice nearly identical): {neutral, calm} {happy, surprised} {sad, fearful} {angry, disgust}
 #       neutral/calm     : mid pitch, flat range, normal tempo, moderate energy, neutral timbre
-#       happy/surprised  : high pitch, wide range, fast, loud-ish, bright
-#       sad/fearful      : quiet, dark (negative tilt), slow, breathy, high jitter/shimmer, tremor
-#       angry/disgust    : loudest, very bright + pressed (low open quotient), low-mid pitch
+#       happy/surprised  : high pitch, wide range, fast, loud-ish, bright-ish, raised formants
+#       sad/fearful      : quiet, dark (negative tilt), slow, breathy, high jitter/shimmer, tremor, low formants
+#       angry/disgust    : loudest, very bright + pressed (low open quotient), low-mid pitch, moderate tempo
 #   VIDEO pairs (face nearly identical):  {calm, happy} {surprised, fearful} {sad, angry} {disgust, neutral}
 #       calm/happy       : mouth curved up, relaxed brows, open eyes, small head motion
 #       surprised/fearful: brows raised, eyes wide, mouth open at rest and wide when speaking, more motion
 #       sad/angry        : brows lowered, mouth curved down, head dropped
 #       disgust/neutral  : flat mouth, neutral brows, narrowed eyes
-# Within a pair only WEAK differences (about 1 semitone of pitch and ~5 % tempo in the voice; small
+# Within a pair only WEAK differences (~1.8 semitones of pitch, ~8 % tempo, ~1 dB level in the voice; small
 # curvature / brow slant / eye offsets in the face), comparable to actor-to-actor variation
 # (actor f0 sd ~10 %, speaking rate sd ~7 %, habitual smile sd 0.05, brow sd 0.012), so one
 # modality alone lands a bit above chance inside its pairs: ~55-70 % accuracy overall per modality.
@@ -61,32 +61,33 @@ STRONG_GAIN = 1.6  # intensity 02 (strong): deviation of every cue from neutral 
 #   jitter / shimmer = per-period relative f0 / amplitude perturbation (sd); energy = loudness factor
 #   (RMS of speech); tempo = speaking-rate multiplier; tilt = spectral tilt (dB/octave, + brighter);
 #   oq = glottal open quotient (low = pressed, bright); breath = aspiration noise; tremor = 5-6 Hz
-#   f0 modulation depth (st).
+#   f0 modulation depth (st); formant = formant-frequency multiplier (smiled / tense vs lax tract).
 # Face fields (fractions of head half-width a / half-height b): mouth_curve = corner lift (+ smile,
 #   - frown, x mouth half-width); mouth_open = max lip opening while speaking (x b); mouth_rest =
 #   opening at rest (x b); mouth_width = mouth width multiplier; brow_raise = brow height (x b, + up);
 #   brow_slant = inner brow end (x b, + raised); eye_open = eye openness multiplier;
 #   head_motion = head motion multiplier; head_drop = head lowered (x b, + down).
 # ------------------------------------------------------------------------------------------------
-_VOICE = ("f0", "f0_range", "jitter", "shimmer", "energy", "tempo", "tilt", "oq", "breath", "tremor")
+_VOICE = ("f0", "f0_range", "jitter", "shimmer", "energy", "tempo", "tilt", "oq", "breath", "tremor", "formant")
 _FACE = ("mouth_curve", "mouth_open", "mouth_rest", "mouth_width", "brow_raise", "brow_slant",
          "eye_open", "head_motion", "head_drop")
 _ROWS = {
-    #            f0    range jitter shimmer energy tempo tilt  oq    breath tremor | curve  open  rest  width brow   slant  eye   motion drop
-    "neutral":   (1.00, 2.0, 0.006, 0.04, 0.80, 1.00, 0.0, 0.60, 0.04, 0.00,   0.00, 0.16, 0.00, 1.00, 0.000, 0.000, 0.70, 1.0, 0.00),
-    "calm":      (0.94, 1.7, 0.006, 0.04, 0.75, 0.95, -0.3, 0.62, 0.05, 0.00,  0.32, 0.14, 0.00, 1.05, 0.010, 0.000, 1.00, 0.6, 0.00),
-    "happy":     (1.32, 6.5, 0.008, 0.05, 1.20, 1.12, 3.0, 0.50, 0.03, 0.00,   0.40, 0.17, 0.01, 1.10, 0.015, 0.000, 0.95, 0.7, 0.00),
-    "sad":       (1.05, 2.6, 0.030, 0.10, 0.50, 0.84, -4.0, 0.72, 0.14, 0.35,  -0.34, 0.13, 0.00, 0.95, -0.050, 0.020, 0.88, 0.7, 0.05),
-    "angry":     (0.94, 4.0, 0.012, 0.06, 1.60, 1.00, 5.0, 0.40, 0.02, 0.00,   -0.30, 0.16, 0.00, 0.95, -0.065, -0.020, 0.85, 0.8, 0.04),
-    "fearful":   (1.12, 3.0, 0.032, 0.10, 0.52, 0.88, -3.7, 0.72, 0.15, 0.40,  -0.05, 0.28, 0.06, 0.88, 0.110, 0.025, 1.45, 1.5, -0.02),
-    "disgust":   (0.88, 3.6, 0.012, 0.06, 1.50, 0.95, 4.7, 0.42, 0.03, 0.00,   -0.06, 0.15, 0.00, 0.95, -0.015, -0.010, 0.64, 1.0, 0.00),
-    "surprised": (1.40, 7.0, 0.008, 0.05, 1.25, 1.07, 3.3, 0.50, 0.03, 0.00,   0.00, 0.30, 0.07, 0.85, 0.120, 0.000, 1.50, 1.4, -0.02),
+    #           |------------------------------------ voice ------------------------------------| |------------------------------- face --------------------------------|
+    #            f0    range jitter shimmer energy tempo tilt  oq    breath tremor formant   curve  open  rest   width brow    slant   eye   motion drop
+    "neutral":   (1.00, 2.0, 0.006, 0.04, 0.80, 1.00, 0.0, 0.60, 0.04, 0.00, 1.00,   0.00, 0.16, 0.000, 1.00, 0.000, 0.000, 0.70, 1.00, 0.00),
+    "calm":      (0.90, 1.6, 0.006, 0.04, 0.74, 0.90, -0.5, 0.62, 0.06, 0.00, 0.99,  0.36, 0.13, 0.000, 1.03, 0.010, 0.000, 1.00, 0.60, 0.00),
+    "happy":     (1.30, 6.5, 0.008, 0.05, 1.10, 1.16, 1.5, 0.54, 0.03, 0.00, 1.07,   0.48, 0.18, 0.015, 1.12, 0.015, 0.000, 0.92, 0.75, 0.00),
+    "sad":       (1.02, 2.6, 0.030, 0.10, 0.50, 0.84, -4.0, 0.72, 0.14, 0.30, 0.95,  -0.48, 0.13, 0.000, 0.95, -0.065, 0.018, 0.88, 0.70, 0.06),
+    "angry":     (0.96, 4.0, 0.012, 0.07, 1.75, 1.00, 6.0, 0.38, 0.02, 0.00, 1.02,   -0.44, 0.16, 0.000, 0.95, -0.085, -0.018, 0.82, 0.80, 0.05),
+    "fearful":   (1.14, 3.0, 0.034, 0.10, 0.55, 0.93, -3.4, 0.70, 0.15, 0.45, 0.96,  -0.08, 0.27, 0.060, 0.92, 0.105, 0.040, 1.40, 1.50, -0.02),
+    "disgust":   (0.86, 3.6, 0.012, 0.07, 1.55, 0.92, 5.2, 0.41, 0.03, 0.00, 1.01,   -0.06, 0.15, 0.015, 0.92, -0.010, -0.008, 0.62, 1.00, 0.00),
+    "surprised": (1.44, 7.5, 0.008, 0.05, 1.18, 1.07, 2.0, 0.52, 0.03, 0.00, 1.08,   0.00, 0.30, 0.070, 0.85, 0.125, 0.000, 1.50, 1.40, -0.02),
 }
 CUES: dict[str, dict[str, float]] = {e: dict(zip(_VOICE + _FACE, row)) for e, row in _ROWS.items()}
 AUDIO_PAIRS = (("neutral", "calm"), ("happy", "surprised"), ("sad", "fearful"), ("angry", "disgust"))
 VIDEO_PAIRS = (("calm", "happy"), ("surprised", "fearful"), ("sad", "angry"), ("disgust", "neutral"))
 VOICE_CUES, FACE_CUES = _VOICE, _FACE
-_POSITIVE = {"f0", "f0_range", "jitter", "shimmer", "energy", "tempo", "oq", "breath", "tremor",
+_POSITIVE = {"f0", "f0_range", "jitter", "shimmer", "energy", "tempo", "oq", "breath", "tremor", "formant",
              "mouth_open", "mouth_rest", "mouth_width", "eye_open", "head_motion"}
 
 

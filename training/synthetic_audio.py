@@ -195,7 +195,7 @@ def synth_speech(cues: dict, voice: dict, statement: int, rng: np.random.Generat
     f = np.fft.rfftfreq(n_fft, 1.0 / sr)[None, :]
     gains = np.full((nfr, f.shape[1]), 0.03)  # parallel formant bank: floor + 4 resonance peaks
     for i in range(4):
-        track = np.repeat([VOWELS[v][i] for v in vowels], 2) * voice["tract"]
+        track = np.repeat([VOWELS[v][i] for v in vowels], 2) * voice["tract"] * cues["formant"]
         fi = np.interp(t_fr, key_t, track)[:, None]
         gains += FORMANT_GAINS[i] / np.sqrt(1.0 + ((f - fi) / (0.5 * BANDWIDTHS[i])) ** 2)
     tilt = cues["tilt"] + voice["tilt"]  # dB / octave relative to 1 kHz

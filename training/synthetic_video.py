@@ -38,7 +38,7 @@ def face_identity(rng: np.random.Generator, male: bool, size: int) -> dict:
         "eye_w": rng.uniform(0.17, 0.21), "eye_h": rng.uniform(0.085, 0.11),
         "brow_gap": rng.uniform(0.14, 0.17), "brow_len": rng.uniform(0.40, 0.48),
         "brow_thick": rng.uniform(2.0, 3.2), "mouth_y": rng.uniform(0.42, 0.50),
-        "mouth_w": rng.uniform(0.32, 0.40), "hairline": rng.uniform(0.44, 0.54),
+        "mouth_w": rng.uniform(0.36, 0.44), "hairline": rng.uniform(0.44, 0.54),
         "skin": skin, "hair": jitter(HAIR[rng.integers(len(HAIR))], 10),
         "iris": IRIS[rng.integers(len(IRIS))], "bg": bg,
         "cloth": tuple(int(v) for v in rng.integers(30, 220, 3)),
@@ -82,11 +82,11 @@ class _Pose:
         return np.rint(out * _ONE).astype(np.int32)
 
     def pt(self, x: float, y: float) -> tuple[int, int]:
-        return (int(round((self.cx + x * self.c - y * self.s) * _ONE)),
-                int(round((self.cy + x * self.s + y * self.c) * _ONE)))
+        return (int((self.cx + x * self.c - y * self.s) * _ONE + 0.5),
+                int((self.cy + x * self.s + y * self.c) * _ONE + 0.5))
 
     def ellipse(self, img, x, y, ax, ay, color, thickness=-1, start=0, end=360):
-        axes = (max(int(round(ax * _ONE)), 1), max(int(round(ay * _ONE)), 1))
+        axes = (max(int(ax * _ONE + 0.5), 1), max(int(ay * _ONE + 0.5), 1))
         cv2.ellipse(img, self.pt(x, y), axes, self.deg, start, end, color, thickness, AA, SHIFT)
 
 
@@ -175,7 +175,7 @@ def render_face(cues: dict, face: dict, track: dict, n_frames: int, fps: int, si
         lower = P.pts(mx, my + corner + 0.7 * opening[k] * body_open)
         if opening[k] > 0.6 * scale:
             cv2.fillPoly(img, [np.concatenate([upper, lower[::-1]])], (60, 20, 25), AA, SHIFT)
-        th = max(int(round(2 * scale)), 1)
+        th = max(int(round(2.6 * scale)), 1)
         cv2.polylines(img, [upper], False, lip, th, AA, SHIFT)
         cv2.polylines(img, [lower], False, lip, th, AA, SHIFT)
 

@@ -18,10 +18,11 @@ from contract.geometry import DEFAULT_GEOMETRY, WindowGeometry
 from contract.labels import label_names
 from training import ravdess
 from training.cache import build_cache
-from training.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint
+from training.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint, model_from_checkpoint
 from training.config import TrainConfig
 from training.dataset import WindowDataset
-from training.losses import class_weights, total_loss
+from training.loss_weighting import LossWeighter
+from training.losses import LossWeights, class_weights, combine, loss_terms
 from training.metrics import classification_metrics, plot_confusion, plot_history
 from training.model import FusionModel, build_model
 
@@ -119,6 +120,44 @@ def evaluate_split(model: FusionModel, ds: WindowDataset, labels: list[str], pro
     return result
 
 
+def loss_weights(cfg: TrainConfig) -> LossWeights:
+    d = dict(cfg.losses)
+    for k in ("focal_alpha", "recon_modality_weights"):
+        if d.get(k) is not None:
+            d[k] = tuple(d[k])
+    return LossWeights(**d)
+
+
+def load_teachers(cfg: TrainConfig) -> dict[str, FusionModel]:
+    """Frozen unimodal teacher models for distillation (``--teacher_audio``, ``--teacher_video``)."""
+    teachers = {}
+    for name, path in (("audio", cfg.teacher_audio), ("video", cfg.teacher_video)):
+        if path:
+            teacher, ckpt = model_from_checkpoint(path)
+            if len(ckpt["labels"]) != cfg.num_classes:
+                raise SystemExit(f"teacher {path} has {len(ckpt['labels'])} classes, expected {cfg.num_classes}")
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            teachers[name] = teacher.eval()
+    return teachers
+
+
+def shared_parameters(model: FusionModel) -> list[torch.Tensor]:
+    """Parameters every loss part reaches (the encoders' output projections), for grad_balance."""
+    params = [p for enc in (model.audio_encoder, model.video_encoder) if enc is not None
+              for n, p in enc.named_parameters() if n.startswith("proj")]
+    return params or [p for p in model.parameters() if p.requires_grad]
+
+
+def tensorboard_writer(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:  # logging must never fail the run
+        tqdm.write(f"TensorBoard logging off: {e}")
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
 def train(cfg: TrainConfig, geometry: WindowGeometry = DEFAULT_GEOMETRY) -> dict:
     """Train one model; writes best.pt, last.pt, metrics.json, history.png, confusion_test.png to cfg.out_dir."""
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -137,7 +176,11 @@ def train(cfg: TrainConfig, geometry: WindowGeometry = DEFAULT_GEOMETRY) -> dict
         model.audio_encoder.frontend.set_normalisation(mean, std)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1)) if cfg.use_cosine_annealing else None
-    weight = class_weights(datasets["train"].labels, cfg.num_classes) if cfg.class_weight else None
+    lw = loss_weights(cfg)
+    weight = class_weights(datasets["train"].labels, cfg.num_classes) if lw.use_class_weight else None
+    weighter = LossWeighter(cfg.loss_weighting, cfg.loss_weighting_momentum, cfg.loss_weighting_every)
+    teachers = load_teachers(cfg)
+    shared = shared_parameters(model)
     state = {"epoch": 0, "best_f1": -1.0, "bad_epochs": 0, "history": []}
     last_path, best_path = out / "last.pt", out / "best.pt"
     if cfg.resume and last_path.exists():
@@ -148,24 +191,32 @@ def train(cfg: TrainConfig, geometry: WindowGeometry = DEFAULT_GEOMETRY) -> dict
         if sched is not None and ts.get("scheduler"):
             sched.load_state_dict(ts["scheduler"])
         torch.set_rng_state(ts["torch_rng"])
+        weighter.load_state_dict(json.loads(ts.get("weighter_json", "{}")) or weighter.state_dict())
         state = {"epoch": ts["epoch"], "best_f1": ts["best_f1"], "bad_epochs": ts["bad_epochs"],
                  "history": json.loads(ts["history_json"])}
         tqdm.write(f"resumed from {last_path} at epoch {state['epoch']}")
     t0 = time.time()
     n_params = sum(p.numel() for p in model.parameters())
+    writer = tensorboard_writer(out) if cfg.tensorboard else None
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.early_stopping_patience:
         epoch = state["epoch"] + 1
         model.train()
         datasets["train"].set_epoch(epoch, cfg.seed)
         sums: dict[str, float] = {}
         n = 0
-        bar = tqdm(loader(datasets["train"], cfg, True, epoch), desc=f"{mcfg.fusion} epoch {epoch}/{cfg.epochs}",
+        train_loader = loader(datasets["train"], cfg, True, epoch)
+        bar = tqdm(train_loader, desc=f"{mcfg.fusion} epoch {epoch}/{cfg.epochs}",
                    leave=False, disable=not cfg.progress)
         for step, batch in enumerate(bar):
             if cfg.max_train_batches and step >= cfg.max_train_batches:
                 break
             outputs = model(batch["audio"], batch["frames"], batch["mask"])
-            loss, parts = total_loss(outputs, torch.as_tensor(batch["label"]), weight, cfg.aux_weight)
+            teacher_logits = {name: t(batch["audio"], batch["frames"], batch["mask"])["logits"]
+                              for name, t in teachers.items()} if teachers else None
+            terms, extra = loss_terms(outputs, torch.as_tensor(batch["label"]), lw, weight, teacher_logits)
+            step_id = (epoch - 1) * len(train_loader) + step
+            dynamic = weighter.weights({k: v for k, (v, _) in terms.items()}, shared, step_id)
+            loss, parts = combine(terms, dynamic, extra)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -173,6 +224,9 @@ def train(cfg: TrainConfig, geometry: WindowGeometry = DEFAULT_GEOMETRY) -> dict
                 sums[k] = sums.get(k, 0.0) + v
             n += 1
             bar.set_postfix(loss=f"{parts['total']:.3f}")
+            if writer is not None:
+                for k, v in parts.items():
+                    writer.add_scalar(f"step/{k}", v, step_id)
         if sched is not None:
             sched.step()
         val = evaluate_split(model, datasets["val"], labels)
@@ -180,21 +234,30 @@ def train(cfg: TrainConfig, geometry: WindowGeometry = DEFAULT_GEOMETRY) -> dict
                   "val_macro_f1": val["clip"]["macro_f1"], "val_accuracy": val["clip"]["accuracy"],
                   "val_window_macro_f1": val["window"]["macro_f1"], "seconds": time.time() - t0}
         state["history"].append(record)
+        if writer is not None:
+            for k, v in record.items():
+                if k != "epoch":
+                    writer.add_scalar(f"epoch/{k}", v, epoch)
+            writer.flush()
         improved = val["clip"]["macro_f1"] > state["best_f1"]
         if improved:
             state["best_f1"], state["bad_epochs"] = val["clip"]["macro_f1"], 0
-            atomic_torch_save(make_checkpoint(model, mcfg, labels, geometry, {"val_macro_f1": state["best_f1"], "epoch": epoch}), best_path)
+            atomic_torch_save(make_checkpoint(model, mcfg, labels, geometry, {"val_macro_f1": state["best_f1"], "epoch": epoch},
+                                              train_config=cfg.to_dict()), best_path)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
         train_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
                        "torch_rng": torch.get_rng_state(), "epoch": epoch, "best_f1": state["best_f1"],
-                       "bad_epochs": state["bad_epochs"], "history_json": json.dumps(state["history"])}
-        atomic_torch_save(make_checkpoint(model, mcfg, labels, geometry, {"val_macro_f1": val["clip"]["macro_f1"]}, train_state), last_path)
+                       "bad_epochs": state["bad_epochs"], "history_json": json.dumps(state["history"]),
+                       "weighter_json": json.dumps(weighter.state_dict())}
+        atomic_torch_save(make_checkpoint(model, mcfg, labels, geometry, {"val_macro_f1": val["clip"]["macro_f1"]}, train_state,
+                                          cfg.to_dict()), last_path)
         tqdm.write(f"[{mcfg.fusion}] epoch {epoch}: loss {record.get('train_loss_total', float('nan')):.3f} "
                    f"val macro-F1 {record['val_macro_f1']:.3f} acc {record['val_accuracy']:.3f}"
                    f"{' *' if improved else ''}")
-    from training.checkpoint import model_from_checkpoint
+    if writer is not None:
+        writer.close()
     best, _ = model_from_checkpoint(best_path)
     results = {"fusion": mcfg.fusion, "num_classes": cfg.num_classes, "labels": labels, "params": n_params,
                "train_seconds": round(time.time() - t0, 1), "epochs_run": state["epoch"], "best_val_macro_f1": state["best_f1"],
