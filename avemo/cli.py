@@ -15,6 +15,7 @@ COMMANDS = {
     "cache": ("training.cli", "cache_arguments", "cache_run", "decode clips into the training cache (done by train too)"),
     "train": ("training.cli", "train_arguments", "train_run", "train a fusion model or a unimodal baseline"),
     "evaluate": ("training.cli", "evaluate_arguments", "evaluate_run", "metrics of a checkpoint on a split"),
+    "compare": ("training.cli", "compare_arguments", "compare_run", "train several fusions with one seed and split, tabulate test results"),
     "export": ("export.cli", "add_arguments", "run", "checkpoint -> ONNX in the Triton model repository"),
     "serve": ("serving.cli", "add_arguments", "run", "run the bundled Triton server on the model repository"),
     "predict": ("client.cli", "add_arguments", "run", "stream clips through Triton over gRPC and print predictions"),

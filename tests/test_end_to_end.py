@@ -95,3 +95,35 @@ def test_train_resume_export_serve_stream(corpus, tmp_path):
         np.testing.assert_allclose(probs[0], local[0], atol=1e-5)
         client.close()
     assert server.process is None or server.process.poll() is not None
+
+
+def test_killed_run_resumes_to_identical_weights(corpus, tmp_path, monkeypatch):
+    """A run killed in the middle of epoch 2 and resumed ends with the same weights, bit for bit (CPU)."""
+    import torch
+
+    from training import trainer
+
+    straight = trainer.train(tiny_config(corpus, tmp_path / "straight", epochs=3))
+    assert straight["epochs_run"] == 3
+
+    real_evaluate, calls = trainer.evaluate_split, {"n": 0}
+
+    def killing_evaluate(*args, **kwargs):  # validation of epoch 2 runs after its training steps
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill before epoch 2 is saved")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate_split", killing_evaluate)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(tiny_config(corpus, tmp_path / "killed", epochs=3))
+    monkeypatch.setattr(trainer, "evaluate_split", real_evaluate)
+    killed_dir = tmp_path / "killed" / "run"
+    assert torch.load(killed_dir / "last.pt", weights_only=True)["train_state"]["epoch"] == 1
+    resumed = trainer.train(replace(tiny_config(corpus, tmp_path / "killed", epochs=3), resume=True))
+    assert resumed["epochs_run"] == 3 and len(resumed["history"]) == 3
+    a = torch.load(tmp_path / "straight" / "run" / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(killed_dir / "last.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

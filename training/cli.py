@@ -1,4 +1,4 @@
-"""`avemo corpus`, `avemo cache`, `avemo train`, `avemo evaluate` (argument parsing only; heavy imports are lazy)."""
+"""`avemo corpus`, `cache`, `train`, `evaluate`, `compare` (argument parsing only; heavy imports are lazy)."""
 from __future__ import annotations
 
 import argparse
@@ -140,7 +140,14 @@ def evaluate_arguments(p: argparse.ArgumentParser) -> None:
     _opt(p, "split_mode", choices=["actor", "kfold", "stratified"], default="actor", help="(default: %(default)s)")
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="split seed and noise seed (default: %(default)s)")
+    p.add_argument("--drop", choices=["audio", "video"], default=None,
+                   help="missing modality: zero that input and set its modality_mask entry to 0")
+    p.add_argument("--noise", type=float, default=None, metavar="SNR_DB",
+                   help="add white Gaussian noise to the audio at this SNR in dB (per window, from its own power)")
+    _opt(p, "report_dir", type=Path, default=None,
+         help="also write per_class_report.md and error_cases.md/.json for this condition into this folder")
+    _opt(p, "no_progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
 
 
@@ -148,18 +155,91 @@ def evaluate_run(args: argparse.Namespace) -> int:
     from contract.geometry import WindowGeometry
     from training.checkpoint import model_from_checkpoint
     from training.config import TrainConfig
-    from training.trainer import evaluate_split, prepare_data
+    from training.robustness import evaluate_condition
+    from training.trainer import prepare_data
 
     model, ckpt = model_from_checkpoint(args.checkpoint)
     cfg = TrainConfig(data_root=args.data_root, cache_dir=args.cache_dir, num_classes=len(ckpt["labels"]),
-                      split_mode=args.split_mode, fold=args.fold, folds=args.folds, seed=args.seed)
+                      split_mode=args.split_mode, fold=args.fold, folds=args.folds, seed=args.seed,
+                      progress=not args.no_progress)
     datasets, _ = prepare_data(cfg, WindowGeometry.from_dict(ckpt["geometry"]))
-    res = evaluate_split(model, datasets[args.split], ckpt["labels"], progress=True)
+    ds = datasets[args.split]
+    if len(ds) == 0:
+        raise SystemExit(f"the {args.split} split is empty")
+    res, pred = evaluate_condition(model, ds, ckpt["labels"], drop=args.drop, noise_snr_db=args.noise,
+                                   seed=args.seed, progress=not args.no_progress)
+    res["split"] = args.split
+    res["checkpoint"] = str(args.checkpoint)
+    if args.report_dir is not None:
+        from training.report import write_reports
+
+        args.report_dir.mkdir(parents=True, exist_ok=True)
+        summary = write_reports(pred, ckpt["labels"], args.report_dir, [c.source for c in ds.clips], res["clip"],
+                                title=f"{args.split} split, {res['condition']['description']}")
+        res["error_cases"] = summary["error_cases"]
     if args.json:
         print(json.dumps(res, indent=2))
     else:
-        c = res["clip"]
-        print(f"{args.split}: {c['n']} clips, macro-F1 {c['macro_f1']:.3f}, accuracy {c['accuracy']:.3f}")
-        for label, f1 in c["per_class_f1"].items():
-            print(f"  {label:10s} F1 {f1:.3f}")
+        print(evaluate_summary(res))
+    return 0
+
+
+def evaluate_summary(res: dict) -> str:
+    """Readable summary of ``evaluate_run``'s result: condition, clip metrics, per-class table."""
+    c = res["clip"]
+    w = res.get("mean_modality_weights", [float("nan")] * 2)
+    lines = [f"{res.get('split', 'split')} ({res['condition']['description']}): {c['n']} clips, "
+             f"macro-F1 {c['macro_f1']:.3f}, accuracy {c['accuracy']:.3f}; window macro-F1 {res['window']['macro_f1']:.3f}; "
+             f"mean modality weights audio {w[0]:.2f} / video {w[1]:.2f}",
+             f"  {'class':10s} {'precision':>9s} {'recall':>7s} {'F1':>6s} {'support':>8s}"]
+    for label, r in res["per_class"].items():
+        lines.append(f"  {label:10s} {r['precision']:9.3f} {r['recall']:7.3f} {r['f1']:6.3f} {r['support']:8d}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- compare
+def compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fusions", default="audio,video,late,concat,gated,xattn,uncertainty,gated_uncertainty,hierarchical",
+                   help="comma-separated fusions / baselines to train (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=20, help="max epochs per model (default: %(default)s)")
+    _opt(p, "data_root", default="data/corpus", help="RAVDESS-layout folder (default: %(default)s)")
+    _opt(p, "cache_dir", default="cache", help="decoded-clip cache (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("runs/compare"), help="runs go to <out>/<fusion> (default: %(default)s)")
+    _opt(p, "num_classes", type=int, choices=[4, 8], default=8, help="(default: %(default)s)")
+    _opt(p, "split_mode", choices=["actor", "kfold", "stratified"], default="actor", help="(default: %(default)s)")
+    p.add_argument("--fold", type=int, default=0, help="test fold for --split_mode kfold (default: %(default)s)")
+    p.add_argument("--folds", type=int, default=5, help="number of folds for kfold (default: %(default)s)")
+    _opt(p, "batch_size", type=int, default=32, help="(default: %(default)s)")
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default: %(default)s)")
+    _opt(p, "early_stopping_patience", type=int, default=5, help="(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="one seed for every model (default: %(default)s)")
+    p.add_argument("--retrain", action="store_true", help="train again even when a finished run with the same config exists")
+    _opt(p, "tensorboard", action=argparse.BooleanOptionalAction, default=True,
+         help="TensorBoard logs in <out>/<fusion>/tensorboard (default: on)")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tiny encoders (tests, smoke runs)
+    _opt(p, "max_train_batches", type=int, default=0, help=argparse.SUPPRESS)
+    _opt(p, "no_progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
+
+def compare_run(args: argparse.Namespace) -> int:
+    from training.compare import TINY_MODEL, compare, parse_fusions
+    from training.config import ModelConfig, TrainConfig
+
+    try:
+        fusions = parse_fusions(args.fusions)
+    except ValueError as e:
+        raise SystemExit(str(e))
+    base = TrainConfig(data_root=args.data_root, cache_dir=args.cache_dir, num_classes=args.num_classes,
+                       split_mode=args.split_mode, fold=args.fold, folds=args.folds, epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, early_stopping_patience=args.early_stopping_patience,
+                       tensorboard=args.tensorboard, seed=args.seed, max_train_batches=args.max_train_batches,
+                       progress=not args.no_progress, model=ModelConfig(num_classes=args.num_classes))
+    result = compare(fusions, base, args.out, retrain=args.retrain, model_overrides=TINY_MODEL if args.tiny else None,
+                     log=(lambda s: print(s, file=sys.stderr)) if args.json else print)
+    if args.json:
+        print(json.dumps({"rows": result["rows"], "config": result["config"]}, indent=2))
+    else:
+        print(result["markdown"], end="")
+        print(f"written {args.out / 'comparison.md'} and {args.out / 'comparison.json'}")
     return 0

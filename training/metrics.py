@@ -58,14 +58,14 @@ def plot_confusion(cm, labels: list[str], path: Path, title: str) -> None:
 
 
 def plot_history(history: list[dict], path: Path) -> None:
-    """Loss curves (train) and macro-F1/accuracy (train, val) per epoch."""
+    """Loss curves per component (train; weights in force are not drawn) and val macro-F1/accuracy per epoch."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in sorted({k for h in history for k in h if k.startswith("train_loss_")}):
+    for key in sorted({k for h in history for k in h if k.startswith("train_loss_") and not k.startswith("train_loss_w_")}):
         ax1.plot(epochs, [h.get(key, np.nan) for h in history], label=key.removeprefix("train_loss_"))
     ax1.plot(epochs, [h.get("val_loss", np.nan) for h in history], "k--", label="val total")
     ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.set_title("loss")

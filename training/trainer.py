@@ -120,6 +120,14 @@ def evaluate_split(model: FusionModel, ds: WindowDataset, labels: list[str], pro
     return result
 
 
+def train_window_metrics(y_true: list[np.ndarray], y_pred: list[np.ndarray], labels: list[str]) -> dict:
+    """Window-level macro-F1 / accuracy of the training predictions made during the epoch."""
+    if not y_true:
+        return {}
+    m = classification_metrics(np.concatenate(y_true), np.concatenate(y_pred), labels)
+    return {"train_macro_f1": m["macro_f1"], "train_accuracy": m["accuracy"]}
+
+
 def loss_weights(cfg: TrainConfig) -> LossWeights:
     d = dict(cfg.losses)
     for k in ("focal_alpha", "recon_modality_weights"):
@@ -159,7 +167,8 @@ def tensorboard_writer(out: Path):
 
 
 def train(cfg: TrainConfig, geometry: WindowGeometry = DEFAULT_GEOMETRY) -> dict:
-    """Train one model; writes best.pt, last.pt, metrics.json, history.png, confusion_test.png to cfg.out_dir."""
+    """Train one model into cfg.out_dir: best.pt, last.pt (resume state), metrics.json, history.png,
+    confusion_test.png, per_class_report.md, per_class_f1.png, error_cases.md/.json, tensorboard/."""
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     seed_everything(cfg.seed)
     out = Path(cfg.out_dir)
@@ -203,6 +212,8 @@ def train(cfg: TrainConfig, geometry: WindowGeometry = DEFAULT_GEOMETRY) -> dict
         model.train()
         datasets["train"].set_epoch(epoch, cfg.seed)
         sums: dict[str, float] = {}
+        seen_true: list[np.ndarray] = []  # window labels / predictions seen in training (augmented windows)
+        seen_pred: list[np.ndarray] = []
         n = 0
         train_loader = loader(datasets["train"], cfg, True, epoch)
         bar = tqdm(train_loader, desc=f"{mcfg.fusion} epoch {epoch}/{cfg.epochs}",
@@ -222,6 +233,8 @@ def train(cfg: TrainConfig, geometry: WindowGeometry = DEFAULT_GEOMETRY) -> dict
             opt.step()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
+            seen_true.append(np.asarray(batch["label"]))
+            seen_pred.append(outputs["logits"].detach().argmax(1).numpy())
             n += 1
             bar.set_postfix(loss=f"{parts['total']:.3f}")
             if writer is not None:
@@ -231,6 +244,7 @@ def train(cfg: TrainConfig, geometry: WindowGeometry = DEFAULT_GEOMETRY) -> dict
             sched.step()
         val = evaluate_split(model, datasets["val"], labels)
         record = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], **{f"train_loss_{k}": v / max(n, 1) for k, v in sums.items()},
+                  **train_window_metrics(seen_true, seen_pred, labels),
                   "val_macro_f1": val["clip"]["macro_f1"], "val_accuracy": val["clip"]["accuracy"],
                   "val_window_macro_f1": val["window"]["macro_f1"], "seconds": time.time() - t0}
         state["history"].append(record)
@@ -264,9 +278,15 @@ def train(cfg: TrainConfig, geometry: WindowGeometry = DEFAULT_GEOMETRY) -> dict
                "checkpoint": str(best_path), "config": cfg.to_dict() | {"model": mcfg.to_dict()}, **info,
                "history": state["history"]}
     if len(datasets.get("test", [])):
-        results["test"] = evaluate_split(best, datasets["test"], labels, progress=cfg.progress, desc="test")
+        from training.report import evaluate_predictions, write_reports
+
+        # one pass over the test split: the same metrics as evaluate_split, plus the reports
+        test_pred = predict(best, datasets["test"], progress=cfg.progress, desc="test")
+        results["test"] = evaluate_predictions(test_pred, labels)
         plot_confusion(results["test"]["clip"]["confusion_matrix"], labels, out / "confusion_test.png",
                        f"{mcfg.fusion}: test clips, macro-F1 {results['test']['clip']['macro_f1']:.3f}")
+        results["test"].update(write_reports(test_pred, labels, out, [c.source for c in datasets["test"].clips],
+                                             results["test"]["clip"], title=f"{mcfg.fusion}, test split"))
     plot_history(state["history"], out / "history.png")
     (out / "metrics.json").write_text(json.dumps(results, indent=2))
     return results

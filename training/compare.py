@@ -1,0 +1,132 @@
+"""`avemo compare`: train several fusions with the same seed and split, tabulate their test results.
+
+Each fusion trains into ``<out>/<fusion>/`` through ``training.trainer.train`` with one shared
+``TrainConfig`` (only ``model.fusion`` and ``out_dir`` differ). A finished run (``metrics.json``)
+made with the same configuration is reused unless ``retrain``; an interrupted one with the same
+configuration (``last.pt``) is resumed. Writes ``comparison.md`` and ``comparison.json`` in ``<out>``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+from training.config import FUSIONS, TrainConfig
+
+# configuration fields that do not change the result of a run (ignored when deciding to reuse one)
+_IGNORED = ("out_dir", "cache_dir", "resume", "progress", "num_workers", "tensorboard")
+_IGNORED_MODEL = ("logmel_mean", "logmel_std")  # set by train() from the training data
+
+# tiny encoders for tests and smoke runs (`--tiny`, hidden)
+TINY_MODEL = {"audio_channels": (8, 16), "video_channels": (8, 16), "embed_dim": 32}
+
+COLUMNS = ("fusion", "test macro-F1", "test accuracy", "parameters", "training time (s)", "epochs run")
+
+
+def parse_fusions(text: str) -> list[str]:
+    names = [f.strip() for f in text.split(",") if f.strip()]
+    bad = [f for f in names if f not in FUSIONS]
+    if bad or not names:
+        raise ValueError(f"unknown fusion(s) {bad or text!r}; choose from {', '.join(FUSIONS)}")
+    return list(dict.fromkeys(names))  # keep order, drop repeats
+
+
+def comparable(config: dict) -> dict:
+    """A run configuration without the fields that do not change its result."""
+    d = {k: v for k, v in config.items() if k not in _IGNORED}
+    model = {k: v for k, v in dict(d.get("model", {})).items() if k not in _IGNORED_MODEL}
+    model["num_classes"] = d.get("num_classes", model.get("num_classes"))
+    d["model"] = model
+    return json.loads(json.dumps(d))  # tuples -> lists, as stored in metrics.json
+
+
+def fusion_config(base: TrainConfig, fusion: str, out: Path) -> TrainConfig:
+    return replace(base, out_dir=str(Path(out) / fusion), resume=False, model=replace(base.model, fusion=fusion))
+
+
+def reusable(cfg: TrainConfig) -> dict | None:
+    """metrics.json of a finished run of exactly this configuration, else None."""
+    path = Path(cfg.out_dir) / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if comparable(metrics.get("config", {})) != comparable(cfg.to_dict()):
+        return None
+    if not (Path(cfg.out_dir) / "best.pt").exists():
+        return None
+    return metrics
+
+
+def resumable(cfg: TrainConfig) -> bool:
+    """An interrupted run of exactly this configuration left a last.pt."""
+    last = Path(cfg.out_dir) / "last.pt"
+    if not last.exists():
+        return False
+    try:
+        from training.checkpoint import load_checkpoint
+
+        stored = load_checkpoint(last).get("train_config") or {}
+    except Exception:
+        return False
+    return comparable(stored) == comparable(cfg.to_dict())
+
+
+def row(fusion: str, metrics: dict, reused: bool) -> dict:
+    clip = metrics.get("test", {}).get("clip", {})
+    return {"fusion": fusion, "test_macro_f1": clip.get("macro_f1"), "test_accuracy": clip.get("accuracy"),
+            "test_clips": clip.get("n", 0), "params": metrics.get("params"), "train_seconds": metrics.get("train_seconds"),
+            "epochs_run": metrics.get("epochs_run"), "best_val_macro_f1": metrics.get("best_val_macro_f1"),
+            "checkpoint": metrics.get("checkpoint"), "reused": reused}
+
+
+def _fmt(v, spec: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return format(v, spec)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        lines.append(f"| {r['fusion']} | {_fmt(r['test_macro_f1'], '.3f')} | {_fmt(r['test_accuracy'], '.3f')} | "
+                     f"{_fmt(r['params'], ',')} | {_fmt(r['train_seconds'], '.1f')} | {_fmt(r['epochs_run'], 'd')} |")
+    return "\n".join(lines) + "\n"
+
+
+def compare(fusions: list[str], base: TrainConfig, out: str | Path, retrain: bool = False,
+            model_overrides: dict | None = None, log=print) -> dict:
+    """Train (or reuse) each fusion with ``base`` and write comparison.md / comparison.json in ``out``.
+
+    ``model_overrides``: ModelConfig fields applied to every fusion (e.g. ``TINY_MODEL`` in tests).
+    Returns {"rows": [...], "config": ..., "markdown": ...}.
+    """
+    from training.trainer import train
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if model_overrides:
+        base = replace(base, model=replace(base.model, **model_overrides))
+    rows = []
+    for fusion in fusions:
+        cfg = fusion_config(base, fusion, out)
+        metrics = None if retrain else reusable(cfg)
+        reused = metrics is not None
+        if reused:
+            log(f"[{fusion}] reusing finished run in {cfg.out_dir}")
+        else:
+            if not retrain and resumable(cfg):
+                log(f"[{fusion}] resuming interrupted run in {cfg.out_dir}")
+                cfg = replace(cfg, resume=True)
+            metrics = train(cfg)
+        rows.append(row(fusion, metrics, reused))
+    table = markdown_table(rows)
+    common = comparable(base.to_dict())
+    common["model"].pop("fusion", None)
+    header = (f"# Fusion comparison\n\nSame seed ({base.seed}) and {base.split_mode} split for every model; "
+              f"{base.num_classes} classes, at most {base.epochs} epoch(s); test metrics at clip level "
+              f"(argmax of the mean of window probabilities), best validation checkpoint.\n\n")
+    (out / "comparison.md").write_text(header + table)
+    (out / "comparison.json").write_text(json.dumps({"rows": rows, "config": common}, indent=2))
+    return {"rows": rows, "config": common, "markdown": table}
