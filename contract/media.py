@@ -180,6 +180,9 @@ def decode_video_frames(path, fps: float = DEFAULT_GEOMETRY.video_fps) -> tuple[
 def _get_cascade():
     global _CASCADE
     if _CASCADE is None:
+        if not hasattr(cv2, "CascadeClassifier"):
+            raise RuntimeError(f"OpenCV {cv2.__version__} has no CascadeClassifier (OpenCV 5 moved it out of the main "
+                               "package); install the pinned opencv-python-headless==4.11.0.86, or use face_crop='center'")
         xml = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
         cascade = cv2.CascadeClassifier(xml)
         if cascade.empty():

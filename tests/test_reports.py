@@ -262,6 +262,14 @@ def test_compare_table_and_reports(compared, capsys):
     assert all(r["reused"] for r in again["rows"])
     assert [r["test_macro_f1"] for r in again["rows"]] == [r["test_macro_f1"] for r in rows]
 
+    # a run that left last.pt but no metrics.json (killed) is resumed, not restarted
+    (out / "gated" / "metrics.json").unlink()
+    assert main(args + ["--json"]) == 0
+    captured = capsys.readouterr()
+    assert "[gated] resuming interrupted run" in captured.err
+    resumed = {r["fusion"]: r for r in json.loads(captured.out)["rows"]}
+    assert resumed["gated"]["epochs_run"] == 1 and not resumed["gated"]["reused"] and resumed["audio"]["reused"]
+
 
 def test_evaluate_cli_drop_and_noise(compared, capsys):
     from avemo.cli import main

@@ -50,7 +50,7 @@ def make_checkpoint(model: FusionModel, cfg: ModelConfig, labels: list[str], geo
         "model_config": cfg.to_dict(),
         "labels": list(labels),
         "geometry": geometry.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},  # NCHW even after channels_last
         "metrics": {k: float(v) for k, v in (metrics or {}).items()},
     }
     if train_config is not None:

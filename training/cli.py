@@ -54,6 +54,20 @@ def cache_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def runtime_arguments(p: argparse.ArgumentParser) -> None:
+    """--device / --amp / --channels_last (training/runtime.py); torchrun sets up DDP by itself."""
+    g = p.add_argument_group("hardware (torchrun --nproc_per_node N avemo train ... runs DDP: NCCL on GPU, gloo on CPU)")
+    _opt(g, "device", choices=["auto", "cpu", "cuda"], default="auto", help="(default: %(default)s = CUDA when present)")
+    _opt(g, "amp", choices=["auto", "bf16", "off"], default="auto",
+         help="mixed precision: bf16 autocast (default: %(default)s = on for a bf16-capable GPU)")
+    _opt(g, "channels_last", choices=["auto", "on", "off"], default="auto",
+         help="NHWC memory format for the CNNs (default: %(default)s = on with CUDA)")
+
+
+def runtime_config(args: argparse.Namespace) -> dict:
+    return {"device": args.device, "amp": args.amp, "channels_last": args.channels_last}
+
+
 # ---------------------------------------------------------------- train
 def train_arguments(p: argparse.ArgumentParser) -> None:
     from training.config import FUSIONS  # light module: no torch import
@@ -84,11 +98,16 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     _opt(p, "teacher_audio", default="", help="frozen audio-only checkpoint distilled into the audio head (weight --delta_va)")
     _opt(p, "teacher_video", default="", help="frozen video-only checkpoint distilled into the video head (weight --delta_va)")
     _opt(p, "tensorboard", action=argparse.BooleanOptionalAction, default=True, help="TensorBoard logs in <out_dir>/tensorboard (default: on)")
+    p.add_argument("--wandb", action="store_true",
+                   help="also log to Weights & Biases (offline into <out_dir>/wandb when no API key; never fails the run)")
+    _opt(p, "wandb_project", default="avemo", help="W&B project (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
     _opt(p, "max_train_batches", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tiny encoders (tests, smoke runs)
     _opt(p, "no_progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    runtime_arguments(p)
     from training.losses import add_loss_arguments
 
     add_loss_arguments(p.add_argument_group("losses"))
@@ -102,6 +121,12 @@ def train_config_from_args(args: argparse.Namespace):
                         use_resnet_audio=args.use_resnet_audio, use_resnet_video=args.use_resnet_video,
                         video_pooling=args.video_pooling, spec_augment=args.spec_augment, variational=args.variational,
                         gate_alpha=args.gate_alpha, contrastive_proj_dim=args.contrastive_proj_dim)
+    if getattr(args, "tiny", False):
+        from dataclasses import replace
+
+        from training.compare import TINY_MODEL
+
+        model = replace(model, **TINY_MODEL)
     return TrainConfig(data_root=args.data_root, cache_dir=args.cache_dir, out_dir=args.out_dir or f"runs/{args.fusion}",
                        num_classes=args.num_classes, split_mode=args.split_mode, fold=args.fold, folds=args.folds,
                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -109,7 +134,8 @@ def train_config_from_args(args: argparse.Namespace):
                        losses=LossWeights.from_args(args).to_dict(), loss_weighting=args.loss_weighting,
                        loss_weighting_momentum=args.loss_weighting_momentum, loss_weighting_every=args.loss_weighting_every,
                        teacher_audio=args.teacher_audio, teacher_video=args.teacher_video, tensorboard=args.tensorboard,
-                       seed=args.seed, resume=args.resume,
+                       wandb=args.wandb, wandb_project=args.wandb_project, seed=args.seed, resume=args.resume,
+                       **runtime_config(args),
                        max_train_batches=args.max_train_batches, progress=not args.no_progress, model=model)
 
 
@@ -117,6 +143,8 @@ def train_run(args: argparse.Namespace) -> int:
     from training.trainer import train
 
     results = train(train_config_from_args(args))
+    if "fusion" not in results:  # a torchrun rank other than 0: rank 0 prints
+        return 0
     if args.json:
         print(json.dumps({k: v for k, v in results.items() if k != "history"}, indent=2))
     else:
@@ -216,6 +244,8 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retrain", action="store_true", help="train again even when a finished run with the same config exists")
     _opt(p, "tensorboard", action=argparse.BooleanOptionalAction, default=True,
          help="TensorBoard logs in <out>/<fusion>/tensorboard (default: on)")
+    p.add_argument("--wandb", action="store_true", help="log every run to Weights & Biases (offline without an API key)")
+    runtime_arguments(p)
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tiny encoders (tests, smoke runs)
     _opt(p, "max_train_batches", type=int, default=0, help=argparse.SUPPRESS)
     _opt(p, "no_progress", action="store_true", help="no progress bars")
@@ -233,8 +263,9 @@ def compare_run(args: argparse.Namespace) -> int:
     base = TrainConfig(data_root=args.data_root, cache_dir=args.cache_dir, num_classes=args.num_classes,
                        split_mode=args.split_mode, fold=args.fold, folds=args.folds, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, early_stopping_patience=args.early_stopping_patience,
-                       tensorboard=args.tensorboard, seed=args.seed, max_train_batches=args.max_train_batches,
-                       progress=not args.no_progress, model=ModelConfig(num_classes=args.num_classes))
+                       tensorboard=args.tensorboard, wandb=args.wandb, seed=args.seed,
+                       max_train_batches=args.max_train_batches, progress=not args.no_progress,
+                       model=ModelConfig(num_classes=args.num_classes), **runtime_config(args))
     result = compare(fusions, base, args.out, retrain=args.retrain, model_overrides=TINY_MODEL if args.tiny else None,
                      log=(lambda s: print(s, file=sys.stderr)) if args.json else print)
     if args.json:

@@ -15,7 +15,7 @@ from pathlib import Path
 from training.config import FUSIONS, TrainConfig
 
 # configuration fields that do not change the result of a run (ignored when deciding to reuse one)
-_IGNORED = ("out_dir", "cache_dir", "resume", "progress", "num_workers", "tensorboard")
+_IGNORED = ("out_dir", "cache_dir", "resume", "progress", "num_workers", "tensorboard", "wandb", "wandb_project")
 _IGNORED_MODEL = ("logmel_mean", "logmel_std")  # set by train() from the training data
 
 # tiny encoders for tests and smoke runs (`--tiny`, hidden)
@@ -67,7 +67,7 @@ def resumable(cfg: TrainConfig) -> bool:
     try:
         from training.checkpoint import load_checkpoint
 
-        stored = load_checkpoint(last).get("train_config") or {}
+        stored = json.loads(load_checkpoint(last).get("train_config_json") or "{}")
     except Exception:
         return False
     return comparable(stored) == comparable(cfg.to_dict())
@@ -78,7 +78,8 @@ def row(fusion: str, metrics: dict, reused: bool) -> dict:
     return {"fusion": fusion, "test_macro_f1": clip.get("macro_f1"), "test_accuracy": clip.get("accuracy"),
             "test_clips": clip.get("n", 0), "params": metrics.get("params"), "train_seconds": metrics.get("train_seconds"),
             "epochs_run": metrics.get("epochs_run"), "best_val_macro_f1": metrics.get("best_val_macro_f1"),
-            "checkpoint": metrics.get("checkpoint"), "reused": reused}
+            "checkpoint": metrics.get("checkpoint"), "runtime": metrics.get("runtime", "device cpu, float32"),
+            "reused": reused}
 
 
 def _fmt(v, spec: str) -> str:
@@ -126,7 +127,8 @@ def compare(fusions: list[str], base: TrainConfig, out: str | Path, retrain: boo
     common["model"].pop("fusion", None)
     header = (f"# Fusion comparison\n\nSame seed ({base.seed}) and {base.split_mode} split for every model; "
               f"{base.num_classes} classes, at most {base.epochs} epoch(s); test metrics at clip level "
-              f"(argmax of the mean of window probabilities), best validation checkpoint.\n\n")
+              f"(argmax of the mean of window probabilities), best validation checkpoint. "
+              f"Trained with {', '.join(sorted({r['runtime'] for r in rows}))}.\n\n")
     (out / "comparison.md").write_text(header + table)
     (out / "comparison.json").write_text(json.dumps({"rows": rows, "config": common}, indent=2))
     return {"rows": rows, "config": common, "markdown": table}

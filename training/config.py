@@ -79,6 +79,11 @@ class TrainConfig:
     teacher_audio: str = ""  # frozen audio-only teacher checkpoint distilled into the audio head (--delta_va)
     teacher_video: str = ""  # frozen video-only teacher checkpoint distilled into the video head
     tensorboard: bool = True  # TensorBoard event files in <out_dir>/tensorboard
+    wandb: bool = False  # Weights & Biases logging (offline in <out_dir>/wandb when no API key; never fails the run)
+    wandb_project: str = "avemo"  # W&B project name
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda; see training/runtime.py
+    amp: str = "auto"  # auto (bf16 autocast on a bf16-capable GPU) | bf16 | off
+    channels_last: str = "auto"  # auto (on with CUDA) | on | off: NHWC conv weights
     seed: int = 0
     num_workers: int = 0
     max_train_batches: int = 0  # 0 = all; >0 caps batches per epoch (tests)

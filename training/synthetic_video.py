@@ -42,7 +42,7 @@ def face_identity(rng: np.random.Generator, male: bool, size: int) -> dict:
         "skin": skin, "hair": jitter(HAIR[rng.integers(len(HAIR))], 10),
         "iris": IRIS[rng.integers(len(IRIS))], "bg": bg,
         "cloth": tuple(int(v) for v in rng.integers(30, 220, 3)),
-        "lip": tuple(int(v * f) for v, f in zip(skin, (0.78, 0.50, 0.50))),
+        "lip": tuple(int(v * f) for v, f in zip(skin, (0.62, 0.32, 0.38))),  # dark red: contrast on any skin
         "tilt": rng.normal(0.0, 2.0),  # habitual head roll (deg)
         # habitual expression: as large as the weak within-pair differences, so those stay weak cues
         "curve_bias": rng.normal(0.0, 0.05), "brow_bias": rng.normal(0.0, 0.012),
@@ -91,9 +91,11 @@ class _Pose:
 
 
 def _background(face: dict, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Backdrop (float32): actor colour with a per-clip tint, vertical ramp and horizontal light gradient."""
     bg = np.array(face["bg"], np.float32) * np.exp(rng.normal(0.0, 0.05, 3)).astype(np.float32)
     ramp = np.linspace(1.08, 0.88, size, dtype=np.float32)[:, None, None]
-    return np.clip(bg[None, None, :] * ramp * np.ones((1, size, 1), np.float32), 0, 255).astype(np.uint8)
+    grad = 1.0 + rng.uniform(-0.08, 0.08) * np.linspace(-1.0, 1.0, size, dtype=np.float32)[None, :, None]
+    return bg[None, None, :] * ramp * grad
 
 
 def render_face(cues: dict, face: dict, track: dict, n_frames: int, fps: int, size: int,
@@ -122,21 +124,33 @@ def render_face(cues: dict, face: dict, track: dict, n_frames: int, fps: int, si
     slant = b * cues["brow_slant"]
     gaze = rng.normal(0.0, 0.25, 2) * a * face["eye_w"]
 
+    # lighting nuisance: per-clip gain + offset with a slow flicker, applied to the colours and the
+    # backdrop before drawing (cheap); sensor noise from a fixed bank of noise images
+    light = np.exp(rng.normal(0.0, 0.05)) * (
+        1.0 + 0.02 * np.sin(2 * np.pi * rng.uniform(0.2, 1.0) * t + rng.uniform(0.0, 2 * np.pi)))
+    offset = float(rng.normal(0.0, 4.0))
     bg = _background(face, size, rng)
-    skin, hair, lip = face["skin"], face["hair"], face["lip"]
-    skin_dark = tuple(int(v * 0.85) for v in skin)
-    line_dark = tuple(int(v * 0.45) for v in skin)
-    brow_col = tuple(int(v * 0.55) for v in hair)
+    pos_noise, neg_noise = _noise_bank(size)
+    noise_idx = rng.integers(0, len(pos_noise), n_frames)
+    palette = {
+        "skin": face["skin"], "skin_dark": tuple(v * 0.85 for v in face["skin"]),
+        "line_dark": tuple(v * 0.45 for v in face["skin"]), "hair": face["hair"],
+        "brow": tuple(0.5 * min(h, k) for h, k in zip(face["hair"], face["skin"])),  # darker than the skin
+        "lip": face["lip"], "iris": face["iris"], "cloth": face["cloth"],
+        "white": (245, 245, 240), "pupil": (15, 10, 10), "mouth": (60, 20, 25),
+    }
     ex, ey = face["eye_dx"] * a, face["eye_y"] * b
     ew, eh = face["eye_w"] * a, face["eye_h"] * b
     frames = np.empty((n_frames, size, size, 3), np.uint8)
     xs = np.linspace(-1.0, 1.0, 11)
     for k in range(n_frames):
         img = frames[k]
-        img[:] = bg
+        cv2.convertScaleAbs(bg, img, float(light[k]), offset)
+        col = {n: tuple(min(max(v * light[k] + offset, 0.0), 255.0) for v in c) for n, c in palette.items()}
+        skin, skin_dark, hair, lip = col["skin"], col["skin_dark"], col["hair"], col["lip"]
         P = _Pose(cx0 + dx[k], cy0 + dy[k], roll[k])
         body = _Pose(cx0 + 0.3 * dx[k], size * 1.16, 0.0)
-        body.ellipse(img, 0, 0, size * 0.52, size * 0.30, face["cloth"])
+        body.ellipse(img, 0, 0, size * 0.52, size * 0.30, col["cloth"])
         neck = P.pts([-0.38 * a, 0.38 * a, 0.42 * a, -0.42 * a], [0.5 * b, 0.5 * b, 1.6 * b, 1.6 * b])
         cv2.fillPoly(img, [neck], skin_dark, AA, SHIFT)
         if face["male"]:
@@ -152,17 +166,17 @@ def render_face(cues: dict, face: dict, track: dict, n_frames: int, fps: int, si
         eo = max(eye_open[k], 0.06)
         for side in (-1, 1):
             x0 = side * ex
-            P.ellipse(img, x0, ey, ew, eh * eo, (245, 245, 240))
+            P.ellipse(img, x0, ey, ew, eh * eo, col["white"])
             ir = 0.5 * ew
-            P.ellipse(img, x0 + gaze[0], ey + gaze[1] * eo, ir, min(ir, eh * eo), face["iris"])
-            P.ellipse(img, x0 + gaze[0], ey + gaze[1] * eo, 0.45 * ir, min(0.45 * ir, eh * eo), (15, 10, 10))
-            P.ellipse(img, x0, ey, ew, eh * eo, line_dark, 1)
+            P.ellipse(img, x0 + gaze[0], ey + gaze[1] * eo, ir, min(ir, eh * eo), col["iris"])
+            P.ellipse(img, x0 + gaze[0], ey + gaze[1] * eo, 0.45 * ir, min(0.45 * ir, eh * eo), col["pupil"])
+            P.ellipse(img, x0, ey, ew, eh * eo, col["line_dark"], 1)
             # brows: inner end moved by the slant (+ = inner raised), whole brow by brow height
             by = ey - face["brow_gap"] * b - brow
             bl = face["brow_len"] * a
             inner, outer = side * (ex - 0.5 * bl), side * (ex + 0.5 * bl)
             pts = P.pts([inner, side * ex, outer], [by - slant, by - 0.05 * b - 0.3 * slant, by + 0.01 * b])
-            cv2.polylines(img, [pts], False, brow_col, max(int(round(face["brow_thick"] * scale)), 1), AA, SHIFT)
+            cv2.polylines(img, [pts], False, col["brow"], max(int(round(face["brow_thick"] * scale)), 1), AA, SHIFT)
         # nose
         nose = P.pts([0.0, 0.07 * a, -0.06 * a], [0.02 * b, 0.24 * b, 0.27 * b])
         cv2.polylines(img, [nose], False, skin_dark, max(int(round(1.5 * scale)), 1), AA, SHIFT)
@@ -174,26 +188,25 @@ def render_face(cues: dict, face: dict, track: dict, n_frames: int, fps: int, si
         upper = P.pts(mx, my + corner - 0.3 * opening[k] * body_open)
         lower = P.pts(mx, my + corner + 0.7 * opening[k] * body_open)
         if opening[k] > 0.6 * scale:
-            cv2.fillPoly(img, [np.concatenate([upper, lower[::-1]])], (60, 20, 25), AA, SHIFT)
+            cv2.fillPoly(img, [np.concatenate([upper, lower[::-1]])], col["mouth"], AA, SHIFT)
         th = max(int(round(2.6 * scale)), 1)
         cv2.polylines(img, [upper], False, lip, th, AA, SHIFT)
         cv2.polylines(img, [lower], False, lip, th, AA, SHIFT)
 
-    # lighting nuisance: per-clip gain and horizontal gradient, slow flicker, sensor noise
-    gain = np.exp(rng.normal(0.0, 0.05)) * (1.0 + 0.02 * np.sin(2 * np.pi * rng.uniform(0.2, 1.0) * t))
-    grad = 1.0 + rng.uniform(-0.08, 0.08) * np.linspace(-1.0, 1.0, size, dtype=np.float32)
-    light = (gain[:, None, None, None] * grad[None, None, :, None]).astype(np.float32)
-    out = frames.astype(np.float32) * light + np.float32(rng.normal(0.0, 4.0))
-    bank = _noise_bank(size)
-    out += bank[rng.integers(0, len(bank), n_frames)]
-    return np.clip(out, 0, 255).astype(np.uint8)
+        cv2.add(img, pos_noise[noise_idx[k]], img)
+        cv2.subtract(img, neg_noise[noise_idx[k]], img)
+    return frames
 
 
-_NOISE: dict[int, np.ndarray] = {}
+_NOISE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
-def _noise_bank(size: int) -> np.ndarray:
-    """Fixed bank of sensor-noise images (sd 2 grey levels); clips pick frames from it (fast, deterministic)."""
+def _noise_bank(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed bank of sensor-noise images (sd 2 grey levels) as (positive, negative) uint8 parts.
+
+    Clips pick frames from it by index (fast and deterministic: the bank has its own fixed seed).
+    """
     if size not in _NOISE:
-        _NOISE[size] = np.random.default_rng(20240229).standard_normal((24, size, size, 3), dtype=np.float32) * 2.0
+        n = np.rint(np.random.default_rng(20240229).standard_normal((24, size, size, 3)) * 2.0)
+        _NOISE[size] = (np.clip(n, 0, 255).astype(np.uint8), np.clip(-n, 0, 255).astype(np.uint8))
     return _NOISE[size]
