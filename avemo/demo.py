@@ -8,7 +8,9 @@ Writes ``<runs>/demo_summary.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -43,6 +45,15 @@ def train_or_reuse(fusion: str, args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    """With --json, stdout carries only the summary document; progress lines go to stderr."""
+    if not args.json:
+        return _run(args, sys.stdout)
+    out = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        return _run(args, out)
+
+
+def _run(args: argparse.Namespace, out) -> int:
     from client.grpc_client import EmotionClient
     from client.predict import predict_clip
     from contract.labels import label_names
@@ -104,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     args.runs.mkdir(parents=True, exist_ok=True)
     (args.runs / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2), file=out)
     else:
         print("\n test split, clip level (in-process PyTorch)")
         print(" model      macro-F1  accuracy")

@@ -102,6 +102,8 @@ def test_torchrun_two_processes_on_cpu(corpus, tmp_path):
            "--device", "cpu", "--no_progress", "--no-tensorboard", "--json"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    printed = json.loads(proc.stdout)  # --json: stdout holds only rank 0's JSON document
+    assert printed["ddp"]["world_size"] == 2 and printed["checkpoint"] == str(out / "best.pt")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["ddp"] == {"world_size": 2, "backend": "gloo", "weights_spread": 0.0}
     assert "DDP rank 0/2 (gloo)" in metrics["runtime"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -11,6 +12,11 @@ def _opt(p: argparse.ArgumentParser, name: str, **kw) -> None:
     """Add ``--name_with_underscores`` and its ``--dashed-alias``."""
     flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
     p.add_argument(*flags, dest=name, **kw)
+
+
+def _progress_to_stderr(json_output: bool):
+    """With --json, stdout carries only the JSON document: epoch lines and logs go to stderr."""
+    return contextlib.redirect_stdout(sys.stderr) if json_output else contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------- corpus
@@ -142,7 +148,8 @@ def train_config_from_args(args: argparse.Namespace):
 def train_run(args: argparse.Namespace) -> int:
     from training.trainer import train
 
-    results = train(train_config_from_args(args))
+    with _progress_to_stderr(args.json):
+        results = train(train_config_from_args(args))
     if "fusion" not in results:  # a torchrun rank other than 0: rank 0 prints
         return 0
     if args.json:
@@ -266,8 +273,9 @@ def compare_run(args: argparse.Namespace) -> int:
                        tensorboard=args.tensorboard, wandb=args.wandb, seed=args.seed,
                        max_train_batches=args.max_train_batches, progress=not args.no_progress,
                        model=ModelConfig(num_classes=args.num_classes), **runtime_config(args))
-    result = compare(fusions, base, args.out, retrain=args.retrain, model_overrides=TINY_MODEL if args.tiny else None,
-                     log=(lambda s: print(s, file=sys.stderr)) if args.json else print)
+    with _progress_to_stderr(args.json):
+        result = compare(fusions, base, args.out, retrain=args.retrain,
+                         model_overrides=TINY_MODEL if args.tiny else None, log=print)
     if args.json:
         print(json.dumps({"rows": result["rows"], "config": result["config"]}, indent=2))
     else:

@@ -99,7 +99,7 @@ def predict(model: FusionModel, ds: WindowDataset, batch_size: int = 64, progres
     """Window-level probabilities: probs [N, C], modality_weights [N, 2], audio/video probs, clip ids.
     Runs in float32 on the model's device."""
     model.eval()
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device
     out: dict[str, list] = {"probs": [], "modality_weights": [], "audio_probs": [], "video_probs": [], "clip": [], "label": []}
     for batch in tqdm(DataLoader(ds, batch_size=batch_size), desc=desc, leave=False, disable=not progress):
         o = model(batch["audio"].to(device), batch["frames"].to(device), batch["mask"].to(device))
