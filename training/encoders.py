@@ -88,11 +88,45 @@ class TemporalPool(nn.Module):
         return (a * xt).sum(dim=1)
 
 
-class AudioCNN(nn.Module):
+class SequenceEncoder(nn.Module):
+    """Shared head of every encoder: ``features`` -> [B, C, T] (T = time steps or frames), ``pooled``
+    -> [B, C'] and ``proj`` -> embedding [B, D]; with ``seq_proj`` (built when ``sequence_dim > 0``)
+    also tokens [B, T, sequence_dim] from the same pass."""
+
+    proj: nn.Linear
+    seq_proj: nn.Linear | None
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.pooled(self.features(x)))  # [B, D]
+
+    def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens [B, T, sequence_dim] only."""
+        return self.forward_with_sequence(x)[1]
+
+    def forward_with_sequence(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding [B, D], tokens [B, T, sequence_dim]) from one pass through the encoder."""
+        if self.seq_proj is None:
+            raise RuntimeError(f"{type(self).__name__} was built without sequence_dim: no token projection")
+        x = self.features(x)  # [B, C, T]
+        return self.proj(self.pooled(x)), self.seq_proj(x.transpose(1, 2))
+
+
+def mean_max(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, T] -> [B, 2C]: mean and max over the last axis."""
+    return torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1)
+
+
+class AudioCNN(SequenceEncoder):
     """audio [B, S] float32 PCM -> embedding [B, D]. Log-mel is computed inside (part of the export).
 
-    ``forward_sequence``: tokens [B, T', sequence_dim] = the time axis after the conv blocks and
-    frequency averaging, linearly projected (needs ``sequence_dim > 0``).
+    Tokens of ``forward_with_sequence``: [B, T', sequence_dim] = the time axis after the conv blocks
+    and frequency averaging, linearly projected (needs ``sequence_dim > 0``).
     """
 
     def __init__(self, frontend: LogMel, channels: tuple[int, ...], embed_dim: int,
@@ -116,33 +150,19 @@ class AudioCNN(nn.Module):
             x = self.spec_augment(x)
         return x
 
-    def feature_map(self, audio: torch.Tensor) -> torch.Tensor:
+    def features(self, audio: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.spectrogram(audio))  # [B, C, n_mels / 2^k, T / 2^k]
         return x.mean(dim=2)  # [B, C, T']  average over frequency
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        x = self.feature_map(audio)
-        x = torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1)  # [B, 2C]  mean + max over time
-        return self.proj(x)  # [B, D]
-
-    def forward_sequence(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_sequence(audio)[1]
-
-    def forward_with_sequence(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(embedding [B, D], tokens [B, T', sequence_dim]) from one pass through the CNN."""
-        if self.seq_proj is None:
-            raise RuntimeError("AudioCNN was built without sequence_dim: no token projection")
-        x = self.feature_map(audio)  # [B, C, T']
-        emb = self.proj(torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1))
-        return emb, self.seq_proj(x.transpose(1, 2))
+    pooled = staticmethod(mean_max)  # [B, 2C]  mean + max over time
 
 
-class VideoCNN(nn.Module):
+class VideoCNN(SequenceEncoder):
     """frames [B, F, H, W, 3] uint8 RGB -> embedding [B, D].
 
     A per-frame CNN on 56x56 (2x average-pooled) crops, a temporal 1-D conv over frame embeddings,
     then temporal pooling: mean + max (default), mean, or attention (``TemporalPool``).
-    ``forward_sequence``: per-frame features after the temporal conv, projected: [B, F, sequence_dim].
+    Tokens of ``forward_with_sequence``: per-frame features after the temporal conv, projected: [B, F, sequence_dim].
     """
 
     def __init__(self, channels: tuple[int, ...], embed_dim: int, pooling: str = "meanmax", sequence_dim: int = 0):
@@ -163,7 +183,7 @@ class VideoCNN(nn.Module):
         self.pool = TemporalPool(c, pooling) if pooling != "meanmax" else None
         self.seq_proj = nn.Linear(c, sequence_dim) if sequence_dim > 0 else None
 
-    def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
+    def features(self, frames: torch.Tensor) -> torch.Tensor:
         """[B, F, H, W, 3] uint8 -> [B, C, F] frame features after the residual temporal conv."""
         b, f, h, w, _ = frames.shape
         x = frames.reshape(b * f, h, w, 3).permute(0, 3, 1, 2).float() / 255.0  # [B*F, 3, H, W]
@@ -172,23 +192,8 @@ class VideoCNN(nn.Module):
         x = x.reshape(b, f, -1).transpose(1, 2)  # [B, C, F]
         return x + self.temporal(x)
 
-    def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pool is None:
-            return torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1)  # [B, 2C]
-        return self.pool(x)
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.proj(self._pool(self.frame_features(frames)))  # [B, D]
-
-    def forward_sequence(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_sequence(frames)[1]
-
-    def forward_with_sequence(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(embedding [B, D], tokens [B, F, sequence_dim]) from one pass through the CNN."""
-        if self.seq_proj is None:
-            raise RuntimeError("VideoCNN was built without sequence_dim: no token projection")
-        x = self.frame_features(frames)
-        return self.proj(self._pool(x)), self.seq_proj(x.transpose(1, 2))
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return mean_max(x) if self.pool is None else self.pool(x)  # [B, 2C] or [B, C]
 
 
 # ---------------------------------------------------------------- ResNet18 encoders
@@ -214,10 +219,10 @@ def resnet_feature_map(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return net.layer4(net.layer3(net.layer2(net.layer1(x))))
 
 
-class AudioResNet(nn.Module):
+class AudioResNet(SequenceEncoder):
     """audio [B, S] -> embedding [B, D]: ResNet18 on the normalised log-mel as a 1-channel image.
 
-    Global average pooling (as torchvision's) -> Linear(512, D). Tokens for ``forward_sequence``:
+    Global average pooling (as torchvision's) -> Linear(512, D). Tokens for ``forward_with_sequence``:
     the final feature map averaged over frequency, [B, T/32, 512], projected to ``sequence_dim``.
     """
 
@@ -232,27 +237,18 @@ class AudioResNet(nn.Module):
 
     spectrogram = AudioCNN.spectrogram
 
-    def feature_map(self, audio: torch.Tensor) -> torch.Tensor:
+    def features(self, audio: torch.Tensor) -> torch.Tensor:
         return resnet_feature_map(self.net, self.spectrogram(audio)).mean(dim=2)  # [B, 512, T']
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.feature_map(audio).mean(dim=2))
-
-    def forward_sequence(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_sequence(audio)[1]
-
-    def forward_with_sequence(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.seq_proj is None:
-            raise RuntimeError("AudioResNet was built without sequence_dim: no token projection")
-        x = self.feature_map(audio)
-        return self.proj(x.mean(dim=2)), self.seq_proj(x.transpose(1, 2))
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=2)  # [B, 512]
 
 
-class VideoResNet(nn.Module):
+class VideoResNet(SequenceEncoder):
     """frames [B, F, H, W, 3] uint8 -> embedding [B, D]: torchvision ResNet18 per frame (full
     resolution, ImageNet normalisation), global average pooling -> 512 per frame, then temporal
     pooling (``TemporalPool``: meanmax / mean / attention) and Linear(->D).
-    Tokens for ``forward_sequence``: per-frame 512-d features projected, [B, F, sequence_dim].
+    Tokens for ``forward_with_sequence``: per-frame 512-d features projected, [B, F, sequence_dim].
     """
 
     def __init__(self, embed_dim: int, pooling: str = "meanmax", sequence_dim: int = 0):
@@ -264,24 +260,15 @@ class VideoResNet(nn.Module):
         self.register_buffer("rgb_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("rgb_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
 
-    def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
+    def features(self, frames: torch.Tensor) -> torch.Tensor:
         """[B, F, H, W, 3] uint8 -> [B, 512, F]."""
         b, f, h, w, _ = frames.shape
         x = frames.reshape(b * f, h, w, 3).permute(0, 3, 1, 2).float() / 255.0
         x = resnet_feature_map(self.net, (x - self.rgb_mean) / self.rgb_std).mean(dim=(2, 3))  # [B*F, 512]
         return x.reshape(b, f, -1).transpose(1, 2)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.pool(self.frame_features(frames)))
-
-    def forward_sequence(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_sequence(frames)[1]
-
-    def forward_with_sequence(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.seq_proj is None:
-            raise RuntimeError("VideoResNet was built without sequence_dim: no token projection")
-        x = self.frame_features(frames)
-        return self.proj(self.pool(x)), self.seq_proj(x.transpose(1, 2))
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x)
 
 
 # ---------------------------------------------------------------- variational embedding head
