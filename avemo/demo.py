@@ -8,7 +8,6 @@ Writes ``<runs>/demo_summary.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -46,10 +45,10 @@ def train_or_reuse(fusion: str, args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """With --json, stdout carries only the summary document; progress lines go to stderr."""
-    if not args.json:
-        return _run(args, sys.stdout)
+    from training.cli import progress_to_stderr
+
     out = sys.stdout
-    with contextlib.redirect_stdout(sys.stderr):
+    with progress_to_stderr(args.json):
         return _run(args, out)
 
 

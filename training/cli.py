@@ -14,7 +14,7 @@ def _opt(p: argparse.ArgumentParser, name: str, **kw) -> None:
     p.add_argument(*flags, dest=name, **kw)
 
 
-def _progress_to_stderr(json_output: bool):
+def progress_to_stderr(json_output: bool):
     """With --json, stdout carries only the JSON document: epoch lines and logs go to stderr."""
     return contextlib.redirect_stdout(sys.stderr) if json_output else contextlib.nullcontext()
 
@@ -127,7 +127,7 @@ def train_config_from_args(args: argparse.Namespace):
                         use_resnet_audio=args.use_resnet_audio, use_resnet_video=args.use_resnet_video,
                         video_pooling=args.video_pooling, spec_augment=args.spec_augment, variational=args.variational,
                         gate_alpha=args.gate_alpha, contrastive_proj_dim=args.contrastive_proj_dim)
-    if getattr(args, "tiny", False):
+    if args.tiny:
         from dataclasses import replace
 
         from training.compare import TINY_MODEL
@@ -148,7 +148,7 @@ def train_config_from_args(args: argparse.Namespace):
 def train_run(args: argparse.Namespace) -> int:
     from training.trainer import train
 
-    with _progress_to_stderr(args.json):
+    with progress_to_stderr(args.json):
         results = train(train_config_from_args(args))
     if "fusion" not in results:  # a torchrun rank other than 0: rank 0 prints
         return 0
@@ -273,9 +273,9 @@ def compare_run(args: argparse.Namespace) -> int:
                        tensorboard=args.tensorboard, wandb=args.wandb, seed=args.seed,
                        max_train_batches=args.max_train_batches, progress=not args.no_progress,
                        model=ModelConfig(num_classes=args.num_classes), **runtime_config(args))
-    with _progress_to_stderr(args.json):
+    with progress_to_stderr(args.json):
         result = compare(fusions, base, args.out, retrain=args.retrain,
-                         model_overrides=TINY_MODEL if args.tiny else None, log=print)
+                         model_overrides=TINY_MODEL if args.tiny else None)
     if args.json:
         print(json.dumps({"rows": result["rows"], "config": result["config"]}, indent=2))
     else:

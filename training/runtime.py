@@ -3,7 +3,7 @@
 One ``Runtime`` is made per ``train()`` call from three TrainConfig fields:
     device         "auto" (CUDA when present, else CPU), "cpu" or "cuda"
     amp            "auto" (bf16 autocast on a CUDA GPU that supports it), "bf16" or "off"
-    channels_last  "auto" (on for CUDA), "on" or "off": conv weights and video frames in NHWC
+    channels_last  "auto" (on for CUDA), "on" or "off": conv weights in NHWC (frames arrive NHWC already)
 
 AMP uses bfloat16 only: it has float32's range, so the in-graph log-mel (log(mel + 1e-6)) and the
 losses need no GradScaler. fp16 would underflow there; a GPU without bf16 trains in float32.
@@ -29,7 +29,7 @@ from torch import nn
 class Runtime:
     device: torch.device  # where the model and batches live
     amp_dtype: torch.dtype | None  # autocast dtype (torch.bfloat16) or None for float32
-    channels_last: bool  # conv weights and frames in NHWC memory format
+    channels_last: bool  # conv weights in NHWC memory format
     rank: int = 0  # this process's rank under torchrun (0 without it)
     world_size: int = 1  # number of processes
     local_rank: int = 0  # GPU index on this node
