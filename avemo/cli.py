@@ -11,14 +11,14 @@ import sys
 
 # name -> (module, add_arguments attr, run attr, one-line help)
 COMMANDS = {
-    "corpus": ("training.cli", "corpus_arguments", "corpus_run", "generate the synthetic RAVDESS-layout MP4 corpus"),
-    "cache": ("training.cli", "cache_arguments", "cache_run", "decode clips into the training cache (done by train too)"),
-    "train": ("training.cli", "train_arguments", "train_run", "train a fusion model or a unimodal baseline"),
-    "evaluate": ("training.cli", "evaluate_arguments", "evaluate_run", "metrics of a checkpoint on a split"),
-    "compare": ("training.cli", "compare_arguments", "compare_run", "train several fusions with one seed and split, tabulate test results"),
-    "export": ("export.cli", "add_arguments", "run", "checkpoint -> ONNX in the Triton model repository"),
-    "serve": ("serving.cli", "add_arguments", "run", "run the bundled Triton server on the model repository"),
-    "predict": ("client.cli", "add_arguments", "run", "stream clips through Triton over gRPC and print predictions"),
+    "corpus": ("avemo.training.cli", "corpus_arguments", "corpus_run", "generate the synthetic RAVDESS-layout MP4 corpus"),
+    "cache": ("avemo.training.cli", "cache_arguments", "cache_run", "decode clips into the training cache (done by train too)"),
+    "train": ("avemo.training.cli", "train_arguments", "train_run", "train a fusion model or a unimodal baseline"),
+    "evaluate": ("avemo.training.cli", "evaluate_arguments", "evaluate_run", "metrics of a checkpoint on a split"),
+    "compare": ("avemo.training.cli", "compare_arguments", "compare_run", "train several fusions with one seed and split, tabulate test results"),
+    "export": ("avemo.export.cli", "add_arguments", "run", "checkpoint -> ONNX in the Triton model repository"),
+    "serve": ("avemo.serving.cli", "add_arguments", "run", "run the bundled Triton server on the model repository"),
+    "predict": ("avemo.client.cli", "add_arguments", "run", "stream clips through Triton over gRPC and print predictions"),
     "demo": ("avemo.demo", "add_arguments", "run", "the main job: corpus -> train -> export -> Triton -> predict test clips"),
 }
 

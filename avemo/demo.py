@@ -28,8 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def train_or_reuse(fusion: str, args: argparse.Namespace) -> dict:
-    from training.config import ModelConfig, TrainConfig
-    from training.trainer import train
+    from avemo.training.models.config import ModelConfig
+    from avemo.training.train.config import TrainConfig
+    from avemo.training.train.loop import train
 
     out = args.runs / fusion
     metrics = out / "metrics.json"
@@ -45,7 +46,7 @@ def train_or_reuse(fusion: str, args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """With --json, stdout carries only the summary document; progress lines go to stderr."""
-    from training.cli import progress_to_stderr
+    from avemo.training.cli import progress_to_stderr
 
     out = sys.stdout
     with progress_to_stderr(args.json):
@@ -53,15 +54,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, out) -> int:
-    from client.grpc_client import EmotionClient
-    from client.predict import predict_clip
-    from contract.labels import label_names
-    from export.onnx_export import export_checkpoint
-    from serving.server import ServerPorts, TritonServer, free_port
-    from training import ravdess
-    from training.cli import summary_line
-    from training.metrics import classification_metrics
-    from training.synthetic import generate_corpus
+    from avemo.client.grpc_client import EmotionClient
+    from avemo.client.predict import predict_clip
+    from avemo.contract.labels import label_names
+    from avemo.export.onnx_export import export_checkpoint
+    from avemo.serving.server import ServerPorts, TritonServer, free_port
+    from avemo.training.data import ravdess
+    from avemo.training.cli import summary_line
+    from avemo.training.evaluation.metrics import classification_metrics
+    from avemo.training.synthetic.corpus import generate_corpus
 
     t0 = time.time()
     fusions = [f.strip() for f in args.fusions.split(",") if f.strip()]

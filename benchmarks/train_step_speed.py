@@ -15,11 +15,11 @@ import time
 
 import torch
 
-from contract.geometry import DEFAULT_GEOMETRY
-from training.config import FUSIONS, ModelConfig
-from training.losses import LossWeights, combine, loss_terms
-from training.model import build_model
-from training.runtime import make_runtime
+from avemo.contract.geometry import DEFAULT_GEOMETRY
+from avemo.training.models.config import FUSIONS, ModelConfig
+from avemo.training.losses.terms import LossWeights, combine, loss_terms
+from avemo.training.models.model import build_model
+from avemo.training.train.runtime import make_runtime
 
 
 def time_steps(fusion: str, device: str, amp: str, channels_last: str, batch_size: int, steps: int, warmup: int,

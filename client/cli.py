@@ -19,9 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from client.grpc_client import EmotionClient, EmotionClientError
-    from client.predict import format_prediction, plot_timelines, predict_clip
-    from contract.media import MediaError
+    from avemo.client.grpc_client import EmotionClient, EmotionClientError
+    from avemo.client.predict import format_prediction, plot_timelines, predict_clip
+    from avemo.contract.media import MediaError
 
     client = EmotionClient(args.url, args.model, timeout=args.timeout)
     try:

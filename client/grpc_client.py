@@ -23,8 +23,8 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from contract.geometry import FACE_SIZE, SAMPLE_RATE, VIDEO_FPS, WindowGeometry
-from contract.tensors import AUDIO, FRAMES, INPUTS, MODALITY_MASK, MODALITY_WEIGHTS, OUTPUTS, PROBS
+from avemo.contract.geometry import FACE_SIZE, SAMPLE_RATE, VIDEO_FPS, WindowGeometry
+from avemo.contract.tensors import AUDIO, FRAMES, INPUTS, MODALITY_MASK, MODALITY_WEIGHTS, OUTPUTS, PROBS
 
 _NUMPY_TO_TRITON = {np.dtype(np.float32): "FP32", np.dtype(np.uint8): "UINT8", np.dtype(np.float64): "FP64"}
 _MAX_MESSAGE = 256 * 1024 * 1024  # a batch of 32 windows of 24 frames is ~30 MB

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from client.grpc_client import EmotionClient, WindowResult
-from contract import media
+from avemo.client.grpc_client import EmotionClient, WindowResult
+from avemo.contract import media
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -23,7 +23,7 @@ import av
 import cv2
 import numpy as np
 
-from contract.geometry import DEFAULT_GEOMETRY, WindowGeometry
+from avemo.contract.geometry import DEFAULT_GEOMETRY, WindowGeometry
 
 FACE_CROP_METHODS = ("auto", "haar", "center")
 FACE_MARGIN = 0.3  # crop side = detected face side * (1 + FACE_MARGIN)

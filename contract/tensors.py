@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contract.geometry import WindowGeometry
+from avemo.contract.geometry import WindowGeometry
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.onnx_export import ParityError, export_checkpoint
+    from avemo.export.onnx_export import ParityError, export_checkpoint
 
     if args.opset < 17:
         print(f"error: --opset must be >= 17, got {args.opset}", file=sys.stderr)

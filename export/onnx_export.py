@@ -17,11 +17,11 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from contract import tensors
-from contract.geometry import WindowGeometry
-from export.triton_repo import write_model_repository
-from training.checkpoint import load_checkpoint, model_from_checkpoint
-from training.model import ExportWrapper
+from avemo.contract import tensors
+from avemo.contract.geometry import WindowGeometry
+from avemo.export.triton_repo import write_model_repository
+from avemo.training.models.checkpoint import load_checkpoint, model_from_checkpoint
+from avemo.training.models.model import ExportWrapper
 
 OPSET = 18
 PARITY_ATOL = 1e-4  # max |probs_onnx - probs_torch| and |weights_onnx - weights_torch| allowed

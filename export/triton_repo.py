@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from contract.geometry import WindowGeometry
-from contract.tensors import INPUTS, OUTPUTS, PROBS, TRITON_PBTXT_DTYPES, TensorSpec, resolve_dims
+from avemo.contract.geometry import WindowGeometry
+from avemo.contract.tensors import INPUTS, OUTPUTS, PROBS, TRITON_PBTXT_DTYPES, TensorSpec, resolve_dims
 
 BACKEND_MODEL_SOURCE = Path(__file__).resolve().parents[1] / "serving" / "backend_model.py"
 LABELS_FILENAME = "labels.txt"

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from serving.server import ServerPorts, TritonServer, TritonServerError, models_in_repository
+    from avemo.serving.server import ServerPorts, TritonServer, TritonServerError, models_in_repository
 
     repo = Path(args.model_repository)
     if not repo.is_dir() or not models_in_repository(repo):

@@ -8,16 +8,17 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from contract import media
-from contract.geometry import DEFAULT_GEOMETRY
-from training.config import ModelConfig, TrainConfig
+from avemo.contract import media
+from avemo.contract.geometry import DEFAULT_GEOMETRY
+from avemo.training.models.config import ModelConfig
+from avemo.training.train.config import TrainConfig
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from training.synthetic import generate_corpus
+    from avemo.training.synthetic.corpus import generate_corpus
 
     root = tmp_path_factory.mktemp("corpus")
     generate_corpus(root, n_actors=3, seed=0, statements=(1,), repetitions=(1,), intensities=(2,), jobs=1, progress=False)
@@ -31,7 +32,7 @@ def tiny_config(corpus, tmp_path, epochs: int) -> TrainConfig:
 
 
 def test_train_resume_export_serve_stream(corpus, tmp_path):
-    from training.trainer import train
+    from avemo.training.train.loop import train
 
     # train 1 epoch, then "resume" to 2: the second call continues from last.pt
     first = train(tiny_config(corpus, tmp_path, epochs=1))
@@ -46,16 +47,16 @@ def test_train_resume_export_serve_stream(corpus, tmp_path):
     assert 0.0 <= metrics["test"]["clip"]["macro_f1"] <= 1.0
 
     # export
-    from export.onnx_export import export_checkpoint
+    from avemo.export.onnx_export import export_checkpoint
 
     repo = tmp_path / "repo"
     report = export_checkpoint(run / "best.pt", repo, "emotion")
     assert max(report.max_abs_diff.values()) <= 1e-4
 
     # real Triton, real gRPC stream
-    from client.grpc_client import EmotionClient
-    from client.predict import predict_clip
-    from serving.server import ServerPorts, TritonServer, free_port
+    from avemo.client.grpc_client import EmotionClient
+    from avemo.client.predict import predict_clip
+    from avemo.serving.server import ServerPorts, TritonServer, free_port
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
@@ -101,12 +102,12 @@ def test_killed_run_resumes_to_identical_weights(corpus, tmp_path, monkeypatch):
     """A run killed in the middle of epoch 2 and resumed ends with the same weights, bit for bit (CPU)."""
     import torch
 
-    from training import trainer
+    from avemo.training.train import loop as trainer
 
     straight = trainer.train(tiny_config(corpus, tmp_path / "straight", epochs=3))
     assert straight["epochs_run"] == 3
 
-    real_evaluate, calls = trainer.evaluate_split, {"n": 0}
+    real_evaluate, calls = trainer.evaluate, {"n": 0}
 
     def killing_evaluate(*args, **kwargs):  # validation of epoch 2 runs after its training steps
         calls["n"] += 1
@@ -114,10 +115,10 @@ def test_killed_run_resumes_to_identical_weights(corpus, tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated kill before epoch 2 is saved")
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "evaluate_split", killing_evaluate)
+    monkeypatch.setattr(trainer, "evaluate", killing_evaluate)
     with pytest.raises(KeyboardInterrupt):
         trainer.train(tiny_config(corpus, tmp_path / "killed", epochs=3))
-    monkeypatch.setattr(trainer, "evaluate_split", real_evaluate)
+    monkeypatch.setattr(trainer, "evaluate", real_evaluate)
     killed_dir = tmp_path / "killed" / "run"
     assert torch.load(killed_dir / "last.pt", weights_only=True)["train_state"]["epoch"] == 1
     resumed = trainer.train(replace(tiny_config(corpus, tmp_path / "killed", epochs=3), resume=True))

@@ -7,12 +7,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from contract import tensors
-from export import cli as export_cli
-from export import onnx_export
-from training.checkpoint import atomic_torch_save, make_checkpoint
-from training.config import ModelConfig
-from training.model import ExportWrapper, build_model
+from avemo.contract import tensors
+from avemo.export import cli as export_cli
+from avemo.export import onnx_export
+from avemo.training.models.checkpoint import atomic_torch_save, make_checkpoint
+from avemo.training.models.config import ModelConfig
+from avemo.training.models.model import ExportWrapper, build_model
 from tests.test_model import GEO, TINY
 
 ATOL = 1e-4  # stated tolerance: probabilities and modality weights, onnxruntime vs eager
@@ -38,7 +38,7 @@ def test_export_writes_repository_and_matches_eager(checkpoint, tmp_path):
     assert graph.opset_import[0].version >= 17
     assert all(v <= ATOL for v in report.max_abs_diff.values())
     # independent check on a batch size never used in export (5) with a missing modality
-    from training.checkpoint import model_from_checkpoint
+    from avemo.training.models.checkpoint import model_from_checkpoint
     model, _ = model_from_checkpoint(checkpoint)
     audio, frames, mask = onnx_export.example_inputs(GEO, 5, seed=7)
     mask[3] = torch.tensor([1.0, 0.0])

@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from export import onnx_export
-from training.checkpoint import make_checkpoint, model_from_checkpoint
-from training.config import FUSIONS, ModelConfig
-from training.encoders import AudioCNN, AudioResNet, SpecAugment, VariationalHead, VideoCNN, VideoResNet
-from training.frontend import LogMel
-from training.model import ExportWrapper, build_model
+from avemo.export import onnx_export
+from avemo.training.models.checkpoint import make_checkpoint, model_from_checkpoint
+from avemo.training.models.config import FUSIONS, ModelConfig
+from avemo.training.models.encoders import AudioCNN, AudioResNet, SpecAugment, VariationalHead, VideoCNN, VideoResNet
+from avemo.training.models.frontend import LogMel
+from avemo.training.models.model import ExportWrapper, build_model
 from tests.test_model import GEO, TINY
 
 ATOL = 1e-4

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from training.loss_weighting import LossWeighter
-from training.losses import (LossWeights, add_loss_arguments, class_weights, compute_losses, cross_entropy,
+from avemo.training.losses.weighting import LossWeighter
+from avemo.training.losses.terms import (LossWeights, add_loss_arguments, class_weights, compute_losses, cross_entropy,
                              distillation, focal_loss, gate_regularisation, info_nce, kl_divergence,
                              reconstruction_loss, total_loss)
 

@@ -7,9 +7,9 @@ import av
 import numpy as np
 import pytest
 
-from contract import media
-from contract.geometry import DEFAULT_GEOMETRY as G
-from contract.media import MediaError, crop_faces, decode_audio, decode_clip, decode_video_frames, make_windows, \
+from avemo.contract import media
+from avemo.contract.geometry import DEFAULT_GEOMETRY as G
+from avemo.contract.media import MediaError, crop_faces, decode_audio, decode_clip, decode_video_frames, make_windows, \
     window_arrays
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]  # second 0 red, 1 green, 2 blue (RGB)

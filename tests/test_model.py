@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from contract.geometry import WindowGeometry
-from training.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint, model_from_checkpoint
-from training.config import FUSIONS, ModelConfig
-from training.losses import class_weights, total_loss
-from training.model import ExportWrapper, build_model, modality_dropout
+from avemo.contract.geometry import WindowGeometry
+from avemo.training.models.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint, model_from_checkpoint
+from avemo.training.models.config import FUSIONS, ModelConfig
+from avemo.training.losses.terms import class_weights, total_loss
+from avemo.training.models.model import ExportWrapper, build_model, modality_dropout
 
 GEO = WindowGeometry(window_seconds=1.0, hop_seconds=0.5)
 TINY = dict(audio_channels=(8, 16), video_channels=(8, 16), embed_dim=32)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from contract.labels import EMOTIONS_4, EMOTIONS_8, MAP_8_TO_4
-from training.ravdess import (
+from avemo.contract.labels import EMOTIONS_4, EMOTIONS_8, MAP_8_TO_4
+from avemo.training.data.ravdess import (
     Item,
     Problem,
     RavdessName,

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from contract.geometry import DEFAULT_GEOMETRY
-from training.config import ModelConfig
-from training.report import error_cases, error_cases_markdown, per_class_markdown, per_class_report, write_reports
-from training.robustness import PerturbedDataset, add_noise_snr, snr_db
+from avemo.contract.geometry import DEFAULT_GEOMETRY
+from avemo.training.models.config import ModelConfig
+from avemo.training.evaluation.reports import error_cases, error_cases_markdown, per_class_markdown, per_class_report, write_reports
+from avemo.training.data.perturb import PerturbedDataset, add_noise_snr, snr_db
 
 G = DEFAULT_GEOMETRY
 
@@ -83,7 +83,7 @@ def test_noise_per_window_and_deterministic():
 
 
 def test_drop_reaches_the_model():
-    from training.trainer import predict
+    from avemo.training.evaluation.predict import predict
 
     ds = FakeWindows()
     for drop, mask in (("audio", (0.0, 1.0)), ("video", (1.0, 0.0))):
@@ -105,10 +105,9 @@ def test_drop_reaches_the_model():
 
 
 def test_audio_dependent_model_changes_under_drop_audio():
-    from training.model import build_model
-    from training.report import evaluate_predictions
-    from training.robustness import evaluate_condition
-    from training.trainer import evaluate_split, predict
+    from avemo.training.models.model import build_model
+    from avemo.training.evaluation.predict import evaluate, evaluate_predictions, predict
+    from avemo.training.evaluation.robustness import evaluate_condition
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(fusion="gated", audio_channels=(8, 16), video_channels=(8, 16), embed_dim=32), G).eval()
@@ -119,9 +118,9 @@ def test_audio_dependent_model_changes_under_drop_audio():
     np.testing.assert_allclose(dropped["modality_weights"][:, 0], 0.0, atol=1e-6)
     noisy = predict(model, PerturbedDataset(ds, noise_snr_db=0.0))
     assert np.abs(clean["probs"] - noisy["probs"]).max() > 1e-5
-    # evaluate_split keeps working on the wrapper, and the one-pass metrics equal evaluate_split's
+    # evaluate keeps working on the wrapper, and the one-pass metrics equal evaluate's
     labels = ["a", "b"] + [f"c{i}" for i in range(6)]
-    assert evaluate_split(model, PerturbedDataset(ds, drop="audio"), labels) == evaluate_predictions(dropped, labels)
+    assert evaluate(model, PerturbedDataset(ds, drop="audio"), labels) == evaluate_predictions(dropped, labels)
     res, _ = evaluate_condition(model, ds, labels, drop="audio")
     assert res["condition"]["drop"] == "audio" and res["clip"] == evaluate_predictions(dropped, labels)["clip"]
 
@@ -189,7 +188,7 @@ def test_error_cases_lists_disagreements_and_who_was_right(tmp_path):
 
 
 def test_per_class_report_by_hand():
-    from training.metrics import classification_metrics, confusion_matrix, per_class_f1
+    from avemo.training.evaluation.metrics import classification_metrics, confusion_matrix, per_class_scores
 
     y_true = [0, 0, 0, 1, 1, 2, 2]
     y_pred = [0, 0, 1, 1, 2, 2, 3]
@@ -202,7 +201,7 @@ def test_per_class_report_by_hand():
     for label, (p, rec, f1, n) in expected.items():
         assert r[label]["precision"] == pytest.approx(p) and r[label]["recall"] == pytest.approx(rec)
         assert r[label]["f1"] == pytest.approx(f1) and r[label]["support"] == n
-    np.testing.assert_allclose([r[l]["f1"] for l in LABELS], per_class_f1(cm))
+    np.testing.assert_allclose([r[l]["f1"] for l in LABELS], per_class_scores(cm)[2])
     md = per_class_markdown(r)
     assert "| neutral | 1.000 | 0.667 | 0.800 | 3 |" in md
     assert r["angry"]["predicted"] == 1 and r["happy"]["predicted"] == 2
@@ -218,7 +217,7 @@ def test_per_class_report_by_hand():
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     from avemo.cli import main
-    from training.synthetic import generate_corpus
+    from avemo.training.synthetic.corpus import generate_corpus
 
     root = tmp_path_factory.mktemp("cmp")
     corpus = root / "corpus"

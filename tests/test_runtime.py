@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.compare import TINY_MODEL
-from training.config import ModelConfig, TrainConfig
-from training.runtime import make_runtime
+from avemo.training.train.compare import TINY_MODEL
+from avemo.training.models.config import ModelConfig
+from avemo.training.train.config import TrainConfig
+from avemo.training.train.runtime import make_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from training.synthetic import generate_corpus
+    from avemo.training.synthetic.corpus import generate_corpus
 
     root = tmp_path_factory.mktemp("corpus")
     generate_corpus(root, n_actors=3, seed=0, statements=(1,), repetitions=(1,), intensities=(2,), jobs=1, progress=False)
@@ -50,7 +51,7 @@ def test_gpu_options_without_gpu_are_refused_clearly():
 
 
 def test_wandb_mode_follows_the_api_key(monkeypatch, tmp_path):
-    from training.run_logger import wandb_mode
+    from avemo.training.train.logger import wandb_mode
 
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -66,7 +67,7 @@ def test_wandb_mode_follows_the_api_key(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_wandb_logs_offline_without_a_key(corpus, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
-    from training.trainer import train
+    from avemo.training.train.loop import train
 
     monkeypatch.setenv("HOME", str(tmp_path))
     for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR"):
@@ -82,7 +83,7 @@ def test_wandb_logs_offline_without_a_key(corpus, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_wandb_that_cannot_start_never_fails_the_run(corpus, tmp_path, monkeypatch, capsys):
-    from training.trainer import train
+    from avemo.training.train.loop import train
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
     results = train(tiny_config(corpus, tmp_path / "run", wandb=True, max_train_batches=2))
@@ -121,8 +122,8 @@ def test_torchrun_two_processes_on_cpu(corpus, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_bf16_channels_last_run(corpus, tmp_path):
-    from training.checkpoint import model_from_checkpoint
-    from training.trainer import train
+    from avemo.training.models.checkpoint import model_from_checkpoint
+    from avemo.training.train.loop import train
 
     cfg = tiny_config(corpus, tmp_path / "gpu", epochs=2, device="cuda", amp="bf16", channels_last="on")
     results = train(cfg)

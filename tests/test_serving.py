@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contract.geometry import WindowGeometry
-from contract.labels import EMOTIONS_4
-from contract.tensors import AUDIO, FRAMES, MODALITY_MASK, MODALITY_WEIGHTS, PROBS
+from avemo.contract.geometry import WindowGeometry
+from avemo.contract.labels import EMOTIONS_4
+from avemo.contract.tensors import AUDIO, FRAMES, MODALITY_MASK, MODALITY_WEIGHTS, PROBS
 
 GEOMETRY = WindowGeometry(window_seconds=1.0, hop_seconds=0.5)  # S = 16000, F = 8
 LABELS = list(EMOTIONS_4)
@@ -28,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _server_requirements_missing() -> str | None:
-    from serving import server
+    from avemo.serving import server
 
     try:
         server.find_tritonserver()
@@ -56,7 +56,7 @@ def onnx_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, onnx_path) -> Path:
-    from export.triton_repo import write_model_repository
+    from avemo.export.triton_repo import write_model_repository
 
     repo_dir = tmp_path_factory.mktemp("work") / "model_repository"
     write_model_repository(
@@ -76,7 +76,7 @@ def repo(tmp_path_factory, onnx_path) -> Path:
 def server(repo, tmp_path_factory):
     if _MISSING:
         pytest.skip(_MISSING)
-    from serving.server import ServerPorts, TritonServer
+    from avemo.serving.server import ServerPorts, TritonServer
 
     log = tmp_path_factory.mktemp("log") / "triton.log"
     srv = TritonServer(repo, ServerPorts.free(), log_file=log)
@@ -87,7 +87,7 @@ def server(repo, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(server):
-    from client.grpc_client import EmotionClient
+    from avemo.client.grpc_client import EmotionClient
 
     c = EmotionClient(server.url, MODEL, timeout=30)
     yield c
@@ -102,7 +102,7 @@ def ort_session(onnx_path):
 
 
 def _windows(n: int = 3):
-    from contract.media import Window
+    from avemo.contract.media import Window
 
     rng = np.random.default_rng(7)
     masks = [(1, 1), (1, 0), (0, 1), (1, 1)]
@@ -168,7 +168,7 @@ def test_config_pbtxt_follows_contract_and_schema(repo, onnx_path):
 
 
 def test_rewrite_replaces_model_dir_atomically(tmp_path, onnx_path):
-    from export.triton_repo import write_model_repository
+    from avemo.export.triton_repo import write_model_repository
 
     repo_dir = tmp_path / "repo"
     write_model_repository(repo_dir, MODEL, onnx_path, LABELS, GEOMETRY)
@@ -385,7 +385,7 @@ def test_malformed_requests_get_clear_errors_and_server_keeps_serving(server, cl
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from client.grpc_client import WindowError
+    from avemo.client.grpc_client import WindowError
 
     raw = grpcclient.InferenceServerClient(server.url)
     w = _windows(1)[0]
@@ -459,7 +459,7 @@ def _write_clip(path: Path, seconds: float = 2.2, fps: int = 12, size: int = 96,
 
 @needs_server
 def test_predict_cli_on_real_clip_and_corrupt_clip(server, tmp_path, capsys):
-    from client import cli as predict_cli
+    from avemo.client import cli as predict_cli
 
     clip = _write_clip(tmp_path / "clip.mp4")
     corrupt = tmp_path / "corrupt.mp4"
@@ -495,7 +495,7 @@ def test_predict_cli_on_real_clip_and_corrupt_clip(server, tmp_path, capsys):
 
 @needs_server
 def test_serve_cli_rejects_empty_repository(tmp_path, capsys):
-    from serving import cli as serve_cli
+    from avemo.serving import cli as serve_cli
 
     parser = argparse.ArgumentParser()
     serve_cli.add_arguments(parser)

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from contract.labels import EMOTIONS_8
-from training import synthetic as syn
+from avemo.contract.labels import EMOTIONS_8
+from avemo.training.synthetic import corpus as syn
 
 E = {name: i + 1 for i, name in enumerate(EMOTIONS_8)}  # name -> RAVDESS code
 

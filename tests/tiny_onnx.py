@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.geometry import WindowGeometry
-from contract.tensors import AUDIO, FRAMES, MODALITY_MASK, MODALITY_WEIGHTS, PROBS
+from avemo.contract.geometry import WindowGeometry
+from avemo.contract.tensors import AUDIO, FRAMES, MODALITY_MASK, MODALITY_WEIGHTS, PROBS
 
 
 def build_tiny_model(num_classes: int, seed: int = 0):

@@ -29,7 +29,7 @@ def corpus_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def corpus_run(args: argparse.Namespace) -> int:
-    from training.synthetic import generate_corpus
+    from avemo.training.synthetic.corpus import generate_corpus
 
     files = generate_corpus(args.out, n_actors=args.actors, seed=args.seed, jobs=args.jobs, overwrite=args.overwrite)
     print(f"{len(files)} clips in {args.out}")
@@ -45,9 +45,9 @@ def cache_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cache_run(args: argparse.Namespace) -> int:
-    from contract.geometry import DEFAULT_GEOMETRY
-    from training import ravdess
-    from training.cache import build_cache
+    from avemo.contract.geometry import DEFAULT_GEOMETRY
+    from avemo.training.data import ravdess
+    from avemo.training.data.cache import build_cache
 
     items, problems = ravdess.scan(args.data_root, modality=None, vocal_channel=None)
     for p in problems:
@@ -76,7 +76,7 @@ def runtime_config(args: argparse.Namespace) -> dict:
 
 # ---------------------------------------------------------------- train
 def train_arguments(p: argparse.ArgumentParser) -> None:
-    from training.config import FUSIONS  # light module: no torch import
+    from avemo.training.models.config import FUSIONS  # light module: no torch import
 
     _opt(p, "data_root", default="data/corpus", help="RAVDESS-layout folder (default: %(default)s)")
     _opt(p, "cache_dir", default="cache", help="decoded-clip cache (default: %(default)s)")
@@ -114,14 +114,15 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     _opt(p, "no_progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     runtime_arguments(p)
-    from training.losses import add_loss_arguments
+    from avemo.training.losses.terms import add_loss_arguments
 
     add_loss_arguments(p.add_argument_group("losses"))
 
 
 def train_config_from_args(args: argparse.Namespace):
-    from training.config import ModelConfig, TrainConfig
-    from training.losses import LossWeights
+    from avemo.training.models.config import ModelConfig
+    from avemo.training.train.config import TrainConfig
+    from avemo.training.losses.terms import LossWeights
 
     model = ModelConfig(fusion=args.fusion, num_classes=args.num_classes, modality_dropout=args.modality_dropout,
                         use_resnet_audio=args.use_resnet_audio, use_resnet_video=args.use_resnet_video,
@@ -130,7 +131,7 @@ def train_config_from_args(args: argparse.Namespace):
     if args.tiny:
         from dataclasses import replace
 
-        from training.compare import TINY_MODEL
+        from avemo.training.train.compare import TINY_MODEL
 
         model = replace(model, **TINY_MODEL)
     return TrainConfig(data_root=args.data_root, cache_dir=args.cache_dir, out_dir=args.out_dir or f"runs/{args.fusion}",
@@ -146,7 +147,7 @@ def train_config_from_args(args: argparse.Namespace):
 
 
 def train_run(args: argparse.Namespace) -> int:
-    from training.trainer import train
+    from avemo.training.train.loop import train
 
     with progress_to_stderr(args.json):
         results = train(train_config_from_args(args))
@@ -187,17 +188,19 @@ def evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def evaluate_run(args: argparse.Namespace) -> int:
-    from contract.geometry import WindowGeometry
-    from training.checkpoint import model_from_checkpoint
-    from training.config import TrainConfig
-    from training.robustness import evaluate_condition
-    from training.trainer import prepare_data
+    from avemo.contract.geometry import WindowGeometry
+    from avemo.training.models.checkpoint import model_from_checkpoint
+    from avemo.training.train.config import TrainConfig
+    from avemo.training.evaluation.robustness import evaluate_condition
+    from avemo.training.data.prepare import prepare_data
 
     model, ckpt = model_from_checkpoint(args.checkpoint)
     cfg = TrainConfig(data_root=args.data_root, cache_dir=args.cache_dir, num_classes=len(ckpt["labels"]),
                       split_mode=args.split_mode, fold=args.fold, folds=args.folds, seed=args.seed,
                       progress=not args.no_progress)
-    datasets, _ = prepare_data(cfg, WindowGeometry.from_dict(ckpt["geometry"]))
+    datasets, _ = prepare_data(cfg.data_root, cfg.cache_dir, WindowGeometry.from_dict(ckpt["geometry"]),
+                               num_classes=cfg.num_classes, split_mode=cfg.split_mode, folds=cfg.folds, fold=cfg.fold,
+                               seed=cfg.seed, progress=cfg.progress)
     ds = datasets[args.split]
     if len(ds) == 0:
         raise SystemExit(f"the {args.split} split is empty")
@@ -206,7 +209,7 @@ def evaluate_run(args: argparse.Namespace) -> int:
     res["split"] = args.split
     res["checkpoint"] = str(args.checkpoint)
     if args.report_dir is not None:
-        from training.report import write_reports
+        from avemo.training.evaluation.reports import write_reports
 
         args.report_dir.mkdir(parents=True, exist_ok=True)
         summary = write_reports(pred, ckpt["labels"], args.report_dir, [c.source for c in ds.clips], res["clip"],
@@ -260,8 +263,9 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def compare_run(args: argparse.Namespace) -> int:
-    from training.compare import TINY_MODEL, compare, parse_fusions
-    from training.config import ModelConfig, TrainConfig
+    from avemo.training.train.compare import TINY_MODEL, compare, parse_fusions
+    from avemo.training.models.config import ModelConfig
+    from avemo.training.train.config import TrainConfig
 
     try:
         fusions = parse_fusions(args.fusions)

@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from contract.geometry import WindowGeometry
-from training.config import ModelConfig
-from training.encoders import AudioCNN, AudioResNet, SpecAugment, VariationalHead, VideoCNN, VideoResNet
-from training.frontend import LogMel
-from training.fusion import FUSION_BUILDERS, SEQUENCE_FUSIONS, VARIATIONAL_FUSIONS
+from avemo.contract.geometry import WindowGeometry
+from avemo.training.models.config import ModelConfig
+from avemo.training.models.encoders import AudioCNN, AudioResNet, SpecAugment, VariationalHead, VideoCNN, VideoResNet
+from avemo.training.models.frontend import LogMel
+from avemo.training.models.fusion import FUSION_BUILDERS, SEQUENCE_FUSIONS, VARIATIONAL_FUSIONS
 
 
 def modality_dropout(mask: torch.Tensor, p: float) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """Adaptive multipliers for the named loss parts (``--loss_weighting fixed|inverse_ema|log_norm|grad_balance``).
 
 ``LossWeighter.weights(parts, shared_params, step)`` takes the raw part tensors {name: scalar L_k}
-(``training.losses.loss_terms``) and returns {name: multiplier m_k} (floats, no gradient), passed as
-``dynamic`` to ``training.losses.combine`` / ``compute_losses``: total = sum_k w_k m_k L_k where w_k are
+(``avemo.training.losses.terms.loss_terms``) and returns {name: multiplier m_k} (floats, no gradient), passed as
+``dynamic`` to ``avemo.training.losses.terms.combine`` / ``compute_losses``: total = sum_k w_k m_k L_k where w_k are
 the static ``LossWeights``. Modes:
 
   fixed        m_k = 1.

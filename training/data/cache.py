@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from contract import media
-from contract.geometry import WindowGeometry
+from avemo.contract import media
+from avemo.contract.geometry import WindowGeometry
 
 CACHE_VERSION = "2"
 

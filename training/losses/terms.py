@@ -6,7 +6,7 @@ Every loss reduces to a scalar (mean over the batch unless said otherwise).
 
 ``compute_losses`` reads the keys present in the model's output dict (see its docstring) and
 combines the parts with ``LossWeights`` (static) times an optional ``dynamic`` multiplier per
-part (from ``training.loss_weighting.LossWeighter``). ``total_loss`` is the historical entry point
+part (from ``avemo.training.losses.weighting.LossWeighter``). ``total_loss`` is the historical entry point
 used by the trainer (fused CE + ``aux_weight`` x unimodal CE) and gives the same results as before.
 """
 from __future__ import annotations
@@ -213,7 +213,7 @@ def add_loss_arguments(parser: argparse.ArgumentParser, weighting: bool = True) 
     opt(["kl_weight"], "kl_weight", type=float, default=d.kl, help="VAE KL weight (default: %(default)s)")
     opt(["delta_va"], "delta_va", type=float, default=d.distill, help="teacher -> unimodal head distillation weight (default: %(default)s)")
     if weighting:
-        from training.loss_weighting import add_weighting_arguments
+        from avemo.training.losses.weighting import add_weighting_arguments
 
         add_weighting_arguments(parser)
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from contract.geometry import WindowGeometry
-from training.config import ModelConfig
-from training.model import FusionModel, build_model
+from avemo.contract.geometry import WindowGeometry
+from avemo.training.models.config import ModelConfig
+from avemo.training.models.model import FusionModel, build_model
 
 FORMAT = "avemo-checkpoint-v1"
 

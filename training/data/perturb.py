@@ -2,7 +2,7 @@
 
 ``PerturbedDataset(ds, drop="audio"|"video"|None, noise_snr_db=None, seed=0)`` wraps a
 ``WindowDataset`` (or anything with the same items) and is accepted wherever the dataset is, e.g.
-``training.trainer.evaluate_split(model, PerturbedDataset(ds, drop="audio"), labels)``:
+``avemo.training.evaluation.predict.evaluate(model, PerturbedDataset(ds, drop="audio"), labels)``:
 
 - ``drop``: that modality's input is zeroed (audio samples = 0.0, frames = 0) AND its
   ``modality_mask`` entry is set to 0, so the model sees exactly what a client without that
@@ -51,6 +51,11 @@ def describe(drop: str | None = None, noise_snr_db: float | None = None) -> str:
     return ", ".join(parts) or "clean"
 
 
+def condition(drop: str | None = None, noise_snr_db: float | None = None, seed: int = 0) -> dict:
+    """The condition as recorded in results: drop, noise_snr_db, seed and the description."""
+    return {"drop": drop, "noise_snr_db": noise_snr_db, "seed": seed, "description": describe(drop, noise_snr_db)}
+
+
 class PerturbedDataset(Dataset):
     """``base`` with one modality dropped and/or noise added to the audio (see the module docstring).
 
@@ -72,8 +77,7 @@ class PerturbedDataset(Dataset):
 
     @property
     def condition(self) -> dict:
-        return {"drop": self.drop, "noise_snr_db": self.noise_snr_db, "seed": self.seed,
-                "description": describe(self.drop, self.noise_snr_db)}
+        return condition(self.drop, self.noise_snr_db, self.seed)
 
     def __getitem__(self, k: int) -> dict:
         item = dict(self.base[k])
@@ -89,19 +93,3 @@ class PerturbedDataset(Dataset):
             frames, mask[1] = torch.zeros_like(frames), 0.0
         item.update(audio=audio, frames=frames, mask=mask)
         return item
-
-
-def evaluate_condition(model, ds, labels: list[str], drop: str | None = None, noise_snr_db: float | None = None,
-                       seed: int = 0, progress: bool = False) -> tuple[dict, dict]:
-    """Predict ``ds`` under one condition -> (metrics as ``evaluate_split`` returns them plus
-    ``per_class`` and ``condition``, window-level predictions)."""
-    from training.report import evaluate_predictions, per_class_report
-    from training.trainer import predict
-
-    wrapped = PerturbedDataset(ds, drop, noise_snr_db, seed) if (drop or noise_snr_db is not None) else ds
-    pred = predict(model, wrapped, progress=progress, desc=describe(drop, noise_snr_db))
-    result = evaluate_predictions(pred, labels)
-    result["per_class"] = per_class_report(result["clip"]["confusion_matrix"], labels)
-    result["condition"] = {"drop": drop, "noise_snr_db": noise_snr_db, "seed": seed,
-                           "description": describe(drop, noise_snr_db)}
-    return result, pred

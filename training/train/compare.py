@@ -1,6 +1,6 @@
 """`avemo compare`: train several fusions with the same seed and split, tabulate their test results.
 
-Each fusion trains into ``<out>/<fusion>/`` through ``training.trainer.train`` with one shared
+Each fusion trains into ``<out>/<fusion>/`` through ``avemo.training.train.loop.train`` with one shared
 ``TrainConfig`` (only ``model.fusion`` and ``out_dir`` differ). A finished run (``metrics.json``)
 made with the same configuration is reused unless ``retrain``; an interrupted one with the same
 configuration (``last.pt``) is resumed. Writes ``comparison.md`` and ``comparison.json`` in ``<out>``.
@@ -12,7 +12,8 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from training.config import FUSIONS, TrainConfig
+from avemo.training.models.config import FUSIONS
+from avemo.training.train.config import TrainConfig
 
 # configuration fields that do not change the result of a run (ignored when deciding to reuse one)
 _IGNORED = ("out_dir", "cache_dir", "resume", "progress", "num_workers", "tensorboard", "wandb", "wandb_project")
@@ -65,7 +66,7 @@ def resumable(cfg: TrainConfig) -> bool:
     if not last.exists():
         return False
     try:
-        from training.checkpoint import load_checkpoint
+        from avemo.training.models.checkpoint import load_checkpoint
 
         stored = json.loads(load_checkpoint(last).get("train_config_json") or "{}")
     except Exception:
@@ -103,7 +104,7 @@ def compare(fusions: list[str], base: TrainConfig, out: str | Path, retrain: boo
     ``model_overrides``: ModelConfig fields applied to every fusion (e.g. ``TINY_MODEL`` in tests).
     Returns {"rows": [...], "config": ..., "markdown": ...}.
     """
-    from training.trainer import train
+    from avemo.training.train.loop import train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

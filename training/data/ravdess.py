@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from contract.labels import EMOTIONS_8, label_index, label_names
+from avemo.contract.labels import EMOTIONS_8, label_index, label_names
 
 MEDIA_EXTENSIONS = {".mp4": (1, 2), ".wav": (3,)}  # extension -> modalities it may hold
 _ACTOR_DIR = re.compile(r"^Actor_(\d{1,2})$")
@@ -177,6 +177,21 @@ def scan(root, modality: int | None = 1, vocal_channel: int | None = 1, num_clas
 
 
 # ------------------------------------------------------------------------------------------ splits
+SPLIT_MODES = ("actor", "kfold", "stratified")  # how ``make_splits`` divides the items
+
+
+def make_splits(items, mode: str = "actor", *, folds: int = 5, fold: int = 0, seed: int = 0) -> dict[str, list[Item]]:
+    """{"train", "val", "test"} item lists: ``default_actor_split`` ("actor"), ``kfold_by_actor``
+    (fold ``fold`` of ``folds``) or ``stratified_split`` (by recording, with ``seed``)."""
+    if mode == "actor":
+        return split_by_actors(items, *default_actor_split(actors_of(items)))
+    if mode == "kfold":
+        return kfold_by_actor(items, folds, fold)
+    if mode == "stratified":
+        return stratified_split(items, seed=seed)
+    raise ValueError(f"split mode must be one of {', '.join(SPLIT_MODES)}, got {mode!r}")
+
+
 def actors_of(items) -> list[int]:
     return sorted({it.actor for it in items})
 

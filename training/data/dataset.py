@@ -5,9 +5,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from contract import media
-from contract.geometry import WindowGeometry
-from training.cache import CachedClip, load_clip_arrays
+from avemo.contract import media
+from avemo.contract.geometry import WindowGeometry
+from avemo.training.data.cache import CachedClip, load_clip_arrays
 
 
 def augment(audio: np.ndarray, frames: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

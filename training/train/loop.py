@@ -15,61 +15,26 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from contract.geometry import DEFAULT_GEOMETRY, WindowGeometry
-from contract.labels import label_names
-from training import ravdess
-from training.cache import build_cache
-from training.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint, model_from_checkpoint
-from training.config import TrainConfig
-from training.dataset import WindowDataset
-from training.loss_weighting import LossWeighter
-from training.losses import LossWeights, class_weights, combine, loss_terms
-from training.metrics import classification_metrics, plot_confusion, plot_history
-from training.model import FusionModel, build_model
-from training.run_logger import RunLogger
-from training.runtime import Runtime, make_runtime, shutdown
+from avemo.contract.geometry import DEFAULT_GEOMETRY, WindowGeometry
+from avemo.contract.labels import label_names
+from avemo.training.data.dataset import WindowDataset
+from avemo.training.data.prepare import prepare_data
+from avemo.training.evaluation.metrics import classification_metrics, plot_confusion, plot_history
+from avemo.training.evaluation.predict import evaluate, evaluate_predictions, predict
+from avemo.training.evaluation.reports import write_reports
+from avemo.training.losses.terms import LossWeights, class_weights, combine, loss_terms
+from avemo.training.losses.weighting import LossWeighter
+from avemo.training.models.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint, model_from_checkpoint
+from avemo.training.models.model import FusionModel, build_model
+from avemo.training.train.config import TrainConfig
+from avemo.training.train.logger import RunLogger
+from avemo.training.train.runtime import Runtime, make_runtime, shutdown
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def prepare_data(cfg: TrainConfig, geometry: WindowGeometry) -> tuple[dict[str, WindowDataset], dict]:
-    """Scan, split by cfg.split_mode, build/reuse the cache, make datasets. Returns (datasets, info)."""
-    items, problems = ravdess.scan(cfg.data_root, num_classes=cfg.num_classes)
-    for p in problems:
-        tqdm.write(f"skipped {p.path}: {p.reason}")
-    if not items:
-        raise SystemExit(f"no usable clips under {cfg.data_root} (expected Actor_XX/01-01-EE-II-SS-RR-XX.mp4)")
-    splits = make_splits(items, cfg)
-    ravdess.check_no_leak(splits)
-    cached, cache_problems = build_cache([it.path for it in items], Path(cfg.cache_dir), geometry,
-                                         progress=cfg.progress)
-    datasets = {}
-    for name, split_items in splits.items():
-        kept = [it for it in split_items if str(Path(it.path).resolve()) in cached]
-        clips = [cached[str(Path(it.path).resolve())] for it in kept]
-        datasets[name] = WindowDataset(clips, [it.label for it in kept], geometry, train=(name == "train"), seed=cfg.seed)
-    info = {
-        "problems": [p.to_dict() for p in problems] + cache_problems,
-        "split": {k: sorted({it.name.actor for it in v}) for k, v in splits.items()},
-        "clips": {k: len(v) for k, v in datasets.items()},
-        "windows": {k: len(v.index) for k, v in datasets.items()},
-    }
-    return datasets, info
-
-
-def make_splits(items: list, cfg: TrainConfig) -> dict[str, list]:
-    if cfg.split_mode == "actor":
-        actors = sorted({it.name.actor for it in items})
-        return ravdess.split_by_actors(items, *ravdess.default_actor_split(actors))
-    if cfg.split_mode == "kfold":
-        return ravdess.kfold_by_actor(items, cfg.folds, cfg.fold)
-    if cfg.split_mode == "stratified":
-        return ravdess.stratified_split(items, seed=cfg.seed)
-    raise ValueError(f"split_mode must be actor, kfold or stratified, got {cfg.split_mode!r}")
 
 
 def loader(ds: WindowDataset, cfg: TrainConfig, shuffle: bool, epoch: int = 0, rt: Runtime | None = None) -> DataLoader:
@@ -91,44 +56,6 @@ def logmel_stats(model: FusionModel, ds: WindowDataset, n: int = 64) -> tuple[fl
     x = torch.stack([ds[int(i)]["audio"] for i in idx])
     lm = frontend.log_mel(x)
     return float(lm.mean()), float(lm.std().clamp(min=1e-3))
-
-
-@torch.no_grad()
-def predict(model: FusionModel, ds: WindowDataset, batch_size: int = 64, progress: bool = False,
-            desc: str = "eval") -> dict[str, np.ndarray]:
-    """Window-level probabilities: probs [N, C], modality_weights [N, 2], audio/video probs, clip ids.
-    Runs in float32 on the model's device."""
-    model.eval()
-    device = next(model.parameters(), torch.empty(0)).device
-    out: dict[str, list] = {"probs": [], "modality_weights": [], "audio_probs": [], "video_probs": [], "clip": [], "label": []}
-    for batch in tqdm(DataLoader(ds, batch_size=batch_size), desc=desc, leave=False, disable=not progress):
-        o = model(batch["audio"].to(device), batch["frames"].to(device), batch["mask"].to(device))
-        out["probs"].append(torch.softmax(o["logits"].float(), -1).cpu().numpy())
-        out["modality_weights"].append(o["modality_weights"].float().cpu().numpy())
-        for m in ("audio", "video"):
-            if f"{m}_logits" in o:
-                out[f"{m}_probs"].append(torch.softmax(o[f"{m}_logits"].float(), -1).cpu().numpy())
-        out["clip"].append(batch["clip"].numpy())
-        out["label"].append(np.asarray(batch["label"]))
-    return {k: np.concatenate(v) for k, v in out.items() if v}
-
-
-def clip_level(pred: dict[str, np.ndarray], key: str = "probs") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean of window probabilities per clip -> (clip ids, true labels, predicted labels)."""
-    clips = np.unique(pred["clip"])
-    mean = np.stack([pred[key][pred["clip"] == c].mean(0) for c in clips])
-    labels = np.array([pred["label"][pred["clip"] == c][0] for c in clips])
-    return clips, labels, mean.argmax(1)
-
-
-def evaluate_split(model: FusionModel, ds: WindowDataset, labels: list[str], progress: bool = False,
-                   desc: str = "eval") -> dict:
-    pred = predict(model, ds, progress=progress, desc=desc)
-    _, y, yhat = clip_level(pred)
-    result = {"window": classification_metrics(pred["label"], pred["probs"].argmax(1), labels),
-              "clip": classification_metrics(y, yhat, labels),
-              "mean_modality_weights": pred["modality_weights"].mean(0).tolist()}
-    return result
 
 
 def train_window_metrics(y_true: list[np.ndarray], y_pred: list[np.ndarray], labels: list[str]) -> dict:
@@ -188,7 +115,9 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
     progress = cfg.progress and rt.is_main
     if not rt.is_main:
         rt.barrier()  # rank 0 builds the cache first; the others then only read it
-    datasets, info = prepare_data(replace(cfg, progress=progress), geometry)
+    datasets, info = prepare_data(cfg.data_root, cfg.cache_dir, geometry, num_classes=cfg.num_classes,
+                                  split_mode=cfg.split_mode, folds=cfg.folds, fold=cfg.fold, seed=cfg.seed,
+                                  progress=progress)
     if rt.is_main:
         rt.barrier()
     if len(datasets["train"]) == 0 or len(datasets["val"]) == 0:
@@ -274,7 +203,7 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
         sums, n, windows = dict(zip(keys, totals[:-2])), int(totals[-2]), int(totals[-1])  # over every rank
         val_f1 = -1.0
         if rt.is_main:
-            val = evaluate_split(model, datasets["val"], labels)
+            val = evaluate(model, datasets["val"], labels)
             val_f1 = val["clip"]["macro_f1"]
         val_f1 = rt.broadcast_float(val_f1)  # every rank takes the same early-stopping decision
         improved = val_f1 > state["best_f1"]
@@ -330,9 +259,7 @@ def finish_run(cfg: TrainConfig, mcfg, rt: Runtime, datasets: dict, info: dict, 
                "checkpoint": str(best_path), "runtime": rt.describe(),
                "config": cfg.to_dict() | {"model": mcfg.to_dict()}, **info, "history": state["history"]}
     if len(datasets.get("test", [])):
-        from training.report import evaluate_predictions, write_reports
-
-        # one pass over the test split: the same metrics as evaluate_split, plus the reports
+        # one pass over the test split: the metrics and the reports
         test_pred = predict(best, datasets["test"], progress=cfg.progress, desc="test")
         results["test"] = evaluate_predictions(test_pred, labels)
         plot_confusion(results["test"]["clip"]["confusion_matrix"], labels, out / "confusion_test.png",

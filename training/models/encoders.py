@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.config import VIDEO_POOLINGS
-from training.frontend import LogMel
+from avemo.training.models.config import VIDEO_POOLINGS
+from avemo.training.models.frontend import LogMel
 
 
 def conv_block(c_in: int, c_out: int, stride: int = 1, pool: bool = True) -> nn.Sequential:

@@ -9,10 +9,10 @@ Everything is a pure function of (seed, actor, file fields): random numbers come
 ``numpy.random.default_rng`` seeded by a SHA-256 hash of those fields (never global state), so the
 same seed gives identical audio / frame arrays (the encoded files may differ in metadata).
 
-Voice synthesis lives in ``training.synthetic_audio``, face rendering in ``training.synthetic_video``;
+Voice synthesis lives in ``avemo.training.synthetic.voice``, face rendering in ``avemo.training.synthetic.face``;
 all emotion cue numbers are in ``CUES`` below.
 
-CLI:  python -m training.synthetic --root data/corpus --actors 10 --seed 0 --jobs 2
+CLI:  python -m avemo.training.synthetic.corpus --root data/corpus --actors 10 --seed 0 --jobs 2
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.labels import EMOTIONS_8
-from training.synthetic_audio import STATEMENT_SYLLABLES, synth_speech, voice_identity
-from training.synthetic_video import face_identity, render_face
+from avemo.contract.labels import EMOTIONS_8
+from avemo.training.synthetic.voice import STATEMENT_SYLLABLES, synth_speech, voice_identity
+from avemo.training.synthetic.face import face_identity, render_face
 
 GENERATOR_VERSION = "1.0.0"
 AUDIO_RATE = 48_000  # Hz, AAC audio
@@ -282,7 +282,7 @@ def generate_corpus(root: Path, n_actors: int = 10, seed: int = 0, *, emotions=N
         if bar is not None:
             bar.close()
     meta = {
-        "generator": "training.synthetic", "version": GENERATOR_VERSION, "seed": seed, "n_actors": n_actors,
+        "generator": "avemo.training.synthetic.corpus", "version": GENERATOR_VERSION, "seed": seed, "n_actors": n_actors,
         "audio_rate": AUDIO_RATE, "video_rate": VIDEO_RATE, "frame_size": FRAME_SIZE,
         "filters": {"emotions": sorted({p["emotion"] for p in plan}), "statements": list(statements),
                     "repetitions": list(repetitions), "intensities": list(intensities)},

@@ -13,18 +13,20 @@ def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
     return cm
 
 
-def per_class_f1(cm: np.ndarray) -> np.ndarray:
+def per_class_scores(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(precision, recall, F1) per class [C] each from a [C, C] confusion matrix; 0 where undefined."""
+    cm = np.asarray(cm)
     tp = np.diag(cm).astype(float)
     precision = np.divide(tp, cm.sum(0), out=np.zeros_like(tp), where=cm.sum(0) > 0)
     recall = np.divide(tp, cm.sum(1), out=np.zeros_like(tp), where=cm.sum(1) > 0)
     denom = precision + recall
-    return np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return precision, recall, np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
 
 
 def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
     """accuracy, macro-F1 (over classes present in y_true or y_pred), per-class F1, confusion matrix."""
     cm = confusion_matrix(y_true, y_pred, len(labels))
-    f1 = per_class_f1(cm)
+    f1 = per_class_scores(cm)[2]
     present = (cm.sum(0) + cm.sum(1)) > 0
     return {
         "n": int(cm.sum()),
@@ -58,7 +60,7 @@ def plot_confusion(cm, labels: list[str], path: Path, title: str) -> None:
 
 
 def plot_history(history: list[dict], path: Path) -> None:
-    """Loss curves per component (train; weights in force are not drawn) and val macro-F1/accuracy per epoch."""
+    """Training loss curves per component (the weights in force are not drawn) and train/val macro-F1 and accuracy per epoch."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -67,7 +69,6 @@ def plot_history(history: list[dict], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for key in sorted({k for h in history for k in h if k.startswith("train_loss_") and not k.startswith("train_loss_w_")}):
         ax1.plot(epochs, [h.get(key, np.nan) for h in history], label=key.removeprefix("train_loss_"))
-    ax1.plot(epochs, [h.get("val_loss", np.nan) for h in history], "k--", label="val total")
     ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.set_title("loss")
     for key, style in (("train_macro_f1", "-"), ("val_macro_f1", "-"), ("train_accuracy", ":"), ("val_accuracy", ":")):
         ax2.plot(epochs, [h.get(key, np.nan) for h in history], style, label=key)

@@ -15,33 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from training.metrics import classification_metrics
-
-
-def evaluate_predictions(pred: dict[str, np.ndarray], labels: list[str]) -> dict:
-    """The metrics of ``training.trainer.evaluate_split``, from window predictions made once
-    (``predict``), so the reports can reuse them."""
-    from training.trainer import clip_level
-
-    _, y, yhat = clip_level(pred)
-    return {"window": classification_metrics(pred["label"], pred["probs"].argmax(1), labels),
-            "clip": classification_metrics(y, yhat, labels),
-            "mean_modality_weights": pred["modality_weights"].mean(0).tolist()}
+from avemo.training.evaluation.metrics import per_class_scores
+from avemo.training.evaluation.predict import clip_means, evaluate_predictions
 
 
 def per_class_report(cm, labels: list[str]) -> dict:
     """{label: {precision, recall, f1, support, predicted}} from a [C, C] confusion matrix
     (support = clips of that true class, predicted = clips given that label)."""
-    cm = np.asarray(cm, dtype=float)
-    tp, predicted, actual = np.diag(cm), cm.sum(0), cm.sum(1)
-    report = {}
-    for i, label in enumerate(labels):
-        p = tp[i] / predicted[i] if predicted[i] > 0 else 0.0
-        r = tp[i] / actual[i] if actual[i] > 0 else 0.0
-        f1 = 2 * p * r / (p + r) if p + r > 0 else 0.0
-        report[label] = {"precision": float(p), "recall": float(r), "f1": float(f1), "support": int(actual[i]),
-                         "predicted": int(predicted[i])}
-    return report
+    cm = np.asarray(cm)
+    precision, recall, f1 = per_class_scores(cm)
+    return {label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                    "support": int(cm[i].sum()), "predicted": int(cm[:, i].sum())} for i, label in enumerate(labels)}
 
 
 def per_class_markdown(report: dict, title: str = "Per-class report", metrics: dict | None = None) -> str:
@@ -62,10 +46,6 @@ def per_class_markdown(report: dict, title: str = "Per-class report", metrics: d
     return "\n".join(lines) + "\n"
 
 
-def _clip_means(pred: dict[str, np.ndarray], key: str, clips: np.ndarray) -> np.ndarray:
-    return np.stack([pred[key][pred["clip"] == c].mean(0) for c in clips])
-
-
 def error_cases(pred: dict[str, np.ndarray], labels: list[str], sources: list[str] | None = None) -> list[dict] | None:
     """Clips where the audio and video heads disagree, or None without auxiliary heads.
 
@@ -75,12 +55,11 @@ def error_cases(pred: dict[str, np.ndarray], labels: list[str], sources: list[st
     """
     if "audio_probs" not in pred or "video_probs" not in pred:
         return None
-    clips = np.unique(pred["clip"])
-    fused, audio, video = (_clip_means(pred, k, clips) for k in ("probs", "audio_probs", "video_probs"))
-    true = [int(pred["label"][pred["clip"] == c][0]) for c in clips]
+    clips, true, fused = clip_means(pred, "probs")
+    audio, video = clip_means(pred, "audio_probs")[2], clip_means(pred, "video_probs")[2]
     cases = []
     for j, c in enumerate(clips):
-        a, v, f, t = int(audio[j].argmax()), int(video[j].argmax()), int(fused[j].argmax()), true[j]
+        a, v, f, t = int(audio[j].argmax()), int(video[j].argmax()), int(fused[j].argmax()), int(true[j])
         if a == v:
             continue
         right = "audio" if a == t else "video" if v == t else "neither"

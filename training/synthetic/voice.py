@@ -1,6 +1,6 @@
 """Source-filter speech synthesis for the synthetic corpus (numpy only, no scipy).
 
-``synth_speech`` turns one clip's effective cue values (see ``training.synthetic.CUES``) and an
+``synth_speech`` turns one clip's effective cue values (see ``avemo.training.synthetic.corpus.CUES``) and an
 actor's voice identity into a mono waveform, plus a control-rate *track* (speech energy envelope,
 jaw opening and lip rounding per vowel) that drives the lip movement of the rendered face.
 

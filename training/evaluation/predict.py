@@ -1,0 +1,56 @@
+"""A model's answers on a window dataset, and the metrics computed from them.
+
+``predict`` runs the model once over a dataset (float32, on the model's device) and returns the
+window-level arrays every report reads; ``clip_means`` aggregates them per clip (the clip label is
+the argmax of the mean of its window probabilities, as the client does); ``evaluate_predictions``
+turns them into window- and clip-level metrics; ``evaluate`` is the two in one call.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from avemo.training.evaluation.metrics import classification_metrics
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, ds, batch_size: int = 64, progress: bool = False,
+            desc: str = "eval") -> dict[str, np.ndarray]:
+    """Window-level answers: probs [N, C], modality_weights [N, 2], audio_probs / video_probs [N, C]
+    (fusion models' auxiliary heads only), clip [N] (clip index in ``ds.clips``), label [N]."""
+    model.eval()
+    device = next(model.parameters(), torch.empty(0)).device
+    out: dict[str, list] = {"probs": [], "modality_weights": [], "audio_probs": [], "video_probs": [], "clip": [], "label": []}
+    for batch in tqdm(DataLoader(ds, batch_size=batch_size), desc=desc, leave=False, disable=not progress):
+        o = model(batch["audio"].to(device), batch["frames"].to(device), batch["mask"].to(device))
+        out["probs"].append(torch.softmax(o["logits"].float(), -1).cpu().numpy())
+        out["modality_weights"].append(o["modality_weights"].float().cpu().numpy())
+        for m in ("audio", "video"):
+            if f"{m}_logits" in o:
+                out[f"{m}_probs"].append(torch.softmax(o[f"{m}_logits"].float(), -1).cpu().numpy())
+        out["clip"].append(batch["clip"].numpy())
+        out["label"].append(np.asarray(batch["label"]))
+    return {k: np.concatenate(v) for k, v in out.items() if v}
+
+
+def clip_means(pred: dict[str, np.ndarray], key: str = "probs") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per clip: (clip ids [K], true labels [K], mean of ``pred[key]`` over the clip's windows [K, C])."""
+    clips = np.unique(pred["clip"])
+    mean = np.stack([pred[key][pred["clip"] == c].mean(0) for c in clips])
+    labels = np.array([pred["label"][pred["clip"] == c][0] for c in clips])
+    return clips, labels, mean
+
+
+def evaluate_predictions(pred: dict[str, np.ndarray], labels: list[str]) -> dict:
+    """{"window": metrics, "clip": metrics, "mean_modality_weights": [audio, video]} of ``predict``'s output."""
+    _, y, mean = clip_means(pred)
+    return {"window": classification_metrics(pred["label"], pred["probs"].argmax(1), labels),
+            "clip": classification_metrics(y, mean.argmax(1), labels),
+            "mean_modality_weights": pred["modality_weights"].mean(0).tolist()}
+
+
+def evaluate(model: torch.nn.Module, ds, labels: list[str], progress: bool = False, desc: str = "eval") -> dict:
+    """``evaluate_predictions(predict(model, ds), labels)``."""
+    return evaluate_predictions(predict(model, ds, progress=progress, desc=desc), labels)
