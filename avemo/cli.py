@@ -3,6 +3,7 @@
 Each subcommand lives in its package's ``cli.py`` as ``add_arguments(parser)`` + ``run(args) -> int``;
 those modules import heavy libraries (torch, tritonclient) lazily, inside ``run``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,22 +12,48 @@ import sys
 
 # name -> (module, add_arguments attr, run attr, one-line help)
 COMMANDS = {
-    "corpus": ("avemo.training.cli", "corpus_arguments", "corpus_run", "generate the synthetic RAVDESS-layout MP4 corpus"),
-    "cache": ("avemo.training.cli", "cache_arguments", "cache_run", "decode clips into the training cache (done by train too)"),
+    "corpus": (
+        "avemo.training.cli",
+        "corpus_arguments",
+        "corpus_run",
+        "generate the synthetic RAVDESS-layout MP4 corpus",
+    ),
+    "cache": (
+        "avemo.training.cli",
+        "cache_arguments",
+        "cache_run",
+        "decode clips into the training cache (done by train too)",
+    ),
     "train": ("avemo.training.cli", "train_arguments", "train_run", "train a fusion model or a unimodal baseline"),
     "evaluate": ("avemo.training.cli", "evaluate_arguments", "evaluate_run", "metrics of a checkpoint on a split"),
-    "compare": ("avemo.training.cli", "compare_arguments", "compare_run", "train several fusions with one seed and split, tabulate test results"),
+    "compare": (
+        "avemo.training.cli",
+        "compare_arguments",
+        "compare_run",
+        "train several fusions with one seed and split, tabulate test results",
+    ),
     "export": ("avemo.export.cli", "add_arguments", "run", "checkpoint -> ONNX in the Triton model repository"),
     "serve": ("avemo.serving.cli", "add_arguments", "run", "run the bundled Triton server on the model repository"),
-    "predict": ("avemo.client.cli", "add_arguments", "run", "stream clips through Triton over gRPC and print predictions"),
-    "demo": ("avemo.demo", "add_arguments", "run", "the main job: corpus -> train -> export -> Triton -> predict test clips"),
+    "predict": (
+        "avemo.client.cli",
+        "add_arguments",
+        "run",
+        "stream clips through Triton over gRPC and print predictions",
+    ),
+    "demo": (
+        "avemo.demo",
+        "add_arguments",
+        "run",
+        "the main job: corpus -> train -> export -> Triton -> predict test clips",
+    ),
 }
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s own arguments are added (so `avemo predict` never imports torch)."""
-    parser = argparse.ArgumentParser(prog="avemo", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="avemo", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, add, _run, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)

@@ -5,6 +5,7 @@ corpus -> cache -> train gated fusion + audio-only + video-only baselines -> exp
 accuracy and macro-F1 computed from Triton's answers -> stop the server.
 Writes ``<runs>/demo_summary.json`` and prints a table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=Path, default=Path("runs"), help="run folders (default: %(default)s)")
     p.add_argument("--model-repository", type=Path, default=Path("model_repository"), help="(default: %(default)s)")
     p.add_argument("--epochs", type=int, default=12, help="max epochs per model (default: %(default)s)")
-    p.add_argument("--fusions", default="audio,video,gated", help="models to train; the last is served (default: %(default)s)")
+    p.add_argument(
+        "--fusions", default="audio,video,gated", help="models to train; the last is served (default: %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument("--retrain", action="store_true", help="train even when a finished run exists")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -36,11 +39,21 @@ def train_or_reuse(fusion: str, args: argparse.Namespace) -> dict:
     metrics = out / "metrics.json"
     if metrics.exists() and not args.retrain:
         results = json.loads(metrics.read_text())
-        if results.get("config", {}).get("epochs") == args.epochs and results.get("config", {}).get("seed") == args.seed:
+        if (
+            results.get("config", {}).get("epochs") == args.epochs
+            and results.get("config", {}).get("seed") == args.seed
+        ):
             print(f"[demo] reusing finished run {out} (use --retrain to train again)")
             return results
-    cfg = TrainConfig(data_root=str(args.data_root), cache_dir=str(args.cache_dir), out_dir=str(out), epochs=args.epochs,
-                      seed=args.seed, resume=True, model=ModelConfig(fusion=fusion))
+    cfg = TrainConfig(
+        data_root=str(args.data_root),
+        cache_dir=str(args.cache_dir),
+        out_dir=str(out),
+        epochs=args.epochs,
+        seed=args.seed,
+        resume=True,
+        model=ModelConfig(fusion=fusion),
+    )
     return train(cfg)
 
 
@@ -59,8 +72,8 @@ def _run(args: argparse.Namespace, out) -> int:
     from avemo.contract.labels import label_names
     from avemo.export.onnx_export import export_checkpoint
     from avemo.serving.server import ServerPorts, TritonServer, free_port
-    from avemo.training.data import ravdess
     from avemo.training.cli import summary_line
+    from avemo.training.data import ravdess
     from avemo.training.evaluation.metrics import classification_metrics
     from avemo.training.synthetic.corpus import generate_corpus
 
@@ -89,6 +102,7 @@ def _run(args: argparse.Namespace, out) -> int:
         client = EmotionClient(server.url, "emotion")
         print(f"[demo] 5/5 streaming {len(test_items)} test clips through Triton")
         from tqdm import tqdm
+
         for it in tqdm(test_items, desc="predict via Triton", unit="clip"):
             try:
                 res = predict_clip(client, it.path)
@@ -101,14 +115,20 @@ def _run(args: argparse.Namespace, out) -> int:
         client.close()
     triton = classification_metrics(y_true, y_pred, labels)
     import numpy as np
+
     lat = np.asarray(latencies) if latencies else np.asarray([np.nan])
     summary = {
         "test_clip_macro_f1": {f: results[f].get("test", {}).get("clip", {}).get("macro_f1") for f in fusions},
         "test_clip_accuracy": {f: results[f].get("test", {}).get("clip", {}).get("accuracy") for f in fusions},
         "served_model": served,
-        "triton": {"clips": triton["n"], "accuracy": triton["accuracy"], "macro_f1": triton["macro_f1"],
-                   "per_class_f1": triton["per_class_f1"], "failed": failed,
-                   "latency_ms": {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95))}},
+        "triton": {
+            "clips": triton["n"],
+            "accuracy": triton["accuracy"],
+            "macro_f1": triton["macro_f1"],
+            "per_class_f1": triton["per_class_f1"],
+            "failed": failed,
+            "latency_ms": {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95))},
+        },
         "export": json.loads(report.to_json()),
         "seconds": round(time.time() - t0, 1),
     }
@@ -121,9 +141,11 @@ def _run(args: argparse.Namespace, out) -> int:
         print(" model      macro-F1  accuracy")
         for f in fusions:
             print(f" {f:9s}  {summary['test_clip_macro_f1'][f]:.3f}     {summary['test_clip_accuracy'][f]:.3f}")
-        print(f"\n through Triton ({served}, {triton['n']} clips, gRPC stream): accuracy {triton['accuracy']:.3f}, "
-              f"macro-F1 {triton['macro_f1']:.3f}; window round trip p50 {summary['triton']['latency_ms']['p50']:.1f} ms, "
-              f"p95 {summary['triton']['latency_ms']['p95']:.1f} ms")
+        print(
+            f"\n through Triton ({served}, {triton['n']} clips, gRPC stream): accuracy {triton['accuracy']:.3f}, "
+            f"macro-F1 {triton['macro_f1']:.3f}; window round trip p50 {summary['triton']['latency_ms']['p50']:.1f} ms, "
+            f"p95 {summary['triton']['latency_ms']['p95']:.1f} ms"
+        )
         if failed:
             print(f" {len(failed)} clips failed: {failed}")
         print(f" total {summary['seconds']:.0f} s; summary in {args.runs / 'demo_summary.json'}")

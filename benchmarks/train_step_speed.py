@@ -7,6 +7,7 @@ geometry that already live on the device (so the data pipeline is not measured),
 steps, with CUDA synchronisation. Prints steps/s and windows/s per setting and the speed-up against
 float32 + NCHW measured in the same run. On CPU only float32 settings run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,26 +17,31 @@ import time
 import torch
 
 from avemo.contract.geometry import DEFAULT_GEOMETRY
-from avemo.training.models.config import FUSIONS, ModelConfig
 from avemo.training.losses.terms import LossWeights, combine, loss_terms
+from avemo.training.models.config import FUSIONS, ModelConfig
 from avemo.training.models.model import build_model
 from avemo.training.train.runtime import make_runtime
 
 
-def time_steps(fusion: str, device: str, amp: str, channels_last: str, batch_size: int, steps: int, warmup: int,
-               resnet: bool) -> dict:
+def time_steps(
+    fusion: str, device: str, amp: str, channels_last: str, batch_size: int, steps: int, warmup: int, resnet: bool
+) -> dict:
     torch.manual_seed(0)
     rt = make_runtime(device, amp, channels_last)
     model = build_model(ModelConfig(fusion=fusion, use_resnet_audio=resnet, use_resnet_video=resnet), DEFAULT_GEOMETRY)
     net = rt.prepare_model(model).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     g = DEFAULT_GEOMETRY
-    batch = rt.to_device({
-        "audio": torch.randn(batch_size, g.window_samples) * 0.1,  # [B, S]
-        "frames": torch.randint(0, 256, (batch_size, g.frames_per_window, g.face_size, g.face_size, 3), dtype=torch.uint8),
-        "mask": torch.ones(batch_size, 2),  # [B, 2]
-        "label": torch.randint(0, 8, (batch_size,)),
-    })
+    batch = rt.to_device(
+        {
+            "audio": torch.randn(batch_size, g.window_samples) * 0.1,  # [B, S]
+            "frames": torch.randint(
+                0, 256, (batch_size, g.frames_per_window, g.face_size, g.face_size, 3), dtype=torch.uint8
+            ),
+            "mask": torch.ones(batch_size, 2),  # [B, 2]
+            "label": torch.randint(0, 8, (batch_size,)),
+        }
+    )
     lw = LossWeights()
 
     def step() -> None:
@@ -59,9 +65,15 @@ def time_steps(fusion: str, device: str, amp: str, channels_last: str, batch_siz
     peak = torch.cuda.max_memory_allocated() / 2**20 if rt.device.type == "cuda" else float("nan")
     if rt.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    return {"fusion": fusion, "device": str(rt.device), "amp": "bf16" if rt.amp_dtype else "off",
-            "channels_last": rt.channels_last, "steps_per_s": steps / seconds,
-            "windows_per_s": steps * batch_size / seconds, "peak_mem_mib": peak}
+    return {
+        "fusion": fusion,
+        "device": str(rt.device),
+        "amp": "bf16" if rt.amp_dtype else "off",
+        "channels_last": rt.channels_last,
+        "steps_per_s": steps / seconds,
+        "windows_per_s": steps * batch_size / seconds,
+        "peak_mem_mib": peak,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,8 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     settings = [("off", "off"), ("off", "on"), ("bf16", "off"), ("bf16", "on")] if cuda else [("off", "off")]
-    rows = [time_steps(args.fusion, "cuda" if cuda else "cpu", amp, cl, args.batch_size, args.steps, args.warmup,
-                       args.resnet) for amp, cl in settings]
+    rows = [
+        time_steps(
+            args.fusion, "cuda" if cuda else "cpu", amp, cl, args.batch_size, args.steps, args.warmup, args.resnet
+        )
+        for amp, cl in settings
+    ]
     base = rows[0]["steps_per_s"]
     for r in rows:
         r["speedup_vs_fp32_nchw"] = r["steps_per_s"] / base
@@ -88,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.fusion}{' (ResNet18 encoders)' if args.resnet else ''}, batch {args.batch_size}, {name}")
     print(f"{'amp':>5s} {'channels_last':>13s} {'steps/s':>8s} {'windows/s':>10s} {'peak MiB':>9s} {'speed-up':>8s}")
     for r in rows:
-        print(f"{r['amp']:>5s} {str(r['channels_last']):>13s} {r['steps_per_s']:8.2f} {r['windows_per_s']:10.1f} "
-              f"{r['peak_mem_mib']:9.0f} {r['speedup_vs_fp32_nchw']:8.2f}")
+        print(
+            f"{r['amp']:>5s} {str(r['channels_last']):>13s} {r['steps_per_s']:8.2f} {r['windows_per_s']:10.1f} "
+            f"{r['peak_mem_mib']:9.0f} {r['speedup_vs_fp32_nchw']:8.2f}"
+        )
     return 0
 
 

@@ -1,4 +1,5 @@
 """`avemo predict CLIP [CLIP...]`: stream clips through the served model and print predictions."""
+
 from __future__ import annotations
 
 import argparse

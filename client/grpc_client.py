@@ -10,14 +10,15 @@ comes from the server's model config -- the client keeps no copy of those number
 
 No torch here (client/ must stay importable without it).
 """
+
 from __future__ import annotations
 
 import queue
 import re
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -164,9 +165,7 @@ class EmotionClient:
         if self._served is not None and not refresh:
             return self._served
         try:
-            config = self._client.get_model_config(self.model_name, as_json=True, client_timeout=self.timeout)[
-                "config"
-            ]
+            config = self._client.get_model_config(self.model_name, as_json=True, client_timeout=self.timeout)["config"]
             meta = self._client.get_model_metadata(self.model_name, as_json=True, client_timeout=self.timeout)
         except InferenceServerException as exc:
             raise EmotionClientError(
@@ -275,9 +274,7 @@ class EmotionClient:
                     inputs = self._inputs(audio, frames, mask)
                     with lock:
                         sent[rid] = (i, float(w.start), time.perf_counter())
-                    self._client.async_stream_infer(
-                        self.model_name, inputs, request_id=rid, outputs=self._outputs()
-                    )
+                    self._client.async_stream_infer(self.model_name, inputs, request_id=rid, outputs=self._outputs())
                     count = i + 1
                 events.put(("done", count))
             except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
@@ -368,7 +365,7 @@ class EmotionClient:
         except Exception:
             pass
 
-    def __enter__(self) -> "EmotionClient":
+    def __enter__(self) -> EmotionClient:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -4,6 +4,7 @@ The clip is decoded with the SERVED window geometry (read from the model config)
 with the shared ``contract.media`` module, streamed over one gRPC stream, and summarised: the clip
 label is the argmax of the mean of the window probabilities.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +20,11 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def summarise(
-    path, results: list[WindowResult], labels: list[str], window_seconds: float, duration: float | None = None,
+    path,
+    results: list[WindowResult],
+    labels: list[str],
+    window_seconds: float,
+    duration: float | None = None,
     crop_method: str | None = None,
 ) -> dict:
     """The prediction dict for one clip from its window results."""

@@ -6,6 +6,7 @@ A *window* is a fixed-length slice of a clip:
     audio  [S]             float32 mono PCM at ``SAMPLE_RATE``, S = window_samples
     frames [F, 112, 112, 3] uint8 RGB face crops at ``VIDEO_FPS``, F = frames_per_window
 """
+
 from __future__ import annotations
 
 import math
@@ -70,7 +71,7 @@ class WindowGeometry:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "WindowGeometry":
+    def from_dict(cls, d: dict) -> WindowGeometry:
         return cls(**{k: type(getattr(cls(), k))(v) for k, v in d.items() if k in cls.__dataclass_fields__})
 
 

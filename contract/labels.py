@@ -3,6 +3,7 @@
 RAVDESS file names are ``MM-VC-EE-II-SS-RR-AA.ext`` (modality, vocal channel, emotion, intensity,
 statement, repetition, actor). The emotion field EE is 01..08 in the order of ``EMOTIONS_8``.
 """
+
 from __future__ import annotations
 
 EMOTIONS_8: tuple[str, ...] = (

@@ -14,6 +14,7 @@ Pipeline for one file::
 Every decoding failure (missing file, not a media file, no streams, truncated data) raises
 ``MediaError`` naming the file and the reason, never a raw PyAV exception.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -181,8 +182,10 @@ def _get_cascade():
     global _CASCADE
     if _CASCADE is None:
         if not hasattr(cv2, "CascadeClassifier"):
-            raise RuntimeError(f"OpenCV {cv2.__version__} has no CascadeClassifier (OpenCV 5 moved it out of the main "
-                               "package); install the pinned opencv-python-headless==4.11.0.86, or use face_crop='center'")
+            raise RuntimeError(
+                f"OpenCV {cv2.__version__} has no CascadeClassifier (OpenCV 5 moved it out of the main "
+                "package); install the pinned opencv-python-headless==4.11.0.86, or use face_crop='center'"
+            )
         xml = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
         cascade = cv2.CascadeClassifier(xml)
         if cascade.empty():
@@ -215,8 +218,13 @@ def _square(frame: np.ndarray, cx: float, cy: float, side: float, size: int) -> 
     return cv2.resize(frame[y0 : y0 + s, x0 : x0 + s], (size, size), interpolation=cv2.INTER_AREA)
 
 
-def crop_faces(frames, size: int = DEFAULT_GEOMETRY.face_size, method: str = "auto", max_gap: int | None = None,
-               detect_every: int = DETECT_EVERY):
+def crop_faces(
+    frames,
+    size: int = DEFAULT_GEOMETRY.face_size,
+    method: str = "auto",
+    max_gap: int | None = None,
+    detect_every: int = DETECT_EVERY,
+):
     """Square face crops: uint8 [T, H, W, 3] RGB -> (uint8 [T, size, size, 3], {"haar": n, "center": m}).
 
     "auto": Haar cascade on every ``detect_every``-th frame (grayscale, downscaled), largest face, box with margin,

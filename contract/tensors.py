@@ -3,6 +3,7 @@
 config.pbtxt and the ONNX export are generated from this table; the client reads the served
 config rather than keeping its own copy of window numbers.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """`avemo export CHECKPOINT`: checkpoint -> ONNX in the Triton model repository."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,11 +9,18 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="best.pt written by `avemo train`")
-    p.add_argument("--model-repository", type=Path, default=Path("model_repository"), help="Triton model repository (default: %(default)s)")
+    p.add_argument(
+        "--model-repository",
+        type=Path,
+        default=Path("model_repository"),
+        help="Triton model repository (default: %(default)s)",
+    )
     p.add_argument("--model-name", default="emotion", help="model folder name in the repository (default: %(default)s)")
     p.add_argument("--version", type=int, default=1, help="model version folder (default: %(default)s)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default: %(default)s)")
-    p.add_argument("--atol", type=float, default=1e-4, help="parity tolerance, onnxruntime vs PyTorch (default: %(default)s)")
+    p.add_argument(
+        "--atol", type=float, default=1e-4, help="parity tolerance, onnxruntime vs PyTorch (default: %(default)s)"
+    )
     p.add_argument("--max-batch-size", type=int, default=32, help="Triton max_batch_size (default: %(default)s)")
     p.add_argument("--instances", type=int, default=1, help="model instances per server (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
@@ -25,8 +33,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --opset must be >= 17, got {args.opset}", file=sys.stderr)
         return 2
     try:
-        report = export_checkpoint(args.checkpoint, args.model_repository, args.model_name, args.version,
-                                   args.opset, args.atol, args.max_batch_size, args.instances)
+        report = export_checkpoint(
+            args.checkpoint,
+            args.model_repository,
+            args.model_name,
+            args.version,
+            args.opset,
+            args.atol,
+            args.max_batch_size,
+            args.instances,
+        )
     except ParityError as e:
         print(f"error: export failed the parity check: {e}", file=sys.stderr)
         return 1
@@ -37,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         print(report.to_json())
     else:
         diffs = ", ".join(f"{k} {v:.2g}" for k, v in report.max_abs_diff.items())
-        print(f"exported {report.fusion} model to {report.model_dir} (opset {report.opset}); "
-              f"parity max|diff| {diffs} (atol {report.atol}); smoke run {report.smoke_ms:.1f} ms")
+        print(
+            f"exported {report.fusion} model to {report.model_dir} (opset {report.opset}); "
+            f"parity max|diff| {diffs} (atol {report.atol}); smoke run {report.smoke_ms:.1f} ms"
+        )
     return 0

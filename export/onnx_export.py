@@ -4,6 +4,7 @@ The model is rebuilt from the checkpoint alone (config, labels, geometry). Expor
 and checks onnxruntime against eager PyTorch on *different* inputs (batch 3, other random values,
 one window with a missing modality); a disagreement beyond ``atol`` fails the export.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,13 @@ def example_inputs(geometry: WindowGeometry, batch: int, seed: int) -> tuple[tor
     """Random contract inputs: audio [B, S] f32, frames [B, F, H, W, 3] u8, mask [B, 2] f32 (one missing modality)."""
     g = torch.Generator().manual_seed(seed)
     audio = 0.3 * torch.randn(batch, geometry.window_samples, generator=g)
-    frames = torch.randint(0, 256, (batch, geometry.frames_per_window, geometry.face_size, geometry.face_size, 3),
-                           generator=g, dtype=torch.uint8)
+    frames = torch.randint(
+        0,
+        256,
+        (batch, geometry.frames_per_window, geometry.face_size, geometry.face_size, 3),
+        generator=g,
+        dtype=torch.uint8,
+    )
     mask = torch.ones(batch, 2)
     if batch > 1:
         mask[1, seed % 2] = 0.0
@@ -68,15 +74,24 @@ def to_onnx(wrapper: ExportWrapper, geometry: WindowGeometry, path: Path, opset:
     names_in = [t.name for t in tensors.INPUTS]
     names_out = [t.name for t in tensors.OUTPUTS]
     batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.onnx.export(wrapper, example_inputs(geometry, 2, seed=0), input_names=names_in,
-                                output_names=names_out, dynamic_shapes={n: {0: batch} for n in names_in},
-                                opset_version=opset, dynamo=True, verbose=False)
+    program = torch.onnx.export(
+        wrapper,
+        example_inputs(geometry, 2, seed=0),
+        input_names=names_in,
+        output_names=names_out,
+        dynamic_shapes={n: {0: batch} for n in names_in},
+        opset_version=opset,
+        dynamo=True,
+        verbose=False,
+    )
     program.save(str(path), external_data=False)
     onnx.checker.check_model(str(path))
     return path
 
 
-def parity(wrapper: ExportWrapper, onnx_path: Path, geometry: WindowGeometry, batch: int = 3, seed: int = 1) -> dict[str, float]:
+def parity(
+    wrapper: ExportWrapper, onnx_path: Path, geometry: WindowGeometry, batch: int = 3, seed: int = 1
+) -> dict[str, float]:
     """Max abs difference per output between onnxruntime and eager PyTorch on fresh inputs."""
     inputs = example_inputs(geometry, batch, seed)
     with torch.no_grad():
@@ -87,9 +102,16 @@ def parity(wrapper: ExportWrapper, onnx_path: Path, geometry: WindowGeometry, ba
     return {t.name: float(np.abs(a - b).max()) for t, a, b in zip(tensors.OUTPUTS, got, eager)}
 
 
-def export_checkpoint(checkpoint: Path, repository: Path, model_name: str = "emotion", version: int = 1,
-                      opset: int = OPSET, atol: float = PARITY_ATOL, max_batch_size: int = 32,
-                      instance_count: int = 1) -> ExportReport:
+def export_checkpoint(
+    checkpoint: Path,
+    repository: Path,
+    model_name: str = "emotion",
+    version: int = 1,
+    opset: int = OPSET,
+    atol: float = PARITY_ATOL,
+    max_batch_size: int = 32,
+    instance_count: int = 1,
+) -> ExportReport:
     """Export a checkpoint into ``repository/model_name`` and return a report; raises ParityError."""
     t0 = time.time()
     ckpt = load_checkpoint(checkpoint)
@@ -101,17 +123,39 @@ def export_checkpoint(checkpoint: Path, repository: Path, model_name: str = "emo
         diffs = parity(wrapper, onnx_tmp, geometry)
         bad = {k: v for k, v in diffs.items() if not v <= atol}
         if bad:
-            raise ParityError(f"onnxruntime and PyTorch disagree beyond atol={atol}: "
-                              + ", ".join(f"{k} max|diff|={v:.3g}" for k, v in bad.items()))
-        extra = {"fusion": ckpt["model_config"]["fusion"], "checkpoint": Path(checkpoint).name,
-                 "val_macro_f1": f"{ckpt['metrics'].get('val_macro_f1', float('nan')):.4f}"}
-        model_dir = write_model_repository(repository, model_name, onnx_tmp, ckpt["labels"], geometry, version=version,
-                                           max_batch_size=max_batch_size, instance_count=instance_count,
-                                           extra_parameters=extra)
+            raise ParityError(
+                f"onnxruntime and PyTorch disagree beyond atol={atol}: "
+                + ", ".join(f"{k} max|diff|={v:.3g}" for k, v in bad.items())
+            )
+        extra = {
+            "fusion": ckpt["model_config"]["fusion"],
+            "checkpoint": Path(checkpoint).name,
+            "val_macro_f1": f"{ckpt['metrics'].get('val_macro_f1', float('nan')):.4f}",
+        }
+        model_dir = write_model_repository(
+            repository,
+            model_name,
+            onnx_tmp,
+            ckpt["labels"],
+            geometry,
+            version=version,
+            max_batch_size=max_batch_size,
+            instance_count=instance_count,
+            extra_parameters=extra,
+        )
     onnx_path = Path(model_dir) / str(version) / "model.onnx"
     smoke_ms = smoke_run(onnx_path, geometry)
-    return ExportReport(str(model_dir), str(onnx_path), extra["fusion"], list(ckpt["labels"]), opset, diffs, atol,
-                        round(smoke_ms, 2), round(time.time() - t0, 1))
+    return ExportReport(
+        str(model_dir),
+        str(onnx_path),
+        extra["fusion"],
+        list(ckpt["labels"]),
+        opset,
+        diffs,
+        atol,
+        round(smoke_ms, 2),
+        round(time.time() - t0, 1),
+    )
 
 
 def smoke_run(onnx_path: Path, geometry: WindowGeometry) -> float:
@@ -122,5 +166,7 @@ def smoke_run(onnx_path: Path, geometry: WindowGeometry) -> float:
     probs, weights = sess.run(None, {t.name: x.numpy() for t, x in zip(tensors.INPUTS, inputs)})
     ms = (time.perf_counter() - t) * 1000
     if not np.allclose(probs.sum(-1), 1.0, atol=1e-4) or weights.shape != (1, 2):
-        raise ParityError(f"smoke run of {onnx_path} gave malformed outputs: probs sum {probs.sum(-1)}, weights {weights.shape}")
+        raise ParityError(
+            f"smoke run of {onnx_path} gave malformed outputs: probs sum {probs.sum(-1)}, weights {weights.shape}"
+        )
     return ms

@@ -12,14 +12,15 @@ The served config is the contract the client reads: window geometry and labels t
 directory next to the repository and then renamed into place, so a running server never sees a
 half-written model.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from avemo.contract.geometry import WindowGeometry
 from avemo.contract.tensors import INPUTS, OUTPUTS, PROBS, TRITON_PBTXT_DTYPES, TensorSpec, resolve_dims
@@ -140,9 +141,7 @@ def render_config_pbtxt(
         f'backend: "python"\n'
         f"max_batch_size: {int(max_batch_size)}\n"
         f"input [\n{inputs}\n]\n"
-        f"output [\n{outputs}\n]\n"
-        + "\n".join(batching)
-        + "\n"
+        f"output [\n{outputs}\n]\n" + "\n".join(batching) + "\n"
         "# KIND_CPU: the Python backend instance is a CPU process; on a GPU server onnxruntime inside it\n"
         "# still runs the graph on the CUDA execution provider (parameter execution_provider = auto).\n"
         f"instance_group [\n  {{\n    count: {int(instance_count)}\n    kind: KIND_CPU\n  }}\n]\n"

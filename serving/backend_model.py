@@ -10,6 +10,7 @@ value; the valid ones are concatenated (grouped by shape) and run in ONE onnxrun
 then split back per request. An onnxruntime failure becomes an error response for the requests of
 that group; the model keeps serving.
 """
+
 from __future__ import annotations
 
 import json
@@ -281,7 +282,9 @@ class TritonPythonModel:
             offset = 0
             for i, _, batch in members:
                 tensors = [
-                    pb_utils.Tensor(name, np.ascontiguousarray(out[offset : offset + batch].astype(np_dtype, copy=False)))
+                    pb_utils.Tensor(
+                        name, np.ascontiguousarray(out[offset : offset + batch].astype(np_dtype, copy=False))
+                    )
                     for (name, np_dtype), out in zip(self.outputs, outs)
                 ]
                 responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)

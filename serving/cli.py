@@ -1,4 +1,5 @@
 """`avemo serve`: run the bundled Triton server on a model repository until Ctrl-C / SIGTERM."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,10 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model-repository", default="model_repository", type=Path, help="written by `avemo export` (default: %(default)s)"
+        "--model-repository",
+        default="model_repository",
+        type=Path,
+        help="written by `avemo export` (default: %(default)s)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
     parser.add_argument("--grpc-port", type=int, default=8001)

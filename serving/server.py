@@ -10,6 +10,7 @@ site-packages (passed via PYTHONPATH).
     with TritonServer(Path("model_repository"), ServerPorts.free()) as server:
         client = EmotionClient(server.url)
 """
+
 from __future__ import annotations
 
 import atexit
@@ -25,9 +26,9 @@ import sysconfig
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE_DIR = Path(os.environ.get("AVEMO_CACHE_DIR", Path.home() / ".cache" / "avemo")) / "triton-backends"
@@ -44,7 +45,7 @@ class ServerPorts:
     metrics: int = 8002
 
     @classmethod
-    def free(cls) -> "ServerPorts":
+    def free(cls) -> ServerPorts:
         """Three distinct free ports on 127.0.0.1 (for tests and side-by-side servers)."""
         ports: list[int] = []
         socks = []
@@ -190,7 +191,7 @@ def models_in_repository(repo: Path) -> list[str]:
 
 # ---------------------------------------------------------------------------------------- server
 
-_RUNNING: "set[TritonServer]" = set()  # strong refs: a forgotten server is still stopped at exit
+_RUNNING: set[TritonServer] = set()  # strong refs: a forgotten server is still stopped at exit
 
 
 @atexit.register
@@ -343,7 +344,9 @@ class TritonServer:
             return
         self._start_failed = False
         if not self.model_repository.is_dir():
-            raise TritonServerError(f"model repository {self.model_repository} does not exist (run `avemo export` first)")
+            raise TritonServerError(
+                f"model repository {self.model_repository} does not exist (run `avemo export` first)"
+            )
         self.models = models_in_repository(self.model_repository)
         if not self.models:
             raise TritonServerError(
@@ -457,7 +460,7 @@ class TritonServer:
         except (ProcessLookupError, PermissionError, OSError):
             pass
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         self.start()
         return self
 
@@ -483,7 +486,13 @@ def stub_diagnostics() -> dict[str, str]:
     lp = find_libpython()
     info["libpython"] = str(lp) if lp else f"MISSING: libpython{python_version_tag()}.so.1.0"
     info["site_packages"] = os.pathsep.join(site_packages_dirs())
-    info["stubs_available"] = ",".join(
-        sorted(Path(p).parent.name for p in glob.glob(str(pytriton_dir() / "tritonserver/python_backend_stubs/*/*")))
-    ) if importlib.util.find_spec("pytriton") else ""
+    info["stubs_available"] = (
+        ",".join(
+            sorted(
+                Path(p).parent.name for p in glob.glob(str(pytriton_dir() / "tritonserver/python_backend_stubs/*/*"))
+            )
+        )
+        if importlib.util.find_spec("pytriton")
+        else ""
+    )
     return info

@@ -1,4 +1,5 @@
 """End to end: tiny corpus -> train (and resume) -> export -> real Triton -> gRPC stream -> parity."""
+
 from __future__ import annotations
 
 import json
@@ -21,14 +22,24 @@ def corpus(tmp_path_factory):
     from avemo.training.synthetic.corpus import generate_corpus
 
     root = tmp_path_factory.mktemp("corpus")
-    generate_corpus(root, n_actors=3, seed=0, statements=(1,), repetitions=(1,), intensities=(2,), jobs=1, progress=False)
+    generate_corpus(
+        root, n_actors=3, seed=0, statements=(1,), repetitions=(1,), intensities=(2,), jobs=1, progress=False
+    )
     return root
 
 
 def tiny_config(corpus, tmp_path, epochs: int) -> TrainConfig:
-    return TrainConfig(data_root=str(corpus), cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "run"),
-                       epochs=epochs, batch_size=8, lr=3e-3, early_stopping_patience=10, progress=False,
-                       model=ModelConfig(fusion="gated", audio_channels=(8, 16), video_channels=(8, 16), embed_dim=32))
+    return TrainConfig(
+        data_root=str(corpus),
+        cache_dir=str(tmp_path / "cache"),
+        out_dir=str(tmp_path / "run"),
+        epochs=epochs,
+        batch_size=8,
+        lr=3e-3,
+        early_stopping_patience=10,
+        progress=False,
+        model=ModelConfig(fusion="gated", audio_channels=(8, 16), video_channels=(8, 16), embed_dim=32),
+    )
 
 
 def test_train_resume_export_serve_stream(corpus, tmp_path):
@@ -40,7 +51,13 @@ def test_train_resume_export_serve_stream(corpus, tmp_path):
     second = train(replace(tiny_config(corpus, tmp_path, epochs=2), resume=True))
     assert second["epochs_run"] == 2 and len(second["history"]) == 2
     run = tmp_path / "run"
-    assert {p.name for p in run.iterdir()} >= {"best.pt", "last.pt", "metrics.json", "history.png", "confusion_test.png"}
+    assert {p.name for p in run.iterdir()} >= {
+        "best.pt",
+        "last.pt",
+        "metrics.json",
+        "history.png",
+        "confusion_test.png",
+    }
     assert not list(run.glob("*.tmp")), "no temporary checkpoint files left"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["split"]["test"] and set(metrics["split"]["test"]).isdisjoint(metrics["split"]["train"])
@@ -54,11 +71,12 @@ def test_train_resume_export_serve_stream(corpus, tmp_path):
     assert max(report.max_abs_diff.values()) <= 1e-4
 
     # real Triton, real gRPC stream
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
     from avemo.client.grpc_client import EmotionClient
     from avemo.client.predict import predict_clip
     from avemo.serving.server import ServerPorts, TritonServer, free_port
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
 
     clip_path = sorted(corpus.glob("Actor_03/*.mp4"))[0]
     ports = ServerPorts(grpc=free_port(), http=free_port(), metrics=free_port())
@@ -73,9 +91,14 @@ def test_train_resume_export_serve_stream(corpus, tmp_path):
         clip = media.decode_clip(clip_path, DEFAULT_GEOMETRY)
         windows = media.make_windows(clip, DEFAULT_GEOMETRY)
         sess = ort.InferenceSession(report.onnx_path, providers=["CPUExecutionProvider"])
-        local, _ = sess.run(None, {"audio": np.stack([w.audio for w in windows]),
-                                   "frames": np.stack([w.frames for w in windows]),
-                                   "modality_mask": np.stack([w.mask for w in windows])})
+        local, _ = sess.run(
+            None,
+            {
+                "audio": np.stack([w.audio for w in windows]),
+                "frames": np.stack([w.frames for w in windows]),
+                "modality_mask": np.stack([w.mask for w in windows]),
+            },
+        )
         streamed = client.stream(windows)
         np.testing.assert_allclose(np.stack([r.probs for r in streamed]), local, atol=1e-5)
         np.testing.assert_allclose([result["probs"][l] for l in served.labels], local.mean(0), atol=1e-5)

@@ -1,4 +1,5 @@
 """Export parity: export with one batch size, check onnxruntime against eager on another."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,6 +40,7 @@ def test_export_writes_repository_and_matches_eager(checkpoint, tmp_path):
     assert all(v <= ATOL for v in report.max_abs_diff.values())
     # independent check on a batch size never used in export (5) with a missing modality
     from avemo.training.models.checkpoint import model_from_checkpoint
+
     model, _ = model_from_checkpoint(checkpoint)
     audio, frames, mask = onnx_export.example_inputs(GEO, 5, seed=7)
     mask[3] = torch.tensor([1.0, 0.0])
@@ -55,6 +57,7 @@ def test_export_writes_repository_and_matches_eager(checkpoint, tmp_path):
 def test_export_cli_fails_clearly_on_parity_mismatch(checkpoint, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(onnx_export, "parity", lambda *a, **k: {"probs": 0.25, "modality_weights": 0.0})
     import argparse
+
     p = argparse.ArgumentParser()
     export_cli.add_arguments(p)
     rc = export_cli.run(p.parse_args([str(checkpoint), "--model-repository", str(tmp_path / "repo")]))
@@ -66,6 +69,7 @@ def test_export_cli_fails_clearly_on_parity_mismatch(checkpoint, tmp_path, monke
 
 def test_export_cli_reports_missing_checkpoint(tmp_path, capsys):
     import argparse
+
     p = argparse.ArgumentParser()
     export_cli.add_arguments(p)
     assert export_cli.run(p.parse_args([str(tmp_path / "nope.pt")])) == 1

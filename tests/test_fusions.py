@@ -1,5 +1,6 @@
 """Fusion methods and optional encoders: shapes, gradients, mask handling, ONNX parity, SpecAugment,
 variational heads, ResNet encoders, config compatibility. Tiny models and 1 s windows throughout."""
+
 from __future__ import annotations
 
 import json
@@ -132,8 +133,11 @@ def test_gradients_reach_every_parameter(fusion, variational):
     _check_all_grads(model, out)
 
 
-@pytest.mark.parametrize("options", [dict(video_pooling="attention", spec_augment=True), dict(video_pooling="mean")],
-                         ids=["attention-pool+specaug", "mean-pool"])
+@pytest.mark.parametrize(
+    "options",
+    [dict(video_pooling="attention", spec_augment=True), dict(video_pooling="mean")],
+    ids=["attention-pool+specaug", "mean-pool"],
+)
 def test_gradients_with_encoder_options(options):
     torch.manual_seed(0)
     model = build_model(cfg("xattn", dropout=0.0, **options), GEO).train()
@@ -238,7 +242,9 @@ def test_sequence_tokens_and_unchanged_forward():
 def test_resnet_encoders_forward_shapes():
     """One model with both ResNet18 encoders (batch 1, F = 2 frames): embeddings, tokens, full forward."""
     torch.manual_seed(0)
-    model = build_model(cfg("xattn", use_resnet_audio=True, use_resnet_video=True, video_pooling="attention"), GEO).eval()
+    model = build_model(
+        cfg("xattn", use_resnet_audio=True, use_resnet_video=True, video_pooling="attention"), GEO
+    ).eval()
     a_enc, v_enc = model.audio_encoder, model.video_encoder
     assert isinstance(a_enc, AudioResNet) and isinstance(v_enc, VideoResNet)
     assert a_enc.net.conv1.in_channels == 1 and isinstance(a_enc.net.fc, torch.nn.Identity)
@@ -306,31 +312,73 @@ def test_variational_head_mu_at_eval_and_logvar_clamp():
 def test_default_model_keeps_original_parameters():
     names = [(n, tuple(p.shape)) for n, p in build_model(ModelConfig(**TINY), GEO).named_parameters()]
     assert names == [
-        ("audio_encoder.blocks.0.0.weight", (8, 1, 3, 3)), ("audio_encoder.blocks.0.1.weight", (8,)),
-        ("audio_encoder.blocks.0.1.bias", (8,)), ("audio_encoder.blocks.1.0.weight", (16, 8, 3, 3)),
-        ("audio_encoder.blocks.1.1.weight", (16,)), ("audio_encoder.blocks.1.1.bias", (16,)),
-        ("audio_encoder.proj.weight", (32, 32)), ("audio_encoder.proj.bias", (32,)),
-        ("video_encoder.blocks.0.0.weight", (8, 3, 3, 3)), ("video_encoder.blocks.0.1.weight", (8,)),
-        ("video_encoder.blocks.0.1.bias", (8,)), ("video_encoder.blocks.1.0.weight", (16, 8, 3, 3)),
-        ("video_encoder.blocks.1.1.weight", (16,)), ("video_encoder.blocks.1.1.bias", (16,)),
-        ("video_encoder.temporal.0.weight", (16, 16, 3)), ("video_encoder.temporal.0.bias", (16,)),
-        ("video_encoder.proj.weight", (32, 32)), ("video_encoder.proj.bias", (32,)),
-        ("fusion.gate.weight", (1, 64)), ("fusion.gate.bias", (1,)), ("fusion.head.0.weight", (32, 64)),
-        ("fusion.head.0.bias", (32,)), ("fusion.head.3.weight", (8, 32)), ("fusion.head.3.bias", (8,)),
-        ("audio_norm.weight", (32,)), ("audio_norm.bias", (32,)), ("video_norm.weight", (32,)),
-        ("video_norm.bias", (32,)), ("audio_aux.weight", (8, 32)), ("audio_aux.bias", (8,)),
-        ("video_aux.weight", (8, 32)), ("video_aux.bias", (8,)),
+        ("audio_encoder.blocks.0.0.weight", (8, 1, 3, 3)),
+        ("audio_encoder.blocks.0.1.weight", (8,)),
+        ("audio_encoder.blocks.0.1.bias", (8,)),
+        ("audio_encoder.blocks.1.0.weight", (16, 8, 3, 3)),
+        ("audio_encoder.blocks.1.1.weight", (16,)),
+        ("audio_encoder.blocks.1.1.bias", (16,)),
+        ("audio_encoder.proj.weight", (32, 32)),
+        ("audio_encoder.proj.bias", (32,)),
+        ("video_encoder.blocks.0.0.weight", (8, 3, 3, 3)),
+        ("video_encoder.blocks.0.1.weight", (8,)),
+        ("video_encoder.blocks.0.1.bias", (8,)),
+        ("video_encoder.blocks.1.0.weight", (16, 8, 3, 3)),
+        ("video_encoder.blocks.1.1.weight", (16,)),
+        ("video_encoder.blocks.1.1.bias", (16,)),
+        ("video_encoder.temporal.0.weight", (16, 16, 3)),
+        ("video_encoder.temporal.0.bias", (16,)),
+        ("video_encoder.proj.weight", (32, 32)),
+        ("video_encoder.proj.bias", (32,)),
+        ("fusion.gate.weight", (1, 64)),
+        ("fusion.gate.bias", (1,)),
+        ("fusion.head.0.weight", (32, 64)),
+        ("fusion.head.0.bias", (32,)),
+        ("fusion.head.3.weight", (8, 32)),
+        ("fusion.head.3.bias", (8,)),
+        ("audio_norm.weight", (32,)),
+        ("audio_norm.bias", (32,)),
+        ("video_norm.weight", (32,)),
+        ("video_norm.bias", (32,)),
+        ("audio_aux.weight", (8, 32)),
+        ("audio_aux.bias", (8,)),
+        ("video_aux.weight", (8, 32)),
+        ("video_aux.bias", (8,)),
     ]
 
 
 def test_config_old_dicts_load_and_new_fields_round_trip():
-    original = {"fusion", "num_classes", "n_fft", "hop_length", "n_mels", "audio_channels", "video_channels",
-                "embed_dim", "dropout", "modality_dropout", "gate_init_audio", "logmel_mean", "logmel_std"}
+    original = {
+        "fusion",
+        "num_classes",
+        "n_fft",
+        "hop_length",
+        "n_mels",
+        "audio_channels",
+        "video_channels",
+        "embed_dim",
+        "dropout",
+        "modality_dropout",
+        "gate_init_audio",
+        "logmel_mean",
+        "logmel_std",
+    }
     old = {k: v for k, v in ModelConfig().to_dict().items() if k in original}
     assert ModelConfig.from_dict(old) == ModelConfig()  # an old checkpoint's config: missing keys -> defaults
-    new = ModelConfig(fusion="xattn", use_resnet_audio=True, use_resnet_video=True, video_pooling="attention",
-                      spec_augment=True, variational=True, uncertainty_temperature=0.5, gate_alpha=0.7,
-                      xattn_heads=2, bottleneck_dim=8, contrastive_proj_dim=16, audio_channels=(8,))
+    new = ModelConfig(
+        fusion="xattn",
+        use_resnet_audio=True,
+        use_resnet_video=True,
+        video_pooling="attention",
+        spec_augment=True,
+        variational=True,
+        uncertainty_temperature=0.5,
+        gate_alpha=0.7,
+        xattn_heads=2,
+        bottleneck_dim=8,
+        contrastive_proj_dim=16,
+        audio_channels=(8,),
+    )
     assert ModelConfig.from_dict(json.loads(json.dumps(new.to_dict()))) == new
     with pytest.raises(ValueError, match="fusion"):
         build_model(cfg("nope"), GEO)

@@ -1,4 +1,5 @@
 """Losses against hand-computed values on tiny tensors; adaptive loss weighting modes."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,10 +9,21 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from avemo.training.losses.terms import (
+    LossWeights,
+    add_loss_arguments,
+    class_weights,
+    compute_losses,
+    cross_entropy,
+    distillation,
+    focal_loss,
+    gate_regularisation,
+    info_nce,
+    kl_divergence,
+    reconstruction_loss,
+    total_loss,
+)
 from avemo.training.losses.weighting import LossWeighter
-from avemo.training.losses.terms import (LossWeights, add_loss_arguments, class_weights, compute_losses, cross_entropy,
-                             distillation, focal_loss, gate_regularisation, info_nce, kl_divergence,
-                             reconstruction_loss, total_loss)
 
 LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-0.5, 1.5, 0.0], [1.0, 1.0, 1.0]])
 TARGET = torch.tensor([0, 2, 1, 0])
@@ -57,7 +69,9 @@ def test_focal_gamma2_two_classes_by_hand():
     l2 = (1 - 0.5) ** 2 * -math.log(0.5)
     assert focal_loss(logits, target, gamma=2.0).item() == pytest.approx((l1 + l2) / 2, rel=1e-5)
     alpha = torch.tensor([0.25, 0.75])
-    assert focal_loss(logits, target, gamma=2.0, alpha=alpha).item() == pytest.approx((0.75 * l1 + 0.25 * l2) / 2, rel=1e-5)
+    assert focal_loss(logits, target, gamma=2.0, alpha=alpha).item() == pytest.approx(
+        (0.75 * l1 + 0.25 * l2) / 2, rel=1e-5
+    )
     # focal + smoothing: q = (1 - eps) onehot + eps / C, l = -sum_c q_c (1 - p_c)^g log p_c
     eps = 0.1
     q = torch.tensor([[eps / 2, 1 - eps / 2], [1 - eps / 2, eps / 2]])
@@ -110,8 +124,9 @@ def test_distillation():
 
 def fusion_outputs(b: int = 4, c: int = 3, seed: int = 0, grad: bool = False) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(b, c, generator=g, requires_grad=grad) for k in ("logits", "audio_logits", "video_logits")} | {
-        "modality_weights": torch.full((b, 2), 0.5)}
+    return {
+        k: torch.randn(b, c, generator=g, requires_grad=grad) for k in ("logits", "audio_logits", "video_logits")
+    } | {"modality_weights": torch.full((b, 2), 0.5)}
 
 
 @pytest.mark.parametrize("weight", [None, torch.tensor([1.0, 2.0, 0.5])])
@@ -131,12 +146,18 @@ def test_compute_losses_default_equals_old_total_loss(weight):
 def test_compute_losses_parts_names():
     g = torch.Generator().manual_seed(1)
     out = fusion_outputs() | {
-        "z_audio": torch.randn(4, 8, generator=g), "z_video": torch.randn(4, 8, generator=g),
-        "recon_audio": torch.zeros(4, 5), "target_audio": torch.ones(4, 5),
-        "recon_video": torch.zeros(4, 5), "recon_target_video": torch.full((4, 5), 2.0),
+        "z_audio": torch.randn(4, 8, generator=g),
+        "z_video": torch.randn(4, 8, generator=g),
+        "recon_audio": torch.zeros(4, 5),
+        "target_audio": torch.ones(4, 5),
+        "recon_video": torch.zeros(4, 5),
+        "recon_target_video": torch.full((4, 5), 2.0),
         "gate": torch.full((4, 1), 0.1),
-        "mu_audio": torch.ones(4, 2), "logvar_audio": torch.zeros(4, 2),
-        "mu_video": torch.zeros(4, 2), "logvar_video": torch.zeros(4, 2)}
+        "mu_audio": torch.ones(4, 2),
+        "logvar_audio": torch.zeros(4, 2),
+        "mu_video": torch.zeros(4, 2),
+        "logvar_video": torch.zeros(4, 2),
+    }
     teacher = {"audio": torch.randn(4, 3, generator=g), "video": torch.randn(4, 3, generator=g)}
     w = LossWeights(kl=0.5, distill=0.2, recon_modality_weights=(1.0, 0.5))
     total, parts = compute_losses(out, TARGET, w, None, teacher, dynamic={"contrastive": 2.0})
@@ -155,10 +176,33 @@ def test_cli_flags_and_from_args():
     add_loss_arguments(p)
     w = LossWeights.from_args(p.parse_args([]))
     assert w == LossWeights()
-    a = p.parse_args(["--focal-gamma", "2", "--cl_loss_weight", "0.5", "--no-class_weight", "--use_smooth_l1",
-                      "--kl_weight", "0.1", "--delta_va", "0.4", "--focal_alpha", "1,2,3", "--loss_weighting", "log_norm"])
+    a = p.parse_args(
+        [
+            "--focal-gamma",
+            "2",
+            "--cl_loss_weight",
+            "0.5",
+            "--no-class_weight",
+            "--use_smooth_l1",
+            "--kl_weight",
+            "0.1",
+            "--delta_va",
+            "0.4",
+            "--focal_alpha",
+            "1,2,3",
+            "--loss_weighting",
+            "log_norm",
+        ]
+    )
     w = LossWeights.from_args(a)
-    assert (w.focal_gamma, w.contrastive, w.use_class_weight, w.use_smooth_l1, w.kl, w.distill) == (2.0, 0.5, False, True, 0.1, 0.4)
+    assert (w.focal_gamma, w.contrastive, w.use_class_weight, w.use_smooth_l1, w.kl, w.distill) == (
+        2.0,
+        0.5,
+        False,
+        True,
+        0.1,
+        0.4,
+    )
     assert w.focal_alpha == (1.0, 2.0, 3.0) and LossWeighter.from_args(a).mode == "log_norm"
     assert LossWeights.from_args(p.parse_args(["--contrastive_weight", "0.5", "--delta_nce", "0.7"])).contrastive == 0.7
 
@@ -181,11 +225,11 @@ def test_inverse_ema_larger_loss_smaller_weight():
 
 def test_log_norm_gradient_is_that_of_log1p():
     x = torch.tensor(1.5, requires_grad=True)
-    loss = x ** 2
+    loss = x**2
     m = LossWeighter("log_norm").weights({"a": loss})["a"]
     (g,) = torch.autograd.grad(m * loss, x)
     x2 = x.detach().clone().requires_grad_(True)
-    (g_ref,) = torch.autograd.grad(torch.log1p(x2 ** 2), x2)
+    (g_ref,) = torch.autograd.grad(torch.log1p(x2**2), x2)
     assert g.item() == pytest.approx(g_ref.item(), rel=1e-6)
 
 
@@ -193,7 +237,7 @@ def test_grad_balance_and_recompute_period():
     p = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
     lw = LossWeighter("grad_balance", every=3)
     scale = {"steep": 10.0, "flat": 1.0}
-    parts = lambda: {k: s * (p ** 2).sum() for k, s in scale.items()}  # noqa: E731
+    parts = lambda: {k: s * (p**2).sum() for k, s in scale.items()}  # noqa: E731
     w0 = lw.weights(parts(), [p], step=0)
     assert w0["steep"] < w0["flat"] and (w0["steep"] + w0["flat"]) / 2 == pytest.approx(1.0)
     assert w0["steep"] / w0["flat"] == pytest.approx(0.1)
@@ -213,7 +257,7 @@ def test_state_dict_round_trip():
     assert b.state_dict() == a.state_dict() and a.weights(nxt) == b.weights(nxt)
     g = LossWeighter("grad_balance", every=10)
     p = torch.nn.Parameter(torch.ones(2))
-    g.weights({"x": (p ** 2).sum(), "y": p.sum()}, [p], step=0)
+    g.weights({"x": (p**2).sum(), "y": p.sum()}, [p], step=0)
     h = LossWeighter("grad_balance")
     h.load_state_dict(g.state_dict())
     later = {"x": (3 * p).sum(), "y": p.sum()}

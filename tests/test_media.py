@@ -1,4 +1,5 @@
 """contract.media on small real MP4/WAV files written here with PyAV (H.264 + AAC, pcm_s16le)."""
+
 from __future__ import annotations
 
 import pickle
@@ -9,14 +10,20 @@ import pytest
 
 from avemo.contract import media
 from avemo.contract.geometry import DEFAULT_GEOMETRY as G
-from avemo.contract.media import MediaError, crop_faces, decode_audio, decode_clip, decode_video_frames, make_windows, \
-    window_arrays
+from avemo.contract.media import (
+    MediaError,
+    crop_faces,
+    decode_audio,
+    decode_clip,
+    decode_video_frames,
+    make_windows,
+    window_arrays,
+)
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]  # second 0 red, 1 green, 2 blue (RGB)
 
 
-def write_media(path, seconds=2.5, fps=24, size=128, video=True, audio=True, sr=48000, freq=440.0,
-                codec="aac"):
+def write_media(path, seconds=2.5, fps=24, size=128, video=True, audio=True, sr=48000, freq=440.0, codec="aac"):
     """Frames are a solid colour changing every second (COLOURS); audio is a sine at ``freq``."""
     fmt = "wav" if str(path).endswith(".wav") else None
     with av.open(str(path), "w", format=fmt) as c:
@@ -129,7 +136,7 @@ def test_short_clip_is_padded(files):
     (w,) = make_windows(clip)
     n = len(clip.audio)
     assert 19000 < n < 21000
-    assert np.abs(w.audio[: n]).max() > 0.3 and not w.audio[n:].any()
+    assert np.abs(w.audio[:n]).max() > 0.3 and not w.audio[n:].any()
     np.testing.assert_array_equal(w.frames[10:], np.repeat(clip.frames[-1:], 6, axis=0))
 
 
@@ -149,7 +156,7 @@ def test_window_arrays_primitive():
     assert a[0] == g.sample_rate and a[-1] == g.sample_rate + g.window_samples - 1
     assert f[:, 0, 0, 0].tolist() == list(range(8, 24))
     a, f = window_arrays(audio, frames, g, 2.0)  # past the end
-    assert not a[g.sample_rate:].any() and f[:, 0, 0, 0].tolist() == list(range(16, 24)) + [23] * 8
+    assert not a[g.sample_rate :].any() and f[:, 0, 0, 0].tolist() == list(range(16, 24)) + [23] * 8
     a, f = window_arrays(np.zeros(0, np.float32), None, g, 0.0)
     assert a.shape == (g.window_samples,) and f.shape == (g.frames_per_window, 112, 112, 3) and not f.any()
 

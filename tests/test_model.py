@@ -1,13 +1,14 @@
 """Model shapes, mask handling, loss decreasing on a tiny batch, checkpoint round trip."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from avemo.contract.geometry import WindowGeometry
+from avemo.training.losses.terms import class_weights, total_loss
 from avemo.training.models.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint, model_from_checkpoint
 from avemo.training.models.config import FUSIONS, ModelConfig
-from avemo.training.losses.terms import class_weights, total_loss
 from avemo.training.models.model import ExportWrapper, build_model, modality_dropout
 
 GEO = WindowGeometry(window_seconds=1.0, hop_seconds=0.5)

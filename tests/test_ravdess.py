@@ -1,4 +1,5 @@
 """RAVDESS name parsing, scanning (no decoding) and leak-free splits."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -26,7 +27,14 @@ from avemo.training.data.ravdess import (
 def test_parse_valid_name_and_properties():
     n = RavdessName.parse("01-01-03-02-01-02-12.mp4")
     assert (n.modality, n.vocal_channel, n.emotion, n.intensity, n.statement, n.repetition, n.actor) == (
-        1, 1, 3, 2, 1, 2, 12)
+        1,
+        1,
+        3,
+        2,
+        1,
+        2,
+        12,
+    )
     assert n.emotion_name == "happy"
     assert n.gender == "female"
     assert RavdessName.parse("03-01-05-01-02-01-07.wav").gender == "male"
@@ -113,8 +121,12 @@ def test_scan_default_is_audio_video_speech(fake_tree):
     assert [it.label_name for it in items] == ["neutral", "happy", "angry"]
     assert all(isinstance(it, Item) and it.path.exists() for it in items)
     reasons = {Path(p.path).name: p.reason for p in problems}
-    assert set(reasons) == {"01-01-05-02-02-02.mp4", "01-01-04-01-01-01-03.mp4", "03-01-04-01-01-01-02.mp4",
-                            "01-01-04-01-01-01-05.mp4"}
+    assert set(reasons) == {
+        "01-01-05-02-02-02.mp4",
+        "01-01-04-01-01-01-03.mp4",
+        "03-01-04-01-01-01-02.mp4",
+        "01-01-04-01-01-01-05.mp4",
+    }
     assert "malformed" in reasons["01-01-05-02-02-02.mp4"] and "expected 7" in reasons["01-01-05-02-02-02.mp4"]
     assert "disagrees with folder Actor_02" in reasons["01-01-04-01-01-01-03.mp4"]
     assert "not valid for a .mp4" in reasons["03-01-04-01-01-01-02.mp4"]
@@ -136,7 +148,9 @@ def test_scan_filters(fake_tree):
     assert {it.label_name for it in everything} <= set(EMOTIONS_4)
     assert everything == sorted(everything, key=lambda it: (it.actor, it.path.name))
     # deterministic
-    assert [it.path for it in scan(fake_tree, modality=None)[0]] == [it.path for it in scan(fake_tree, modality=None)[0]]
+    assert [it.path for it in scan(fake_tree, modality=None)[0]] == [
+        it.path for it in scan(fake_tree, modality=None)[0]
+    ]
 
 
 def test_scan_duplicates_missing_root_and_empty(tmp_path, fake_tree):
@@ -234,7 +248,8 @@ def test_stratified_split_groups_recordings_and_keeps_proportions():
     assert [it.path for it in stratified_split(items, seed=1)["test"]] != [it.path for it in splits["test"]]
     summary = split_summary(splits)
     assert summary["test"]["items"] == len(splits["test"]) and sum(summary["val"]["per_label"].values()) == len(
-        splits["val"])
+        splits["val"]
+    )
 
 
 def test_check_no_leak_raises():

@@ -1,4 +1,5 @@
 """Robustness evaluation (dropped / noisy modality), per-class report, error-case table, `avemo compare`."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,15 @@ import torch
 from torch import nn
 
 from avemo.contract.geometry import DEFAULT_GEOMETRY
-from avemo.training.models.config import ModelConfig
-from avemo.training.evaluation.reports import error_cases, error_cases_markdown, per_class_markdown, per_class_report, write_reports
 from avemo.training.data.perturb import PerturbedDataset, add_noise_snr, snr_db
+from avemo.training.evaluation.reports import (
+    error_cases,
+    error_cases_markdown,
+    per_class_markdown,
+    per_class_report,
+    write_reports,
+)
+from avemo.training.models.config import ModelConfig
 
 G = DEFAULT_GEOMETRY
 
@@ -28,8 +35,16 @@ class FakeWindows(torch.utils.data.Dataset):
             for w in range(windows_per_clip):
                 audio = (0.3 * np.sin(2 * np.pi * (200 + 150 * c + 20 * w) * t)).astype(np.float32)
                 frames = rng.integers(0, 256, (G.frames_per_window, G.face_size, G.face_size, 3), dtype=np.uint8)
-                self.items.append({"audio": torch.from_numpy(audio), "frames": torch.from_numpy(frames),
-                                   "mask": torch.ones(2), "label": c % 2, "clip": c, "start": float(w)})
+                self.items.append(
+                    {
+                        "audio": torch.from_numpy(audio),
+                        "frames": torch.from_numpy(frames),
+                        "mask": torch.ones(2),
+                        "label": c % 2,
+                        "clip": c,
+                        "start": float(w),
+                    }
+                )
         self.labels = [c % 2 for c in range(n_clips)]
 
     def __len__(self):
@@ -77,8 +92,18 @@ def test_noise_per_window_and_deterministic():
         assert not torch.equal(a[k]["audio"], c[k]["audio"])
         torch.testing.assert_close(a[k]["mask"], torch.ones(2))
         assert torch.equal(a[k]["frames"], ds[k]["frames"])
-    silent = PerturbedDataset([{"audio": torch.zeros(100), "frames": torch.zeros(1, 2, 2, 3, dtype=torch.uint8),
-                                "mask": torch.tensor([0.0, 1.0]), "label": 0, "clip": 0}], noise_snr_db=0.0)
+    silent = PerturbedDataset(
+        [
+            {
+                "audio": torch.zeros(100),
+                "frames": torch.zeros(1, 2, 2, 3, dtype=torch.uint8),
+                "mask": torch.tensor([0.0, 1.0]),
+                "label": 0,
+                "clip": 0,
+            }
+        ],
+        noise_snr_db=0.0,
+    )
     assert torch.count_nonzero(silent[0]["audio"]) == 0
 
 
@@ -105,12 +130,14 @@ def test_drop_reaches_the_model():
 
 
 def test_audio_dependent_model_changes_under_drop_audio():
-    from avemo.training.models.model import build_model
     from avemo.training.evaluation.predict import evaluate, evaluate_predictions, predict
     from avemo.training.evaluation.robustness import evaluate_condition
+    from avemo.training.models.model import build_model
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(fusion="gated", audio_channels=(8, 16), video_channels=(8, 16), embed_dim=32), G).eval()
+    model = build_model(
+        ModelConfig(fusion="gated", audio_channels=(8, 16), video_channels=(8, 16), embed_dim=32), G
+    ).eval()
     ds = FakeWindows()
     clean = predict(model, ds)
     dropped = predict(model, PerturbedDataset(ds, drop="audio"))
@@ -143,19 +170,43 @@ def hand_made_pred():
     # 5 clips x 2 windows; the clip label is the argmax of the MEAN of the two windows
     clip = np.repeat(np.arange(5), 2)
     label = np.repeat([1, 0, 2, 3, 1], 2)
-    audio = onehot_probs([(1, .9), (1, .8),   # clip 0: audio happy
-                          (0, .9), (2, .4),   # clip 1: audio neutral (mean), one window says sad
-                          (1, .7), (1, .7),   # clip 2: audio happy
-                          (1, .6), (1, .6),   # clip 3: audio happy
-                          (1, .9), (3, .5)])  # clip 4: audio happy
-    video = onehot_probs([(1, .6), (1, .6),   # clip 0: video happy -> agrees, not an error case
-                          (3, .8), (3, .8),   # clip 1: video angry -> audio right
-                          (2, .9), (2, .8),   # clip 2: video sad -> video right
-                          (2, .5), (0, .9),   # clip 3: video neutral (mean) -> neither (true angry)
-                          (1, .3), (1, .9)])  # clip 4: video happy -> agrees
-    fused = onehot_probs([(1, .9)] * 2 + [(0, .6)] * 2 + [(2, .7)] * 2 + [(3, .8)] * 2 + [(1, .9)] * 2)
-    return {"probs": fused, "audio_probs": audio, "video_probs": video, "clip": clip, "label": label,
-            "modality_weights": np.full((10, 2), 0.5)}
+    audio = onehot_probs(
+        [
+            (1, 0.9),
+            (1, 0.8),  # clip 0: audio happy
+            (0, 0.9),
+            (2, 0.4),  # clip 1: audio neutral (mean), one window says sad
+            (1, 0.7),
+            (1, 0.7),  # clip 2: audio happy
+            (1, 0.6),
+            (1, 0.6),  # clip 3: audio happy
+            (1, 0.9),
+            (3, 0.5),
+        ]
+    )  # clip 4: audio happy
+    video = onehot_probs(
+        [
+            (1, 0.6),
+            (1, 0.6),  # clip 0: video happy -> agrees, not an error case
+            (3, 0.8),
+            (3, 0.8),  # clip 1: video angry -> audio right
+            (2, 0.9),
+            (2, 0.8),  # clip 2: video sad -> video right
+            (2, 0.5),
+            (0, 0.9),  # clip 3: video neutral (mean) -> neither (true angry)
+            (1, 0.3),
+            (1, 0.9),
+        ]
+    )  # clip 4: video happy -> agrees
+    fused = onehot_probs([(1, 0.9)] * 2 + [(0, 0.6)] * 2 + [(2, 0.7)] * 2 + [(3, 0.8)] * 2 + [(1, 0.9)] * 2)
+    return {
+        "probs": fused,
+        "audio_probs": audio,
+        "video_probs": video,
+        "clip": clip,
+        "label": label,
+        "modality_weights": np.full((10, 2), 0.5),
+    }
 
 
 def test_error_cases_lists_disagreements_and_who_was_right(tmp_path):
@@ -163,18 +214,23 @@ def test_error_cases_lists_disagreements_and_who_was_right(tmp_path):
     sources = [f"/data/Actor_0{i}/clip{i}.mp4" for i in range(5)]
     cases = error_cases(pred, LABELS, sources)
     got = [(c["clip"], c["clip_file"], c["true"], c["audio"], c["video"], c["fused"], c["right"]) for c in cases]
-    assert got == [(1, sources[1], "neutral", "neutral", "angry", "neutral", "audio"),
-                   (2, sources[2], "sad", "happy", "sad", "sad", "video"),
-                   (3, sources[3], "angry", "happy", "neutral", "angry", "neither")]
+    assert got == [
+        (1, sources[1], "neutral", "neutral", "angry", "neutral", "audio"),
+        (2, sources[2], "sad", "happy", "sad", "sad", "video"),
+        (3, sources[3], "angry", "happy", "neutral", "angry", "neither"),
+    ]
     md = error_cases_markdown(cases, 5)
-    assert "3 of 5" in md and "| clip1.mp4 | neutral | neutral" in md and len(re.findall(r"^\| clip\d\.mp4 \|", md, re.M)) == 3
+    assert (
+        "3 of 5" in md
+        and "| clip1.mp4 | neutral | neutral" in md
+        and len(re.findall(r"^\| clip\d\.mp4 \|", md, re.M)) == 3
+    )
 
     summary = write_reports(pred, LABELS, tmp_path, sources, title="hand-made")
     saved = json.loads((tmp_path / "error_cases.json").read_text())
     assert saved["n_disagree"] == 3 and saved["right"] == {"audio": 1, "video": 1, "neither": 1}
     assert [c["clip_file"] for c in saved["cases"]] == sources[1:4]
-    assert summary["per_class"]["angry"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1,
-                                                 "predicted": 1}
+    assert summary["per_class"]["angry"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1, "predicted": 1}
     assert (tmp_path / "per_class_report.md").exists() and (tmp_path / "per_class_f1.png").stat().st_size > 0
 
     # a unimodal model has no auxiliary heads: a one-line note, no table
@@ -196,8 +252,12 @@ def test_per_class_report_by_hand():
     r = per_class_report(cm, LABELS)
     # neutral: tp 2, predicted 2, actual 3; happy: tp 1, predicted 2, actual 2; sad: tp 1, predicted 2,
     # actual 2; angry: predicted once, never true
-    expected = {"neutral": (1.0, 2 / 3, 0.8, 3), "happy": (0.5, 0.5, 0.5, 2), "sad": (0.5, 0.5, 0.5, 2),
-                "angry": (0.0, 0.0, 0.0, 0)}
+    expected = {
+        "neutral": (1.0, 2 / 3, 0.8, 3),
+        "happy": (0.5, 0.5, 0.5, 2),
+        "sad": (0.5, 0.5, 0.5, 2),
+        "angry": (0.0, 0.0, 0.0, 0),
+    }
     for label, (p, rec, f1, n) in expected.items():
         assert r[label]["precision"] == pytest.approx(p) and r[label]["recall"] == pytest.approx(rec)
         assert r[label]["f1"] == pytest.approx(f1) and r[label]["support"] == n
@@ -210,7 +270,10 @@ def test_per_class_report_by_hand():
     assert classification_metrics(y_true, y_pred, LABELS)["macro_f1"] == pytest.approx(0.45)
     # classes neither true nor predicted are listed but left out of the average
     perfect = per_class_markdown(per_class_report(confusion_matrix([0, 1], [0, 1], 4), LABELS))
-    assert "| angry | 0.000 | 0.000 | 0.000 | 0 |" in perfect and "| **macro avg** | 1.000 | 1.000 | 1.000 | 2 |" in perfect
+    assert (
+        "| angry | 0.000 | 0.000 | 0.000 | 0 |" in perfect
+        and "| **macro avg** | 1.000 | 1.000 | 1.000 | 2 |" in perfect
+    )
 
 
 # ---------------------------------------------------------------- compare (+ train reports, evaluate CLI)
@@ -221,10 +284,27 @@ def compared(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("cmp")
     corpus = root / "corpus"
-    generate_corpus(corpus, n_actors=3, seed=0, statements=(1,), repetitions=(1,), intensities=(2,), jobs=1, progress=False)
-    args = ["compare", "--fusions", "audio,gated", "--epochs", "1", "--data_root", str(corpus), "--cache_dir",
-            str(root / "cache"), "--out", str(root / "compare"), "--batch_size", "8", "--tiny", "--no-tensorboard",
-            "--no_progress"]
+    generate_corpus(
+        corpus, n_actors=3, seed=0, statements=(1,), repetitions=(1,), intensities=(2,), jobs=1, progress=False
+    )
+    args = [
+        "compare",
+        "--fusions",
+        "audio,gated",
+        "--epochs",
+        "1",
+        "--data_root",
+        str(corpus),
+        "--cache_dir",
+        str(root / "cache"),
+        "--out",
+        str(root / "compare"),
+        "--batch_size",
+        "8",
+        "--tiny",
+        "--no-tensorboard",
+        "--no_progress",
+    ]
     assert main(args) == 0
     return root, args
 
@@ -250,8 +330,11 @@ def test_compare_table_and_reports(compared, capsys):
     # train() wrote the reports; the unimodal run has a one-line note instead of the table
     for name in ("per_class_report.md", "error_cases.md", "error_cases.json"):
         assert (out / "gated" / name).exists() and (out / "audio" / name).exists()
-    assert "| clip file | true | audio head | video head | fused | right |" in (out / "gated" / "error_cases.md").read_text() \
+    assert (
+        "| clip file | true | audio head | video head | fused | right |"
+        in (out / "gated" / "error_cases.md").read_text()
         or "0 of" in (out / "gated" / "error_cases.md").read_text()
+    )
     assert len((out / "audio" / "error_cases.md").read_text().strip().splitlines()) == 1
 
     # a second run reuses the finished runs (same config) instead of training again
@@ -275,7 +358,15 @@ def test_evaluate_cli_drop_and_noise(compared, capsys):
 
     root, _ = compared
     ckpt = root / "compare" / "gated" / "best.pt"
-    common = ["evaluate", str(ckpt), "--data_root", str(root / "corpus"), "--cache_dir", str(root / "cache"), "--no_progress"]
+    common = [
+        "evaluate",
+        str(ckpt),
+        "--data_root",
+        str(root / "corpus"),
+        "--cache_dir",
+        str(root / "cache"),
+        "--no_progress",
+    ]
     capsys.readouterr()
     assert main(common + ["--json"]) == 0
     clean = json.loads(capsys.readouterr().out)

@@ -1,4 +1,5 @@
 """Runtime: device / AMP choices, W&B logging that never fails a run, torchrun DDP on CPU, GPU smoke run."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from avemo.training.train.compare import TINY_MODEL
 from avemo.training.models.config import ModelConfig
+from avemo.training.train.compare import TINY_MODEL
 from avemo.training.train.config import TrainConfig
 from avemo.training.train.runtime import make_runtime
 
@@ -23,14 +24,21 @@ def corpus(tmp_path_factory):
     from avemo.training.synthetic.corpus import generate_corpus
 
     root = tmp_path_factory.mktemp("corpus")
-    generate_corpus(root, n_actors=3, seed=0, statements=(1,), repetitions=(1,), intensities=(2,), jobs=1, progress=False)
+    generate_corpus(
+        root, n_actors=3, seed=0, statements=(1,), repetitions=(1,), intensities=(2,), jobs=1, progress=False
+    )
     return root
 
 
 def tiny_config(corpus: Path, out: Path, **kw) -> TrainConfig:
     kw = {"epochs": 1, "batch_size": 8, "progress": False, "tensorboard": False} | kw
-    return TrainConfig(data_root=str(corpus), cache_dir=str(out.parent / "cache"), out_dir=str(out),
-                       model=ModelConfig(fusion="gated", **TINY_MODEL), **kw)
+    return TrainConfig(
+        data_root=str(corpus),
+        cache_dir=str(out.parent / "cache"),
+        out_dir=str(out),
+        model=ModelConfig(fusion="gated", **TINY_MODEL),
+        **kw,
+    )
 
 
 def test_cpu_runtime_defaults():
@@ -95,12 +103,40 @@ def test_wandb_that_cannot_start_never_fails_the_run(corpus, tmp_path, monkeypat
 def test_torchrun_two_processes_on_cpu(corpus, tmp_path):
     """`torchrun --nproc_per_node 2 avemo train`: gloo DDP, each rank half the windows, one set of outputs."""
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "avemo.cli", "train", "--data_root", str(corpus), "--cache_dir", str(tmp_path / "cache"),
-           "--out_dir", str(out), "--fusion", "gated", "--tiny", "--epochs", "2", "--batch_size", "4",
-           "--device", "cpu", "--no_progress", "--no-tensorboard", "--json"]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "avemo.cli",
+        "train",
+        "--data_root",
+        str(corpus),
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        "--out_dir",
+        str(out),
+        "--fusion",
+        "gated",
+        "--tiny",
+        "--epochs",
+        "2",
+        "--batch_size",
+        "4",
+        "--device",
+        "cpu",
+        "--no_progress",
+        "--no-tensorboard",
+        "--json",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     printed = json.loads(proc.stdout)  # --json: stdout holds only rank 0's JSON document

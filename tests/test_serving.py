@@ -4,6 +4,7 @@ tiny torch model -> ONNX (dynamo, opset 18, one file) -> write_model_repository 
 -> EmotionClient (config, one-shot, bidirectional stream) / raw tritonclient (malformed requests)
 -> predict on a real MP4 -> stop.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,8 +112,9 @@ def _windows(n: int = 3):
         amp = [0.05, 0.6, 1.0, 0.3][i % 4]
         audio = (amp * rng.standard_normal(GEOMETRY.window_samples)).astype(np.float32)
         frames = rng.integers(0, 60 + 60 * i, size=(GEOMETRY.frames_per_window, 112, 112, 3), dtype=np.uint8)
-        out.append(Window(start=i * GEOMETRY.hop_seconds, audio=audio, frames=frames,
-                          mask=np.array(masks[i % 4], np.float32)))
+        out.append(
+            Window(start=i * GEOMETRY.hop_seconds, audio=audio, frames=frames, mask=np.array(masks[i % 4], np.float32))
+        )
     return out
 
 
@@ -255,11 +257,16 @@ def test_backend_model_validates_batches_and_survives_errors(repo, onnx_path, or
     spec.loader.exec_module(mod)
     cfg = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     model = mod.TritonPythonModel()
-    model.initialize({
-        "model_config": json.dumps(json_format.MessageToDict(cfg, preserving_proto_field_name=True)),
-        "model_repository": str(model_dir), "model_version": "1", "model_name": MODEL,
-        "model_instance_kind": "CPU", "model_instance_device_id": "0",
-    })
+    model.initialize(
+        {
+            "model_config": json.dumps(json_format.MessageToDict(cfg, preserving_proto_field_name=True)),
+            "model_repository": str(model_dir),
+            "model_version": "1",
+            "model_name": MODEL,
+            "model_instance_kind": "CPU",
+            "model_instance_device_id": "0",
+        }
+    )
 
     ws = _windows(3)
     a = np.stack([w.audio for w in ws])
@@ -294,7 +301,10 @@ def test_backend_model_validates_batches_and_survives_errors(repo, onnx_path, or
         np.testing.assert_allclose(got[MODALITY_WEIGHTS], ref_w[rows], atol=1e-6)
     errs = {i: out[i].error for i in (1, 2, 3, 5, 6)}
     assert all(e is not None and e.code == pb.TritonError.INVALID_ARG for e in errs.values())
-    assert "[request_id=r1] input 'audio' has shape [3, 100], expected [-1, 16000] (S = window samples for 1 s at 16000 Hz)" in errs[1].msg
+    assert (
+        "[request_id=r1] input 'audio' has shape [3, 100], expected [-1, 16000] (S = window samples for 1 s at 16000 Hz)"
+        in errs[1].msg
+    )
     assert "input 'audio' has dtype FP64, expected FP32" in errs[2].msg
     assert "missing input 'frames'" in errs[3].msg and "[-1, 8, 112, 112, 3]" in errs[3].msg
     assert "input 'modality_mask' contains 2 non-finite values" in errs[5].msg
@@ -446,8 +456,9 @@ def _write_clip(path: Path, seconds: float = 2.2, fps: int = 12, size: int = 96,
         n = int(seconds * sr)
         x = (0.4 * np.sin(2 * np.pi * 330 * np.arange(n) / sr) * np.linspace(0.1, 1, n)).astype(np.float32)
         for s0 in range(0, n, 1024):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x[None, s0 : s0 + 1024]), format="fltp",
-                                               layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(x[None, s0 : s0 + 1024]), format="fltp", layout="mono"
+            )
             frame.sample_rate = sr
             frame.pts = s0
             for p in a_s.encode(frame):
@@ -467,7 +478,9 @@ def test_predict_cli_on_real_clip_and_corrupt_clip(server, tmp_path, capsys):
 
     parser = argparse.ArgumentParser()
     predict_cli.add_arguments(parser)
-    args = parser.parse_args([str(corrupt), str(clip), "--url", server.url, "--json", "--plot", str(tmp_path / "t.png")])
+    args = parser.parse_args(
+        [str(corrupt), str(clip), "--url", server.url, "--json", "--plot", str(tmp_path / "t.png")]
+    )
     assert predict_cli.run(args) == 1  # one clip failed
     out, err = capsys.readouterr()
     assert "corrupt.mp4" in err and "skipping" in err

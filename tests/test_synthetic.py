@@ -1,9 +1,10 @@
 """Tests of the synthetic corpus generator (training/synthetic*.py): layout, MP4 format, determinism, cues."""
+
 from __future__ import annotations
 
 import itertools
 import json
-from functools import lru_cache
+from functools import cache
 
 import av
 import cv2
@@ -16,7 +17,7 @@ from avemo.training.synthetic import corpus as syn
 E = {name: i + 1 for i, name in enumerate(EMOTIONS_8)}  # name -> RAVDESS code
 
 
-@lru_cache(maxsize=None)
+@cache
 def clip(emotion: str, actor: int = 1, statement: int = 1, repetition: int = 1, intensity: int = 1, seed: int = 0):
     return syn.render_clip(E[emotion], intensity, statement, repetition, actor, seed)
 
@@ -53,7 +54,7 @@ def log_spectrum(audio: np.ndarray) -> np.ndarray:
     fr = audio[: len(audio) // 1024 * 1024].reshape(-1, 1024) * np.hanning(1024)
     p = np.abs(np.fft.rfft(fr, axis=1)) ** 2
     keep = p.sum(1) > 0.05 * p.sum(1).max()
-    spec = p[keep].mean(0)[: 171]  # 0 .. 8 kHz
+    spec = p[keep].mean(0)[:171]  # 0 .. 8 kHz
     return 10 * np.log10(spec.reshape(-1, 9).mean(1) + 1e-10)  # 19 bands, dB (absolute level kept)
 
 
@@ -106,18 +107,36 @@ def test_corpus_plan_follows_ravdess_rules():
 def test_clip_name_and_parse():
     assert syn.clip_name(3, 2, 1, 2, 12) == "01-01-03-02-01-02-12.mp4"
     assert syn.parse_clip_name("01-01-03-02-01-02-12.mp4") == {
-        "modality": 1, "vocal_channel": 1, "emotion": 3, "intensity": 2, "statement": 1, "repetition": 2, "actor": 12}
+        "modality": 1,
+        "vocal_channel": 1,
+        "emotion": 3,
+        "intensity": 2,
+        "statement": 1,
+        "repetition": 2,
+        "actor": 12,
+    }
     with pytest.raises(ValueError):
         syn.parse_clip_name("01-01-3-02-01-02-12.mp4")
 
 
 # ---------------------------------------------------------------------------------------- files
 def test_generate_tiny_corpus_writes_real_mp4(tmp_path):
-    files = syn.generate_corpus(tmp_path, n_actors=2, seed=3, emotions=[1, 5], statements=(2,), repetitions=(1,),
-                                intensities=(1,), progress=False)
+    files = syn.generate_corpus(
+        tmp_path,
+        n_actors=2,
+        seed=3,
+        emotions=[1, 5],
+        statements=(2,),
+        repetitions=(1,),
+        intensities=(1,),
+        progress=False,
+    )
     assert [f.relative_to(tmp_path).as_posix() for f in files] == [
-        "Actor_01/01-01-01-01-02-01-01.mp4", "Actor_01/01-01-05-01-02-01-01.mp4",
-        "Actor_02/01-01-01-01-02-01-02.mp4", "Actor_02/01-01-05-01-02-01-02.mp4"]
+        "Actor_01/01-01-01-01-02-01-01.mp4",
+        "Actor_01/01-01-05-01-02-01-01.mp4",
+        "Actor_02/01-01-01-01-02-01-02.mp4",
+        "Actor_02/01-01-05-01-02-01-02.mp4",
+    ]
     assert all(f.is_file() and f.stat().st_size > 10_000 for f in files)
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
     meta = json.loads((tmp_path / "corpus.json").read_text())
@@ -143,8 +162,16 @@ def test_generate_tiny_corpus_writes_real_mp4(tmp_path):
 
     # existing files are skipped (not rewritten) unless overwrite=True
     mtimes = [f.stat().st_mtime_ns for f in files]
-    syn.generate_corpus(tmp_path, n_actors=2, seed=3, emotions=[1, 5], statements=(2,), repetitions=(1,),
-                        intensities=(1,), progress=False)
+    syn.generate_corpus(
+        tmp_path,
+        n_actors=2,
+        seed=3,
+        emotions=[1, 5],
+        statements=(2,),
+        repetitions=(1,),
+        intensities=(1,),
+        progress=False,
+    )
     assert [f.stat().st_mtime_ns for f in files] == mtimes
 
 
@@ -231,7 +258,10 @@ def test_audio_pairs_as_designed():
     """Voice: neutral ~ calm and sad ~ fearful, but neutral far from happy / angry (audio pairs)."""
     wins = 0
     for actor, rep in itertools.product((1, 2), (1, 2)):
-        s = {e: log_spectrum(clip(e, actor, repetition=rep)[0]) for e in ("neutral", "calm", "happy", "angry", "sad", "fearful")}
+        s = {
+            e: log_spectrum(clip(e, actor, repetition=rep)[0])
+            for e in ("neutral", "calm", "happy", "angry", "sad", "fearful")
+        }
         d = lambda x, y: np.abs(s[x] - s[y]).mean()  # noqa: E731
         wins += d("neutral", "calm") < min(d("neutral", "happy"), d("neutral", "angry"), d("neutral", "sad"))
         wins += d("sad", "fearful") < min(d("sad", "neutral"), d("sad", "angry"), d("sad", "happy"))
@@ -245,15 +275,19 @@ def test_face_cues_present_in_video():
         assert min(lift["calm"], lift["happy"]) > max(lift["neutral"], lift["disgust"]) + 1.0, lift
         assert min(lift["neutral"], lift["disgust"]) > max(lift["sad"], lift["angry"]) + 1.0, lift
         height = {e: lip_stats(clip(e, actor)[1])[1] for e in ("surprised", "fearful", "neutral", "calm", "sad")}
-        assert min(height["surprised"], height["fearful"]) > 1.3 * max(height["neutral"], height["calm"], height["sad"]), height
+        assert min(height["surprised"], height["fearful"]) > 1.3 * max(
+            height["neutral"], height["calm"], height["sad"]
+        ), height
 
 
 def test_video_pairs_as_designed():
     """Face (measured lip curvature + opening): calm ~ happy, far from sad; disgust ~ neutral, far from calm."""
     wins = 0
     for actor, rep in itertools.product((1, 2), (1, 2)):
-        f = {e: np.array(lip_stats(clip(e, actor, repetition=rep)[1]))
-             for e in ("calm", "happy", "sad", "angry", "neutral", "disgust", "surprised")}
+        f = {
+            e: np.array(lip_stats(clip(e, actor, repetition=rep)[1]))
+            for e in ("calm", "happy", "sad", "angry", "neutral", "disgust", "surprised")
+        }
         d = lambda x, y: np.abs(f[x] - f[y]).sum()  # noqa: E731
         wins += d("calm", "happy") < min(d("calm", "sad"), d("calm", "neutral"))
         wins += d("sad", "angry") < min(d("sad", "neutral"), d("sad", "calm"))

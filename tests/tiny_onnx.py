@@ -7,6 +7,7 @@ Used by the serving tests: it has the real serving signature
 
 but computes its output from a handful of statistics, so export and inference take milliseconds.
 """
+
 from __future__ import annotations
 
 import warnings

@@ -1,4 +1,5 @@
 """Classification metrics (numpy) and plots (matplotlib, Agg): confusion matrix and loss curves."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,6 +40,7 @@ def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
 
 def plot_confusion(cm, labels: list[str], path: Path, title: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -62,12 +64,15 @@ def plot_confusion(cm, labels: list[str], path: Path, title: str) -> None:
 def plot_history(history: list[dict], path: Path) -> None:
     """Training loss curves per component (the weights in force are not drawn) and train/val macro-F1 and accuracy per epoch."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in sorted({k for h in history for k in h if k.startswith("train_loss_") and not k.startswith("train_loss_w_")}):
+    for key in sorted(
+        {k for h in history for k in h if k.startswith("train_loss_") and not k.startswith("train_loss_w_")}
+    ):
         ax1.plot(epochs, [h.get(key, np.nan) for h in history], label=key.removeprefix("train_loss_"))
     ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.set_title("loss")
     for key, style in (("train_macro_f1", "-"), ("val_macro_f1", "-"), ("train_accuracy", ":"), ("val_accuracy", ":")):

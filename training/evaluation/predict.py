@@ -5,6 +5,7 @@ window-level arrays every report reads; ``clip_means`` aggregates them per clip 
 the argmax of the mean of its window probabilities, as the client does); ``evaluate_predictions``
 turns them into window- and clip-level metrics; ``evaluate`` is the two in one call.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,13 +17,21 @@ from avemo.training.evaluation.metrics import classification_metrics
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, ds, batch_size: int = 64, progress: bool = False,
-            desc: str = "eval") -> dict[str, np.ndarray]:
+def predict(
+    model: torch.nn.Module, ds, batch_size: int = 64, progress: bool = False, desc: str = "eval"
+) -> dict[str, np.ndarray]:
     """Window-level answers: probs [N, C], modality_weights [N, 2], audio_probs / video_probs [N, C]
     (fusion models' auxiliary heads only), clip [N] (clip index in ``ds.clips``), label [N]."""
     model.eval()
     device = next(model.parameters(), torch.empty(0)).device
-    out: dict[str, list] = {"probs": [], "modality_weights": [], "audio_probs": [], "video_probs": [], "clip": [], "label": []}
+    out: dict[str, list] = {
+        "probs": [],
+        "modality_weights": [],
+        "audio_probs": [],
+        "video_probs": [],
+        "clip": [],
+        "label": [],
+    }
     for batch in tqdm(DataLoader(ds, batch_size=batch_size), desc=desc, leave=False, disable=not progress):
         o = model(batch["audio"].to(device), batch["frames"].to(device), batch["mask"].to(device))
         out["probs"].append(torch.softmax(o["logits"].float(), -1).cpu().numpy())
@@ -46,9 +55,11 @@ def clip_means(pred: dict[str, np.ndarray], key: str = "probs") -> tuple[np.ndar
 def evaluate_predictions(pred: dict[str, np.ndarray], labels: list[str]) -> dict:
     """{"window": metrics, "clip": metrics, "mean_modality_weights": [audio, video]} of ``predict``'s output."""
     _, y, mean = clip_means(pred)
-    return {"window": classification_metrics(pred["label"], pred["probs"].argmax(1), labels),
-            "clip": classification_metrics(y, mean.argmax(1), labels),
-            "mean_modality_weights": pred["modality_weights"].mean(0).tolist()}
+    return {
+        "window": classification_metrics(pred["label"], pred["probs"].argmax(1), labels),
+        "clip": classification_metrics(y, mean.argmax(1), labels),
+        "mean_modality_weights": pred["modality_weights"].mean(0).tolist(),
+    }
 
 
 def evaluate(model: torch.nn.Module, ds, labels: list[str], progress: bool = False, desc: str = "eval") -> dict:

@@ -8,6 +8,7 @@
   heads: ``error_cases`` returns None and the files hold a one-line note;
 - ``write_reports``: per_class_report.md, error_cases.md, error_cases.json, per_class_f1.png.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,16 @@ def per_class_report(cm, labels: list[str]) -> dict:
     (support = clips of that true class, predicted = clips given that label)."""
     cm = np.asarray(cm)
     precision, recall, f1 = per_class_scores(cm)
-    return {label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                    "support": int(cm[i].sum()), "predicted": int(cm[:, i].sum())} for i, label in enumerate(labels)}
+    return {
+        label: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(cm[i].sum()),
+            "predicted": int(cm[:, i].sum()),
+        }
+        for i, label in enumerate(labels)
+    }
 
 
 def per_class_markdown(report: dict, title: str = "Per-class report", metrics: dict | None = None) -> str:
@@ -33,16 +42,21 @@ def per_class_markdown(report: dict, title: str = "Per-class report", metrics: d
     the labels or the predictions, as ``classification_metrics``' macro-F1)."""
     lines = [f"# {title}", "", "Clip level (label = argmax of the mean of window probabilities).", ""]
     if metrics:
-        lines += [f"{metrics.get('n', 0)} clips, accuracy {metrics.get('accuracy', float('nan')):.3f}, "
-                  f"macro-F1 {metrics.get('macro_f1', float('nan')):.3f}", ""]
+        lines += [
+            f"{metrics.get('n', 0)} clips, accuracy {metrics.get('accuracy', float('nan')):.3f}, "
+            f"macro-F1 {metrics.get('macro_f1', float('nan')):.3f}",
+            "",
+        ]
     lines += ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for label, r in report.items():
         lines.append(f"| {label} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |")
     present = [r for r in report.values() if r["support"] > 0 or r.get("predicted", 0) > 0]
     if present:
         mean = {k: float(np.mean([r[k] for r in present])) for k in ("precision", "recall", "f1")}
-        lines.append(f"| **macro avg** | {mean['precision']:.3f} | {mean['recall']:.3f} | {mean['f1']:.3f} | "
-                     f"{sum(r['support'] for r in present)} |")
+        lines.append(
+            f"| **macro avg** | {mean['precision']:.3f} | {mean['recall']:.3f} | {mean['f1']:.3f} | "
+            f"{sum(r['support'] for r in present)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -63,10 +77,21 @@ def error_cases(pred: dict[str, np.ndarray], labels: list[str], sources: list[st
         if a == v:
             continue
         right = "audio" if a == t else "video" if v == t else "neither"
-        cases.append({"clip": int(c), "clip_file": sources[int(c)] if sources is not None else str(int(c)),
-                      "true": labels[t], "audio": labels[a], "video": labels[v], "fused": labels[f], "right": right,
-                      "fused_correct": f == t, "audio_conf": float(audio[j, a]), "video_conf": float(video[j, v]),
-                      "fused_conf": float(fused[j, f])})
+        cases.append(
+            {
+                "clip": int(c),
+                "clip_file": sources[int(c)] if sources is not None else str(int(c)),
+                "true": labels[t],
+                "audio": labels[a],
+                "video": labels[v],
+                "fused": labels[f],
+                "right": right,
+                "fused_correct": f == t,
+                "audio_conf": float(audio[j, a]),
+                "video_conf": float(video[j, v]),
+                "fused_conf": float(fused[j, f]),
+            }
+        )
     return cases
 
 
@@ -77,28 +102,41 @@ def error_summary(cases: list[dict] | None, n_clips: int) -> dict:
     if cases is None:
         return {"available": False, "note": NO_AUX_NOTE, "n_clips": n_clips}
     count = {k: sum(c["right"] == k for c in cases) for k in ("audio", "video", "neither")}
-    return {"available": True, "n_clips": n_clips, "n_disagree": len(cases), "right": count,
-            "fused_correct": sum(c["fused_correct"] for c in cases)}
+    return {
+        "available": True,
+        "n_clips": n_clips,
+        "n_disagree": len(cases),
+        "right": count,
+        "fused_correct": sum(c["fused_correct"] for c in cases),
+    }
 
 
 def error_cases_markdown(cases: list[dict] | None, n_clips: int, title: str = "Error cases") -> str:
     if cases is None:
         return NO_AUX_NOTE + "\n"
     s = error_summary(cases, n_clips)
-    lines = [f"# {title}", "",
-             f"Clips where the audio-only and video-only heads disagree: {len(cases)} of {n_clips} "
-             f"(right: audio {s['right']['audio']}, video {s['right']['video']}, neither {s['right']['neither']}; "
-             f"fused label correct in {s['fused_correct']}).", "",
-             "| clip file | true | audio head | video head | fused | right |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# {title}",
+        "",
+        f"Clips where the audio-only and video-only heads disagree: {len(cases)} of {n_clips} "
+        f"(right: audio {s['right']['audio']}, video {s['right']['video']}, neither {s['right']['neither']}; "
+        f"fused label correct in {s['fused_correct']}).",
+        "",
+        "| clip file | true | audio head | video head | fused | right |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in cases:
         name = Path(c["clip_file"]).name
-        lines.append(f"| {name} | {c['true']} | {c['audio']} ({c['audio_conf']:.2f}) | {c['video']} "
-                     f"({c['video_conf']:.2f}) | {c['fused']} ({c['fused_conf']:.2f}) | {c['right']} |")
+        lines.append(
+            f"| {name} | {c['true']} | {c['audio']} ({c['audio_conf']:.2f}) | {c['video']} "
+            f"({c['video_conf']:.2f}) | {c['fused']} ({c['fused_conf']:.2f}) | {c['right']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def plot_per_class_f1(report: dict, path: Path, title: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -117,8 +155,14 @@ def plot_per_class_f1(report: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_reports(pred: dict[str, np.ndarray], labels: list[str], out_dir: Path, sources: list[str] | None = None,
-                  metrics: dict | None = None, title: str = "test") -> dict:
+def write_reports(
+    pred: dict[str, np.ndarray],
+    labels: list[str],
+    out_dir: Path,
+    sources: list[str] | None = None,
+    metrics: dict | None = None,
+    title: str = "test",
+) -> dict:
     """Write per_class_report.md, error_cases.md, error_cases.json and per_class_f1.png into ``out_dir``.
 
     Returns {"per_class": ..., "error_cases": summary} (for metrics.json).

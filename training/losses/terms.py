@@ -9,6 +9,7 @@ combines the parts with ``LossWeights`` (static) times an optional ``dynamic`` m
 part (from ``avemo.training.losses.weighting.LossWeighter``). ``total_loss`` is the historical entry point
 used by the trainer (fused CE + ``aux_weight`` x unimodal CE) and gives the same results as before.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,9 @@ def class_weights(labels: list[int] | torch.Tensor, num_classes: int) -> torch.T
     return w / w.mean()
 
 
-def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
-                  label_smoothing: float = 0.0) -> torch.Tensor:
+def cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """logits [B, C], target [B] int64 -> scalar.
 
     CE_i = -log p_{i,y_i}; with class weights w: sum_i w_{y_i} CE_i / sum_i w_{y_i}, else the mean.
@@ -40,8 +42,14 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     return F.cross_entropy(logits, target, weight=weight, label_smoothing=label_smoothing)
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: torch.Tensor | None = None,
-               label_smoothing: float = 0.0, weight: torch.Tensor | None = None) -> torch.Tensor:
+def focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    gamma: float = 2.0,
+    alpha: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Focal loss (Lin et al. 2017) with optional label smoothing. logits [B, C], target [B] -> scalar.
 
     q = (1 - eps) onehot(y) + eps / C (smoothed target), p = softmax(logits),
@@ -63,9 +71,14 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, a
     return (w * per_sample).sum() / w.sum()
 
 
-def classification_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
-                        gamma: float = 0.0, alpha: torch.Tensor | None = None,
-                        label_smoothing: float = 0.0) -> torch.Tensor:
+def classification_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    gamma: float = 0.0,
+    alpha: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """Dispatch: plain (label-smoothed) cross-entropy when gamma == 0 and alpha is None, else focal."""
     if gamma == 0 and alpha is None:
         return cross_entropy(logits, target, weight, label_smoothing)
@@ -146,6 +159,7 @@ def distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
 @dataclass
 class LossWeights:
     """Static loss weights and classification options (CLI flag in brackets)."""
+
     ce: float = 1.0  # fused cross-entropy / focal
     aux: float = 0.3  # each unimodal auxiliary head [--aux_weight]
     contrastive: float = 0.1  # InfoNCE [--contrastive_weight, --cl_loss_weight, --delta_nce]
@@ -164,7 +178,7 @@ class LossWeights:
     distill_temperature: float = 2.0
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "LossWeights":
+    def from_args(cls, args: argparse.Namespace) -> LossWeights:
         """Build from a namespace made by ``add_loss_arguments`` (missing attributes keep the defaults)."""
         d = cls()
         get = lambda name, default: default if getattr(args, name, None) is None else getattr(args, name)  # noqa: E731
@@ -173,15 +187,24 @@ class LossWeights:
             alpha = tuple(float(x) for x in alpha.split(",") if x.strip())
         contrastive = get("contrastive_weight", d.contrastive)
         contrastive = get("delta_nce", contrastive)  # InfoNCE weight in the distillation setting wins
-        return cls(ce=d.ce, aux=get("aux_weight", d.aux), contrastive=contrastive,
-                   reconstruction=get("encoder_loss_weight", d.reconstruction), gate_reg=get("gate_reg_weight", d.gate_reg),
-                   kl=get("kl_weight", d.kl), distill=get("delta_va", d.distill), focal_gamma=get("focal_gamma", d.focal_gamma),
-                   focal_alpha=alpha, label_smoothing=get("label_smoothing", d.label_smoothing),
-                   use_class_weight=bool(get("class_weight", d.use_class_weight)),
-                   use_smooth_l1=bool(get("use_smooth_l1", d.use_smooth_l1)),
-                   contrastive_temperature=get("contrastive_temperature", d.contrastive_temperature),
-                   recon_modality_weights=d.recon_modality_weights, gate_reg_mode=d.gate_reg_mode,
-                   distill_temperature=d.distill_temperature)
+        return cls(
+            ce=d.ce,
+            aux=get("aux_weight", d.aux),
+            contrastive=contrastive,
+            reconstruction=get("encoder_loss_weight", d.reconstruction),
+            gate_reg=get("gate_reg_weight", d.gate_reg),
+            kl=get("kl_weight", d.kl),
+            distill=get("delta_va", d.distill),
+            focal_gamma=get("focal_gamma", d.focal_gamma),
+            focal_alpha=alpha,
+            label_smoothing=get("label_smoothing", d.label_smoothing),
+            use_class_weight=bool(get("class_weight", d.use_class_weight)),
+            use_smooth_l1=bool(get("use_smooth_l1", d.use_smooth_l1)),
+            contrastive_temperature=get("contrastive_temperature", d.contrastive_temperature),
+            recon_modality_weights=d.recon_modality_weights,
+            gate_reg_mode=d.gate_reg_mode,
+            distill_temperature=d.distill_temperature,
+        )
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -199,19 +222,84 @@ def add_loss_arguments(parser: argparse.ArgumentParser, weighting: bool = True) 
             return
         parser.add_argument(*flags, dest=dest, **kw)
 
-    opt(["focal_gamma"], "focal_gamma", type=float, default=d.focal_gamma, help="focal loss gamma, 0 = cross-entropy (default: %(default)s)")
+    opt(
+        ["focal_gamma"],
+        "focal_gamma",
+        type=float,
+        default=d.focal_gamma,
+        help="focal loss gamma, 0 = cross-entropy (default: %(default)s)",
+    )
     opt(["focal_alpha"], "focal_alpha", default=None, help="per-class focal alpha, comma-separated (default: none)")
-    opt(["label_smoothing"], "label_smoothing", type=float, default=d.label_smoothing, help="label smoothing eps (default: %(default)s)")
-    opt(["class_weight"], "class_weight", action=argparse.BooleanOptionalAction, default=d.use_class_weight, help="inverse-frequency class weights (default: on)")
-    opt(["aux_weight"], "aux_weight", type=float, default=d.aux, help="weight of each unimodal auxiliary head's loss (default: %(default)s)")
-    opt(["contrastive_weight", "cl_loss_weight"], "contrastive_weight", type=float, default=d.contrastive, help="cross-modal InfoNCE weight (default: %(default)s)")
-    opt(["contrastive_temperature"], "contrastive_temperature", type=float, default=d.contrastive_temperature, help="InfoNCE temperature (default: %(default)s)")
-    opt(["delta_nce"], "delta_nce", type=float, default=None, help="InfoNCE weight in the distillation setting; overrides --contrastive_weight when given (default: unset)")
-    opt(["encoder_loss_weight"], "encoder_loss_weight", type=float, default=d.reconstruction, help="encoder reconstruction loss weight (default: %(default)s)")
-    opt(["use_smooth_l1"], "use_smooth_l1", action="store_true", help="SmoothL1 instead of MSE for reconstruction (default: off)")
-    opt(["gate_reg_weight"], "gate_reg_weight", type=float, default=d.gate_reg, help="gate regulariser weight (default: %(default)s)")
+    opt(
+        ["label_smoothing"],
+        "label_smoothing",
+        type=float,
+        default=d.label_smoothing,
+        help="label smoothing eps (default: %(default)s)",
+    )
+    opt(
+        ["class_weight"],
+        "class_weight",
+        action=argparse.BooleanOptionalAction,
+        default=d.use_class_weight,
+        help="inverse-frequency class weights (default: on)",
+    )
+    opt(
+        ["aux_weight"],
+        "aux_weight",
+        type=float,
+        default=d.aux,
+        help="weight of each unimodal auxiliary head's loss (default: %(default)s)",
+    )
+    opt(
+        ["contrastive_weight", "cl_loss_weight"],
+        "contrastive_weight",
+        type=float,
+        default=d.contrastive,
+        help="cross-modal InfoNCE weight (default: %(default)s)",
+    )
+    opt(
+        ["contrastive_temperature"],
+        "contrastive_temperature",
+        type=float,
+        default=d.contrastive_temperature,
+        help="InfoNCE temperature (default: %(default)s)",
+    )
+    opt(
+        ["delta_nce"],
+        "delta_nce",
+        type=float,
+        default=None,
+        help="InfoNCE weight in the distillation setting; overrides --contrastive_weight when given (default: unset)",
+    )
+    opt(
+        ["encoder_loss_weight"],
+        "encoder_loss_weight",
+        type=float,
+        default=d.reconstruction,
+        help="encoder reconstruction loss weight (default: %(default)s)",
+    )
+    opt(
+        ["use_smooth_l1"],
+        "use_smooth_l1",
+        action="store_true",
+        help="SmoothL1 instead of MSE for reconstruction (default: off)",
+    )
+    opt(
+        ["gate_reg_weight"],
+        "gate_reg_weight",
+        type=float,
+        default=d.gate_reg,
+        help="gate regulariser weight (default: %(default)s)",
+    )
     opt(["kl_weight"], "kl_weight", type=float, default=d.kl, help="VAE KL weight (default: %(default)s)")
-    opt(["delta_va"], "delta_va", type=float, default=d.distill, help="teacher -> unimodal head distillation weight (default: %(default)s)")
+    opt(
+        ["delta_va"],
+        "delta_va",
+        type=float,
+        default=d.distill,
+        help="teacher -> unimodal head distillation weight (default: %(default)s)",
+    )
     if weighting:
         from avemo.training.losses.weighting import add_weighting_arguments
 
@@ -219,9 +307,13 @@ def add_loss_arguments(parser: argparse.ArgumentParser, weighting: bool = True) 
 
 
 # ---------------------------------------------------------------- total
-def loss_terms(outputs: dict[str, torch.Tensor], target: torch.Tensor, weights: LossWeights,
-               class_weight: torch.Tensor | None = None, teacher_logits: dict[str, torch.Tensor] | None = None,
-               ) -> tuple[dict[str, tuple[torch.Tensor, float]], dict[str, float]]:
+def loss_terms(
+    outputs: dict[str, torch.Tensor],
+    target: torch.Tensor,
+    weights: LossWeights,
+    class_weight: torch.Tensor | None = None,
+    teacher_logits: dict[str, torch.Tensor] | None = None,
+) -> tuple[dict[str, tuple[torch.Tensor, float]], dict[str, float]]:
     """Raw loss tensors with their static weights: ({name: (value, weight)}, {extra log-only floats}).
 
     Terms whose static weight is 0 or whose inputs are missing are left out. Output keys read:
@@ -247,7 +339,10 @@ def loss_terms(outputs: dict[str, torch.Tensor], target: torch.Tensor, weights: 
         if f"{m}_logits" in outputs and w.aux != 0:
             terms[f"aux_{m}"] = (cls(outputs[f"{m}_logits"]), w.aux)
     if w.contrastive != 0 and "z_audio" in outputs and "z_video" in outputs:
-        terms["contrastive"] = (info_nce(outputs["z_audio"], outputs["z_video"], w.contrastive_temperature), w.contrastive)
+        terms["contrastive"] = (
+            info_nce(outputs["z_audio"], outputs["z_video"], w.contrastive_temperature),
+            w.contrastive,
+        )
     if w.reconstruction != 0:
         recon = []
         if "recon" in outputs and "recon_target" in outputs:
@@ -282,8 +377,11 @@ def loss_terms(outputs: dict[str, torch.Tensor], target: torch.Tensor, weights: 
     return terms, extra
 
 
-def combine(terms: dict[str, tuple[torch.Tensor, float]], dynamic: dict[str, float] | None = None,
-            extra: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def combine(
+    terms: dict[str, tuple[torch.Tensor, float]],
+    dynamic: dict[str, float] | None = None,
+    extra: dict[str, float] | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """total = sum_k w_k * dynamic_k * L_k (in insertion order). parts: raw L_k, "w_<k>" (weight in force,
     w_k * dynamic_k), the extra log-only values and "total"."""
     dynamic = dynamic or {}
@@ -299,9 +397,14 @@ def combine(terms: dict[str, tuple[torch.Tensor, float]], dynamic: dict[str, flo
     return total, parts
 
 
-def compute_losses(outputs: dict[str, torch.Tensor], target: torch.Tensor, weights: LossWeights,
-                   class_weight: torch.Tensor | None = None, teacher_logits: dict[str, torch.Tensor] | None = None,
-                   dynamic: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def compute_losses(
+    outputs: dict[str, torch.Tensor],
+    target: torch.Tensor,
+    weights: LossWeights,
+    class_weight: torch.Tensor | None = None,
+    teacher_logits: dict[str, torch.Tensor] | None = None,
+    dynamic: dict[str, float] | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """All losses the outputs allow (keys: see ``loss_terms``) -> (total scalar, parts dict of floats).
 
     ``dynamic`` {part name: multiplier} comes from ``LossWeighter.weights``; missing names use 1.
@@ -311,8 +414,9 @@ def compute_losses(outputs: dict[str, torch.Tensor], target: torch.Tensor, weigh
     return combine(terms, dynamic, extra)
 
 
-def total_loss(outputs: dict[str, torch.Tensor], target: torch.Tensor, weight: torch.Tensor | None = None,
-               aux_weight: float = 0.3) -> tuple[torch.Tensor, dict[str, float]]:
+def total_loss(
+    outputs: dict[str, torch.Tensor], target: torch.Tensor, weight: torch.Tensor | None = None, aux_weight: float = 0.3
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Fused cross-entropy plus ``aux_weight`` x the unimodal auxiliary heads' cross-entropy.
 
     Returns (total, parts) where parts maps "ce", "aux_audio", "aux_video", "total" to floats.

@@ -19,6 +19,7 @@ the static ``LossWeights``. Modes:
 The weights in force are returned so the trainer can log them; ``state_dict``/``load_state_dict``
 carry the EMA, the last grad_balance weights and the step counter for exact resume.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,13 +53,17 @@ class LossWeighter:
         self.calls = 0  # internal step counter used when ``step`` is not given
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "LossWeighter":
+    def from_args(cls, args: argparse.Namespace) -> LossWeighter:
         get = lambda name, default: default if getattr(args, name, None) is None else getattr(args, name)  # noqa: E731
-        return cls(get("loss_weighting", "fixed"), momentum=get("loss_weighting_momentum", 0.9),
-                   every=get("loss_weighting_every", 50))
+        return cls(
+            get("loss_weighting", "fixed"),
+            momentum=get("loss_weighting_momentum", 0.9),
+            every=get("loss_weighting_every", 50),
+        )
 
-    def weights(self, parts: dict[str, torch.Tensor], shared_params: list[torch.Tensor] | None = None,
-                step: int | None = None) -> dict[str, float]:
+    def weights(
+        self, parts: dict[str, torch.Tensor], shared_params: list[torch.Tensor] | None = None, step: int | None = None
+    ) -> dict[str, float]:
         """parts {name: scalar tensor} -> {name: multiplier}. ``step`` defaults to an internal counter
         (number of previous calls). ``shared_params`` is required for grad_balance."""
         step = self.calls if step is None else int(step)
@@ -79,7 +84,9 @@ class LossWeighter:
             self.last_step = step
         return {k: self.last.get(k, 1.0) for k in parts}
 
-    def _grad_weights(self, parts: dict[str, torch.Tensor], shared_params: list[torch.Tensor] | None) -> dict[str, float]:
+    def _grad_weights(
+        self, parts: dict[str, torch.Tensor], shared_params: list[torch.Tensor] | None
+    ) -> dict[str, float]:
         if not shared_params:
             raise ValueError("grad_balance needs shared_params (the parameters all parts flow through)")
         params = [p for p in shared_params if p.requires_grad]
@@ -90,14 +97,21 @@ class LossWeighter:
                 continue
             grads = torch.autograd.grad(v, params, retain_graph=True, allow_unused=True)
             sq = sum(float(g.detach().pow(2).sum()) for g in grads if g is not None)
-            norms[k] = sq ** 0.5
+            norms[k] = sq**0.5
         out = {k: 1.0 for k, g in norms.items() if g <= self.eps}
         out.update(_normalise_inverse({k: g for k, g in norms.items() if g > self.eps}, self.eps))
         return {k: out[k] for k in parts}
 
     def state_dict(self) -> dict:
-        return {"mode": self.mode, "momentum": self.momentum, "every": self.every, "ema": dict(self.ema),
-                "last": dict(self.last), "last_step": self.last_step, "calls": self.calls}
+        return {
+            "mode": self.mode,
+            "momentum": self.momentum,
+            "every": self.every,
+            "ema": dict(self.ema),
+            "last": dict(self.last),
+            "last_step": self.last_step,
+            "calls": self.calls,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.mode, self.momentum, self.every = state["mode"], state["momentum"], state["every"]
@@ -107,11 +121,22 @@ class LossWeighter:
 
 def add_weighting_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--loss_weighting``, ``--loss_weighting_momentum``, ``--loss_weighting_every`` (and dashed aliases)."""
+
     def opt(name: str, **kw) -> None:
         flags = list(dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}"]))
         if not any(f in parser._option_string_actions for f in flags):
             parser.add_argument(*flags, dest=name, **kw)
 
-    opt("loss_weighting", choices=MODES, default="fixed", help="adaptive multipliers of the loss parts (default: %(default)s)")
+    opt(
+        "loss_weighting",
+        choices=MODES,
+        default="fixed",
+        help="adaptive multipliers of the loss parts (default: %(default)s)",
+    )
     opt("loss_weighting_momentum", type=float, default=0.9, help="EMA momentum for inverse_ema (default: %(default)s)")
-    opt("loss_weighting_every", type=int, default=50, help="grad_balance recomputation period in steps (default: %(default)s)")
+    opt(
+        "loss_weighting_every",
+        type=int,
+        default=50,
+        help="grad_balance recomputation period in steps (default: %(default)s)",
+    )

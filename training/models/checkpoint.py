@@ -10,6 +10,7 @@ A checkpoint is a plain dict loadable with ``torch.load(path, weights_only=True)
     train_config_json  the TrainConfig (all CLI flags: losses, weighting, split, ...) as JSON
     train_state  (last.pt only) optimizer, scheduler, early stopping, RNG states, epoch
 """
+
 from __future__ import annotations
 
 import json
@@ -43,14 +44,23 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
-def make_checkpoint(model: FusionModel, cfg: ModelConfig, labels: list[str], geometry: WindowGeometry,
-                    metrics: dict | None = None, train_state: dict | None = None, train_config: dict | None = None) -> dict:
+def make_checkpoint(
+    model: FusionModel,
+    cfg: ModelConfig,
+    labels: list[str],
+    geometry: WindowGeometry,
+    metrics: dict | None = None,
+    train_state: dict | None = None,
+    train_config: dict | None = None,
+) -> dict:
     ckpt = {
         "format": FORMAT,
         "model_config": cfg.to_dict(),
         "labels": list(labels),
         "geometry": geometry.to_dict(),
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},  # NCHW even after channels_last
+        "state_dict": {
+            k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+        },  # NCHW even after channels_last
         "metrics": {k: float(v) for k, v in (metrics or {}).items()},
     }
     if train_config is not None:

@@ -1,10 +1,10 @@
 """``ModelConfig``: everything that shapes a model. A checkpoint stores it, so export rebuilds the model alone."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from avemo.contract.geometry import N_FFT, N_MELS, HOP_LENGTH
-
+from avemo.contract.geometry import HOP_LENGTH, N_FFT, N_MELS
 
 # fusion methods and unimodal baselines (see training/fusion.py); the first three are the original set
 FUSIONS = ("gated", "audio", "video", "late", "concat", "xattn", "uncertainty", "gated_uncertainty", "hierarchical")
@@ -48,7 +48,7 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
         for k in ("audio_channels", "video_channels"):

@@ -8,6 +8,7 @@ token projection only exists then, so the default parameter set is unchanged.
 Also here: ``SpecAugment`` (training-mode log-mel masking, a no-op in eval and therefore absent from
 the export), ``TemporalPool`` (frame pooling) and ``VariationalHead`` (mu / logvar on an embedding).
 """
+
 from __future__ import annotations
 
 import torch
@@ -129,8 +130,14 @@ class AudioCNN(SequenceEncoder):
     and frequency averaging, linearly projected (needs ``sequence_dim > 0``).
     """
 
-    def __init__(self, frontend: LogMel, channels: tuple[int, ...], embed_dim: int,
-                 spec_augment: SpecAugment | None = None, sequence_dim: int = 0):
+    def __init__(
+        self,
+        frontend: LogMel,
+        channels: tuple[int, ...],
+        embed_dim: int,
+        spec_augment: SpecAugment | None = None,
+        sequence_dim: int = 0,
+    ):
         super().__init__()
         self.frontend = frontend
         blocks, c = [], 1
@@ -226,8 +233,9 @@ class AudioResNet(SequenceEncoder):
     the final feature map averaged over frequency, [B, T/32, 512], projected to ``sequence_dim``.
     """
 
-    def __init__(self, frontend: LogMel, embed_dim: int, spec_augment: SpecAugment | None = None,
-                 sequence_dim: int = 0):
+    def __init__(
+        self, frontend: LogMel, embed_dim: int, spec_augment: SpecAugment | None = None, sequence_dim: int = 0
+    ):
         super().__init__()
         self.frontend = frontend
         self.net = resnet18_trunk(1)

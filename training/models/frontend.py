@@ -1,4 +1,5 @@
 """In-graph audio front end: waveform -> normalised log-mel spectrogram (exported with the model)."""
+
 from __future__ import annotations
 
 import math
@@ -7,7 +8,9 @@ import torch
 from torch import nn
 
 
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> torch.Tensor:
+def mel_filterbank(
+    sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None
+) -> torch.Tensor:
     """HTK-style triangular mel filterbank, shape [n_mels, n_fft // 2 + 1]."""
     fmax = fmax or sample_rate / 2
     hz_to_mel = lambda f: 2595.0 * math.log10(1.0 + f / 700.0)  # noqa: E731
@@ -35,9 +38,10 @@ class LogMel(nn.Module):
 
     def log_mel(self, audio: torch.Tensor) -> torch.Tensor:
         """Un-normalised log-mel [B, n_mels, T]."""
-        spec = torch.stft(audio, self.n_fft, self.hop_length, window=self.window, center=True,
-                          pad_mode="reflect", return_complex=True)  # [B, n_freq, T]
-        power = spec.real ** 2 + spec.imag ** 2
+        spec = torch.stft(
+            audio, self.n_fft, self.hop_length, window=self.window, center=True, pad_mode="reflect", return_complex=True
+        )  # [B, n_freq, T]
+        power = spec.real**2 + spec.imag**2
         mel = torch.matmul(self.fb, power)  # [B, n_mels, T]
         return torch.log(mel + 1e-6)
 

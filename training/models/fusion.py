@@ -13,6 +13,7 @@ output. When a modality is missing the weights are renormalised over the present
 
 Builders are registered in ``FUSION_BUILDERS`` (a small dict instead of a framework).
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,9 @@ VARIATIONAL_FUSIONS = frozenset({"uncertainty", "gated_uncertainty"})  # need va
 
 
 def classifier(dim_in: int, dim_hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(dim_in, dim_hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
-                         nn.Linear(dim_hidden, num_classes))
+    return nn.Sequential(
+        nn.Linear(dim_in, dim_hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(dim_hidden, num_classes)
+    )
 
 
 def masked_normalise(w: torch.Tensor, mask: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -58,8 +60,9 @@ def forced_gate(g: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torc
     return g, torch.cat([g, (1.0 - g) * m_v], dim=1)
 
 
-def uncertainty_weights(logvar_a: torch.Tensor, logvar_v: torch.Tensor, mask: torch.Tensor,
-                        temperature: float = 1.0) -> torch.Tensor:
+def uncertainty_weights(
+    logvar_a: torch.Tensor, logvar_v: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """w = softmax((1 / sigma) / T) over the present modalities, sigma_m = mean_d exp(logvar_m / 2).
 
     A confident (low-variance) modality gets the larger weight; with logvar = 0 (the init) both are 0.5.
@@ -89,8 +92,9 @@ class GatedFusion(nn.Module):
         nn.init.constant_(self.gate.bias, math.log(gate_init_audio / (1.0 - gate_init_audio)))
         self.head = classifier(2 * dim, dim, num_classes, dropout)
 
-    def forward(self, h_a: torch.Tensor, h_v: torch.Tensor, mask: torch.Tensor,
-                ctx: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, h_a: torch.Tensor, h_v: torch.Tensor, mask: torch.Tensor, ctx: dict | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         m_a, m_v = mask[:, 0:1], mask[:, 1:2]  # [B, 1] each
         g = torch.sigmoid(self.gate(torch.cat([h_a, h_v], dim=1)))  # [B, 1]
         g = g * m_a * m_v + m_a * (1.0 - m_v)  # both: g, audio only: 1, video only: 0
@@ -107,8 +111,9 @@ class UnimodalHead(nn.Module):
         self.index = 0 if modality == "audio" else 1
         self.head = classifier(dim, dim, num_classes, dropout)
 
-    def forward(self, h_a: torch.Tensor | None, h_v: torch.Tensor | None, mask: torch.Tensor,
-                ctx: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, h_a: torch.Tensor | None, h_v: torch.Tensor | None, mask: torch.Tensor, ctx: dict | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         h = h_a if self.index == 0 else h_v
         present = mask[:, self.index : self.index + 1]  # [B, 1]
         logits = self.head(h * present)
@@ -132,7 +137,9 @@ class LateFusion(nn.Module):
 
     def forward(self, h_a, h_v, mask, ctx=None):
         w = masked_normalise(torch.ones_like(mask), mask)  # [B, 2]
-        p = w[:, 0:1] * torch.softmax(self.audio_head(h_a), dim=-1) + w[:, 1:2] * torch.softmax(self.video_head(h_v), dim=-1)
+        p = w[:, 0:1] * torch.softmax(self.audio_head(h_a), dim=-1) + w[:, 1:2] * torch.softmax(
+            self.video_head(h_v), dim=-1
+        )
         return torch.log(p.clamp_min(1e-12)), w
 
 
@@ -221,8 +228,15 @@ class GatedUncertaintyFusion(nn.Module):
     mixed share of each modality). Extra output "gate" = g [B, 1] (for the gate regulariser).
     """
 
-    def __init__(self, dim: int, num_classes: int, dropout: float, temperature: float = 1.0,
-                 alpha: float = 0.5, gate_init_audio: float = 0.3):
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int,
+        dropout: float,
+        temperature: float = 1.0,
+        alpha: float = 0.5,
+        gate_init_audio: float = 0.3,
+    ):
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"gate_alpha must be in [0, 1], got {alpha}")
@@ -276,9 +290,12 @@ class HierarchicalFusion(nn.Module):
         dim = h_a.shape[1]
         both = torch.cat([m_a.expand(-1, dim), m_v.expand(-1, dim)], dim=1)
         extra = {
-            "recon": self.dec_global(z) * both, "recon_target": torch.cat([h_a, h_v], dim=1),
-            "recon_audio": self.dec_audio(c_a) * m_a, "target_audio": h_a,
-            "recon_video": self.dec_video(c_v) * m_v, "target_video": h_v,
+            "recon": self.dec_global(z) * both,
+            "recon_target": torch.cat([h_a, h_v], dim=1),
+            "recon_audio": self.dec_audio(c_a) * m_a,
+            "target_audio": h_a,
+            "recon_video": self.dec_video(c_v) * m_v,
+            "target_video": h_v,
             "gate": g,
         }
         return logits, weights, extra
@@ -291,9 +308,13 @@ FUSION_BUILDERS = {
     "late": lambda cfg: LateFusion(cfg.embed_dim, cfg.num_classes, cfg.dropout),
     "concat": lambda cfg: ConcatFusion(cfg.embed_dim, cfg.num_classes, cfg.dropout),
     "xattn": lambda cfg: CrossAttentionFusion(cfg.embed_dim, cfg.num_classes, cfg.dropout, cfg.xattn_heads),
-    "uncertainty": lambda cfg: UncertaintyFusion(cfg.embed_dim, cfg.num_classes, cfg.dropout, cfg.uncertainty_temperature),
-    "gated_uncertainty": lambda cfg: GatedUncertaintyFusion(cfg.embed_dim, cfg.num_classes, cfg.dropout,
-                                                            cfg.uncertainty_temperature, cfg.gate_alpha, cfg.gate_init_audio),
-    "hierarchical": lambda cfg: HierarchicalFusion(cfg.embed_dim, cfg.num_classes, cfg.dropout, cfg.bottleneck_dim,
-                                                   cfg.gate_init_audio),
+    "uncertainty": lambda cfg: UncertaintyFusion(
+        cfg.embed_dim, cfg.num_classes, cfg.dropout, cfg.uncertainty_temperature
+    ),
+    "gated_uncertainty": lambda cfg: GatedUncertaintyFusion(
+        cfg.embed_dim, cfg.num_classes, cfg.dropout, cfg.uncertainty_temperature, cfg.gate_alpha, cfg.gate_init_audio
+    ),
+    "hierarchical": lambda cfg: HierarchicalFusion(
+        cfg.embed_dim, cfg.num_classes, cfg.dropout, cfg.bottleneck_dim, cfg.gate_init_audio
+    ),
 }

@@ -1,4 +1,5 @@
 """FusionModel(audio_encoder, video_encoder, fusion) and the builder that makes it from a config."""
+
 from __future__ import annotations
 
 import torch
@@ -41,9 +42,18 @@ class FusionModel(nn.Module):
     the fusion as ctx["seq_audio"] / ctx["seq_video"] (masked).
     """
 
-    def __init__(self, audio_encoder: nn.Module | None, video_encoder: nn.Module | None, fusion: nn.Module,
-                 num_classes: int, embed_dim: int, modality_dropout: float = 0.0, variational: bool = False,
-                 contrastive_proj_dim: int = 0, sequence: bool = False):
+    def __init__(
+        self,
+        audio_encoder: nn.Module | None,
+        video_encoder: nn.Module | None,
+        fusion: nn.Module,
+        num_classes: int,
+        embed_dim: int,
+        modality_dropout: float = 0.0,
+        variational: bool = False,
+        contrastive_proj_dim: int = 0,
+        sequence: bool = False,
+    ):
         super().__init__()
         self.audio_encoder, self.video_encoder, self.fusion = audio_encoder, video_encoder, fusion
         self.audio_norm = nn.LayerNorm(embed_dim) if audio_encoder is not None else None
@@ -60,8 +70,17 @@ class FusionModel(nn.Module):
         self.audio_proj = projection_head(embed_dim, contrastive_proj_dim) if proj else None
         self.video_proj = projection_head(embed_dim, contrastive_proj_dim) if proj else None
 
-    def _embed(self, encoder: nn.Module, norm: nn.Module, variational: nn.Module | None, x: torch.Tensor,
-               m: torch.Tensor, name: str, ctx: dict, out: dict) -> torch.Tensor:
+    def _embed(
+        self,
+        encoder: nn.Module,
+        norm: nn.Module,
+        variational: nn.Module | None,
+        x: torch.Tensor,
+        m: torch.Tensor,
+        name: str,
+        ctx: dict,
+        out: dict,
+    ) -> torch.Tensor:
         """One modality: encoder -> LayerNorm (-> variational head) -> times its mask column m [B, 1]."""
         if self.sequence:
             e, tokens = encoder.forward_with_sequence(x)
@@ -75,19 +94,28 @@ class FusionModel(nn.Module):
             ctx[f"logvar_{name}"] = out[f"logvar_{name}"]
         return h * m  # [B, D]
 
-    def forward(self, audio: torch.Tensor, frames: torch.Tensor, modality_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, audio: torch.Tensor, frames: torch.Tensor, modality_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         mask = modality_mask
-        if self.training and self.modality_dropout > 0 and self.audio_encoder is not None and self.video_encoder is not None:
+        if (
+            self.training
+            and self.modality_dropout > 0
+            and self.audio_encoder is not None
+            and self.video_encoder is not None
+        ):
             mask = modality_dropout(mask, self.modality_dropout)
         h_a = h_v = None
         ctx: dict[str, torch.Tensor] = {}
         extra: dict[str, torch.Tensor] = {}
         if self.audio_encoder is not None:
-            h_a = self._embed(self.audio_encoder, self.audio_norm, self.audio_variational, audio, mask[:, 0:1],
-                              "audio", ctx, extra)
+            h_a = self._embed(
+                self.audio_encoder, self.audio_norm, self.audio_variational, audio, mask[:, 0:1], "audio", ctx, extra
+            )
         if self.video_encoder is not None:
-            h_v = self._embed(self.video_encoder, self.video_norm, self.video_variational, frames, mask[:, 1:2],
-                              "video", ctx, extra)
+            h_v = self._embed(
+                self.video_encoder, self.video_norm, self.video_variational, frames, mask[:, 1:2], "video", ctx, extra
+            )
         result = self.fusion(h_a, h_v, mask, ctx)
         out = {"logits": result[0], "modality_weights": result[1]}
         if self.audio_aux is not None:
@@ -126,9 +154,17 @@ def build_model(cfg: ModelConfig, geometry: WindowGeometry) -> FusionModel:
             video_encoder = VideoResNet(cfg.embed_dim, cfg.video_pooling, seq_dim)
         else:
             video_encoder = VideoCNN(cfg.video_channels, cfg.embed_dim, cfg.video_pooling, seq_dim)
-    return FusionModel(audio_encoder, video_encoder, FUSION_BUILDERS[cfg.fusion](cfg), cfg.num_classes,
-                       cfg.embed_dim, cfg.modality_dropout, variational=cfg.variational or cfg.fusion in VARIATIONAL_FUSIONS,
-                       contrastive_proj_dim=cfg.contrastive_proj_dim, sequence=seq_dim > 0)
+    return FusionModel(
+        audio_encoder,
+        video_encoder,
+        FUSION_BUILDERS[cfg.fusion](cfg),
+        cfg.num_classes,
+        cfg.embed_dim,
+        cfg.modality_dropout,
+        variational=cfg.variational or cfg.fusion in VARIATIONAL_FUSIONS,
+        contrastive_proj_dim=cfg.contrastive_proj_dim,
+        sequence=seq_dim > 0,
+    )
 
 
 class ExportWrapper(nn.Module):

@@ -14,6 +14,7 @@ all emotion cue numbers are in ``CUES`` below.
 
 CLI:  python -m avemo.training.synthetic.corpus --root data/corpus --actors 10 --seed 0 --jobs 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from avemo.contract.labels import EMOTIONS_8
-from avemo.training.synthetic.voice import STATEMENT_SYLLABLES, synth_speech, voice_identity
 from avemo.training.synthetic.face import face_identity, render_face
+from avemo.training.synthetic.voice import STATEMENT_SYLLABLES, synth_speech, voice_identity
 
 GENERATOR_VERSION = "1.0.0"
 AUDIO_RATE = 48_000  # Hz, AAC audio
@@ -71,26 +72,218 @@ STRONG_GAIN = 1.6  # intensity 02 (strong): deviation of every cue from neutral 
 #   head_motion = head motion multiplier; head_drop = head lowered (x b, + down).
 # ------------------------------------------------------------------------------------------------
 _VOICE = ("f0", "f0_range", "jitter", "shimmer", "energy", "tempo", "tilt", "oq", "breath", "tremor", "formant")
-_FACE = ("mouth_curve", "mouth_open", "mouth_rest", "mouth_width", "brow_raise", "brow_slant",
-         "eye_open", "head_motion", "head_drop")
+_FACE = (
+    "mouth_curve",
+    "mouth_open",
+    "mouth_rest",
+    "mouth_width",
+    "brow_raise",
+    "brow_slant",
+    "eye_open",
+    "head_motion",
+    "head_drop",
+)
 _ROWS = {
     # columns 1-11: voice cues (_VOICE), columns 12-20: face cues (_FACE); neutral is the reference
     #               f0  range  jitter  shimmer  energy  tempo  tilt    oq  breath  tremor  formant   curve  open   rest  width    brow   slant   eye  motion   drop
-    "neutral":   (1.00,   2.0,  0.006,    0.04,   0.80,  1.00,  0.0, 0.60,   0.04,   0.00,    1.00,    0.00, 0.16, 0.000,  1.00,  0.000,  0.000, 0.66,   1.00,  0.00),
-    "calm":      (0.90,   1.6,  0.006,    0.04,   0.74,  0.90, -0.5, 0.62,   0.06,   0.00,    0.99,    0.36, 0.13, 0.000,  1.03,  0.010,  0.000, 1.02,   0.60,  0.00),
-    "happy":     (1.30,   6.5,  0.008,    0.05,   1.10,  1.16,  1.5, 0.54,   0.03,   0.00,    1.07,    0.48, 0.19, 0.020,  1.12,  0.015,  0.000, 0.90,   0.75,  0.00),
-    "sad":       (1.02,   2.6,  0.030,    0.10,   0.50,  0.84, -4.0, 0.72,   0.14,   0.30,    0.95,   -0.48, 0.13, 0.000,  0.95, -0.065,  0.018, 0.92,   0.70,  0.06),
-    "angry":     (0.96,   4.0,  0.012,    0.07,   1.75,  1.00,  6.0, 0.38,   0.02,   0.00,    1.02,   -0.44, 0.16, 0.000,  0.95, -0.085, -0.018, 0.86,   0.80,  0.05),
-    "fearful":   (1.14,   3.0,  0.034,    0.10,   0.55,  0.93, -3.4, 0.70,   0.15,   0.45,    0.96,   -0.08, 0.27, 0.060,  0.98,  0.105,  0.060, 1.40,   1.50, -0.02),
-    "disgust":   (0.86,   3.6,  0.012,    0.07,   1.55,  0.92,  5.2, 0.41,   0.03,   0.00,    1.01,   -0.12, 0.15, 0.030,  0.92, -0.010, -0.008, 0.58,   1.00,  0.00),
-    "surprised": (1.44,   7.5,  0.008,    0.05,   1.18,  1.07,  2.0, 0.52,   0.03,   0.00,    1.08,    0.00, 0.30, 0.090,  0.85,  0.125,  0.000, 1.50,   1.40, -0.02),
+    "neutral": (
+        1.00,
+        2.0,
+        0.006,
+        0.04,
+        0.80,
+        1.00,
+        0.0,
+        0.60,
+        0.04,
+        0.00,
+        1.00,
+        0.00,
+        0.16,
+        0.000,
+        1.00,
+        0.000,
+        0.000,
+        0.66,
+        1.00,
+        0.00,
+    ),
+    "calm": (
+        0.90,
+        1.6,
+        0.006,
+        0.04,
+        0.74,
+        0.90,
+        -0.5,
+        0.62,
+        0.06,
+        0.00,
+        0.99,
+        0.36,
+        0.13,
+        0.000,
+        1.03,
+        0.010,
+        0.000,
+        1.02,
+        0.60,
+        0.00,
+    ),
+    "happy": (
+        1.30,
+        6.5,
+        0.008,
+        0.05,
+        1.10,
+        1.16,
+        1.5,
+        0.54,
+        0.03,
+        0.00,
+        1.07,
+        0.48,
+        0.19,
+        0.020,
+        1.12,
+        0.015,
+        0.000,
+        0.90,
+        0.75,
+        0.00,
+    ),
+    "sad": (
+        1.02,
+        2.6,
+        0.030,
+        0.10,
+        0.50,
+        0.84,
+        -4.0,
+        0.72,
+        0.14,
+        0.30,
+        0.95,
+        -0.48,
+        0.13,
+        0.000,
+        0.95,
+        -0.065,
+        0.018,
+        0.92,
+        0.70,
+        0.06,
+    ),
+    "angry": (
+        0.96,
+        4.0,
+        0.012,
+        0.07,
+        1.75,
+        1.00,
+        6.0,
+        0.38,
+        0.02,
+        0.00,
+        1.02,
+        -0.44,
+        0.16,
+        0.000,
+        0.95,
+        -0.085,
+        -0.018,
+        0.86,
+        0.80,
+        0.05,
+    ),
+    "fearful": (
+        1.14,
+        3.0,
+        0.034,
+        0.10,
+        0.55,
+        0.93,
+        -3.4,
+        0.70,
+        0.15,
+        0.45,
+        0.96,
+        -0.08,
+        0.27,
+        0.060,
+        0.98,
+        0.105,
+        0.060,
+        1.40,
+        1.50,
+        -0.02,
+    ),
+    "disgust": (
+        0.86,
+        3.6,
+        0.012,
+        0.07,
+        1.55,
+        0.92,
+        5.2,
+        0.41,
+        0.03,
+        0.00,
+        1.01,
+        -0.12,
+        0.15,
+        0.030,
+        0.92,
+        -0.010,
+        -0.008,
+        0.58,
+        1.00,
+        0.00,
+    ),
+    "surprised": (
+        1.44,
+        7.5,
+        0.008,
+        0.05,
+        1.18,
+        1.07,
+        2.0,
+        0.52,
+        0.03,
+        0.00,
+        1.08,
+        0.00,
+        0.30,
+        0.090,
+        0.85,
+        0.125,
+        0.000,
+        1.50,
+        1.40,
+        -0.02,
+    ),
 }
 CUES: dict[str, dict[str, float]] = {e: dict(zip(_VOICE + _FACE, row)) for e, row in _ROWS.items()}
 AUDIO_PAIRS = (("neutral", "calm"), ("happy", "surprised"), ("sad", "fearful"), ("angry", "disgust"))
 VIDEO_PAIRS = (("calm", "happy"), ("surprised", "fearful"), ("sad", "angry"), ("disgust", "neutral"))
 VOICE_CUES, FACE_CUES = _VOICE, _FACE
-_POSITIVE = {"f0", "f0_range", "jitter", "shimmer", "energy", "tempo", "oq", "breath", "tremor", "formant",
-             "mouth_open", "mouth_rest", "mouth_width", "eye_open", "head_motion"}
+_POSITIVE = {
+    "f0",
+    "f0_range",
+    "jitter",
+    "shimmer",
+    "energy",
+    "tempo",
+    "oq",
+    "breath",
+    "tremor",
+    "formant",
+    "mouth_open",
+    "mouth_rest",
+    "mouth_width",
+    "eye_open",
+    "head_motion",
+}
 
 
 def _hash_seed(*fields) -> int:
@@ -123,8 +316,7 @@ def _emotion_code(e) -> int:
     return code
 
 
-def corpus_plan(n_actors: int, emotions=None, statements=(1, 2), repetitions=(1, 2),
-                intensities=(1, 2)) -> list[dict]:
+def corpus_plan(n_actors: int, emotions=None, statements=(1, 2), repetitions=(1, 2), intensities=(1, 2)) -> list[dict]:
     """The clips to make, RAVDESS rules (neutral only at normal intensity). ``emotions``: codes or names."""
     codes = sorted({_emotion_code(e) for e in emotions}) if emotions is not None else list(range(1, 9))
     plan = []
@@ -136,8 +328,17 @@ def corpus_plan(n_actors: int, emotions=None, statements=(1, 2), repetitions=(1,
                 for st in sorted(statements):
                     for rep in sorted(repetitions):
                         name = clip_name(emo, inten, st, rep, actor)
-                        plan.append({"actor": actor, "emotion": emo, "intensity": inten, "statement": st,
-                                     "repetition": rep, "name": name, "relpath": f"Actor_{actor:02d}/{name}"})
+                        plan.append(
+                            {
+                                "actor": actor,
+                                "emotion": emo,
+                                "intensity": inten,
+                                "statement": st,
+                                "repetition": rep,
+                                "name": name,
+                                "relpath": f"Actor_{actor:02d}/{name}",
+                            }
+                        )
     return plan
 
 
@@ -154,14 +355,22 @@ def effective_cues(emotion: int, intensity: int) -> dict[str, float]:
 def actor_identity(actor: int, seed: int) -> dict:
     """Voice and face identity of an actor (odd = male, even = female); same for all its clips."""
     male = actor % 2 == 1
-    return {"male": male,
-            "voice": voice_identity(_rng(seed, "voice", actor), male),
-            "face": face_identity(_rng(seed, "face", actor), male, FRAME_SIZE)}
+    return {
+        "male": male,
+        "voice": voice_identity(_rng(seed, "voice", actor), male),
+        "face": face_identity(_rng(seed, "face", actor), male, FRAME_SIZE),
+    }
 
 
 def _render(emotion: int, intensity: int, statement: int, repetition: int, actor: int, seed: int):
     emotion, intensity, statement, repetition, actor, seed = (
-        _emotion_code(emotion), int(intensity), int(statement), int(repetition), int(actor), int(seed))
+        _emotion_code(emotion),
+        int(intensity),
+        int(statement),
+        int(repetition),
+        int(actor),
+        int(seed),
+    )
     if statement not in STATEMENT_SYLLABLES:
         raise ValueError(f"statement must be 1 or 2, got {statement}")
     if intensity not in (1, 2):
@@ -170,13 +379,13 @@ def _render(emotion: int, intensity: int, statement: int, repetition: int, actor
     ident = actor_identity(actor, seed)
     fields = (seed, actor, emotion, intensity, statement, repetition)
     audio, track = synth_speech(cues, ident["voice"], statement, _rng(*fields, "audio"), AUDIO_RATE, VIDEO_RATE)
-    frames = render_face(cues, ident["face"], track, track["n_frames"], VIDEO_RATE, FRAME_SIZE,
-                         _rng(*fields, "video"))
+    frames = render_face(cues, ident["face"], track, track["n_frames"], VIDEO_RATE, FRAME_SIZE, _rng(*fields, "video"))
     return audio, frames, cues, ident, track
 
 
-def render_clip(emotion: int, intensity: int, statement: int, repetition: int, actor: int,
-                seed: int) -> tuple[np.ndarray, np.ndarray]:
+def render_clip(
+    emotion: int, intensity: int, statement: int, repetition: int, actor: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Synthesise one clip: audio float32 [N] at 48 kHz in [-1, 1], video uint8 [T, H, W, 3] RGB at VIDEO_RATE.
 
     ``N == T * AUDIO_RATE / VIDEO_RATE`` and the clip lasts 3.1-3.95 s.
@@ -192,8 +401,14 @@ def clip_params(emotion: int, intensity: int, statement: int, repetition: int, a
     return {"cues": cues, "male": ident["male"], "voice": ident["voice"], **{k: track[k] for k in keep}}
 
 
-def write_mp4(path: Path, audio: np.ndarray, frames: np.ndarray, audio_rate: int = AUDIO_RATE,
-              fps: int = VIDEO_RATE, crf: int = 23) -> None:
+def write_mp4(
+    path: Path,
+    audio: np.ndarray,
+    frames: np.ndarray,
+    audio_rate: int = AUDIO_RATE,
+    fps: int = VIDEO_RATE,
+    crf: int = 23,
+) -> None:
     """Write H.264 (yuv420p) + AAC mono MP4 with PyAV; atomic (temporary name, then ``os.replace``)."""
     import av
 
@@ -227,8 +442,9 @@ def write_mp4(path: Path, audio: np.ndarray, frames: np.ndarray, audio_rate: int
 
 def _make_one(task: tuple) -> str:
     root, item, seed = task
-    audio, frames = render_clip(item["emotion"], item["intensity"], item["statement"], item["repetition"],
-                                item["actor"], seed)
+    audio, frames = render_clip(
+        item["emotion"], item["intensity"], item["statement"], item["repetition"], item["actor"], seed
+    )
     write_mp4(Path(root) / item["relpath"], audio, frames)
     return item["relpath"]
 
@@ -247,9 +463,19 @@ def cue_summary() -> dict:
     return {"cues": CUES, "audio_pairs": AUDIO_PAIRS, "video_pairs": VIDEO_PAIRS, "strong_gain": STRONG_GAIN}
 
 
-def generate_corpus(root: Path, n_actors: int = 10, seed: int = 0, *, emotions=None, statements=(1, 2),
-                    repetitions=(1, 2), intensities=(1, 2), jobs: int = 1, progress: bool = True,
-                    overwrite: bool = False) -> list[Path]:
+def generate_corpus(
+    root: Path,
+    n_actors: int = 10,
+    seed: int = 0,
+    *,
+    emotions=None,
+    statements=(1, 2),
+    repetitions=(1, 2),
+    intensities=(1, 2),
+    jobs: int = 1,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> list[Path]:
     """Write the corpus under ``root`` (skipping existing files unless ``overwrite``) and ``root/corpus.json``.
 
     Returns the paths of all planned clips (existing or newly written), in plan order.
@@ -282,12 +508,24 @@ def generate_corpus(root: Path, n_actors: int = 10, seed: int = 0, *, emotions=N
         if bar is not None:
             bar.close()
     meta = {
-        "generator": "avemo.training.synthetic.corpus", "version": GENERATOR_VERSION, "seed": seed, "n_actors": n_actors,
-        "audio_rate": AUDIO_RATE, "video_rate": VIDEO_RATE, "frame_size": FRAME_SIZE,
-        "filters": {"emotions": sorted({p["emotion"] for p in plan}), "statements": list(statements),
-                    "repetitions": list(repetitions), "intensities": list(intensities)},
-        "n_files": len(plan), "n_written": len(todo), "seconds": round(time.time() - t0, 2),
-        "files": [p["relpath"] for p in plan], **cue_summary(),
+        "generator": "avemo.training.synthetic.corpus",
+        "version": GENERATOR_VERSION,
+        "seed": seed,
+        "n_actors": n_actors,
+        "audio_rate": AUDIO_RATE,
+        "video_rate": VIDEO_RATE,
+        "frame_size": FRAME_SIZE,
+        "filters": {
+            "emotions": sorted({p["emotion"] for p in plan}),
+            "statements": list(statements),
+            "repetitions": list(repetitions),
+            "intensities": list(intensities),
+        },
+        "n_files": len(plan),
+        "n_written": len(todo),
+        "seconds": round(time.time() - t0, 2),
+        "files": [p["relpath"] for p in plan],
+        **cue_summary(),
     }
     tmp = root / ".corpus.json.tmp"
     tmp.write_text(json.dumps(meta, indent=1))
@@ -306,8 +544,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     t0 = time.time()
-    files = generate_corpus(Path(args.root), args.actors, args.seed, emotions=args.emotions, jobs=args.jobs,
-                            progress=not args.no_progress, overwrite=args.overwrite)
+    files = generate_corpus(
+        Path(args.root),
+        args.actors,
+        args.seed,
+        emotions=args.emotions,
+        jobs=args.jobs,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
     mb = sum(f.stat().st_size for f in files) / 1e6
     print(f"{len(files)} clips under {args.root} ({mb:.1f} MB) in {time.time() - t0:.1f} s")
 

@@ -6,6 +6,7 @@ opening follows THIS clip's speech envelope (``track`` from ``synthetic_audio.sy
 lips move with the voice. The head translates and rolls a little over time. Per-clip nuisance:
 head position / scale, lighting gain / gradient / flicker, pixel noise.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,6 +25,7 @@ IRIS = ((70, 45, 25), (60, 100, 140), (70, 110, 70), (40, 30, 25))
 
 def face_identity(rng: np.random.Generator, male: bool, size: int) -> dict:
     """An actor's face: geometry (fractions of head half-axes), colours, hair style, expression bias."""
+
     def jitter(c, s):
         return tuple(int(np.clip(v + rng.normal(0, s), 0, 255)) for v in c)
 
@@ -34,18 +36,26 @@ def face_identity(rng: np.random.Generator, male: bool, size: int) -> dict:
         "male": male,
         "a": size * rng.uniform(0.27, 0.32),  # head half-width (px)
         "b": size * rng.uniform(0.34, 0.38),  # head half-height (px)
-        "eye_dx": rng.uniform(0.36, 0.42), "eye_y": rng.uniform(-0.12, -0.05),
-        "eye_w": rng.uniform(0.17, 0.21), "eye_h": rng.uniform(0.085, 0.11),
-        "brow_gap": rng.uniform(0.14, 0.17), "brow_len": rng.uniform(0.40, 0.48),
-        "brow_thick": rng.uniform(2.0, 3.2), "mouth_y": rng.uniform(0.42, 0.50),
-        "mouth_w": rng.uniform(0.36, 0.44), "hairline": rng.uniform(0.44, 0.54),
-        "skin": skin, "hair": jitter(HAIR[rng.integers(len(HAIR))], 10),
-        "iris": IRIS[rng.integers(len(IRIS))], "bg": bg,
+        "eye_dx": rng.uniform(0.36, 0.42),
+        "eye_y": rng.uniform(-0.12, -0.05),
+        "eye_w": rng.uniform(0.17, 0.21),
+        "eye_h": rng.uniform(0.085, 0.11),
+        "brow_gap": rng.uniform(0.14, 0.17),
+        "brow_len": rng.uniform(0.40, 0.48),
+        "brow_thick": rng.uniform(2.0, 3.2),
+        "mouth_y": rng.uniform(0.42, 0.50),
+        "mouth_w": rng.uniform(0.36, 0.44),
+        "hairline": rng.uniform(0.44, 0.54),
+        "skin": skin,
+        "hair": jitter(HAIR[rng.integers(len(HAIR))], 10),
+        "iris": IRIS[rng.integers(len(IRIS))],
+        "bg": bg,
         "cloth": tuple(int(v) for v in rng.integers(30, 220, 3)),
         "lip": tuple(int(v * f) for v, f in zip(skin, (0.62, 0.32, 0.38))),  # dark red: contrast on any skin
         "tilt": rng.normal(0.0, 2.0),  # habitual head roll (deg)
         # habitual expression: as large as the weak within-pair differences, so those stay weak cues
-        "curve_bias": rng.normal(0.0, 0.05), "brow_bias": rng.normal(0.0, 0.012),
+        "curve_bias": rng.normal(0.0, 0.05),
+        "brow_bias": rng.normal(0.0, 0.012),
         "eye_scale": float(np.exp(rng.normal(0.0, 0.06))),
     }
 
@@ -82,8 +92,10 @@ class _Pose:
         return np.rint(out * _ONE).astype(np.int32)
 
     def pt(self, x: float, y: float) -> tuple[int, int]:
-        return (int((self.cx + x * self.c - y * self.s) * _ONE + 0.5),
-                int((self.cy + x * self.s + y * self.c) * _ONE + 0.5))
+        return (
+            int((self.cx + x * self.c - y * self.s) * _ONE + 0.5),
+            int((self.cy + x * self.s + y * self.c) * _ONE + 0.5),
+        )
 
     def ellipse(self, img, x, y, ax, ay, color, thickness=-1, start=0, end=360):
         axes = (max(int(ax * _ONE + 0.5), 1), max(int(ay * _ONE + 0.5), 1))
@@ -98,8 +110,9 @@ def _background(face: dict, size: int, rng: np.random.Generator) -> np.ndarray:
     return bg[None, None, :] * ramp * grad
 
 
-def render_face(cues: dict, face: dict, track: dict, n_frames: int, fps: int, size: int,
-                rng: np.random.Generator) -> np.ndarray:
+def render_face(
+    cues: dict, face: dict, track: dict, n_frames: int, fps: int, size: int, rng: np.random.Generator
+) -> np.ndarray:
     """Render ``n_frames`` RGB frames [T, size, size, 3] uint8 of the talking face."""
     t = np.arange(n_frames) / fps
     scale = size / 128.0
@@ -127,17 +140,24 @@ def render_face(cues: dict, face: dict, track: dict, n_frames: int, fps: int, si
     # lighting nuisance: per-clip gain + offset with a slow flicker, applied to the colours and the
     # backdrop before drawing (cheap); sensor noise from a fixed bank of noise images
     light = np.exp(rng.normal(0.0, 0.05)) * (
-        1.0 + 0.02 * np.sin(2 * np.pi * rng.uniform(0.2, 1.0) * t + rng.uniform(0.0, 2 * np.pi)))
+        1.0 + 0.02 * np.sin(2 * np.pi * rng.uniform(0.2, 1.0) * t + rng.uniform(0.0, 2 * np.pi))
+    )
     offset = float(rng.normal(0.0, 4.0))
     bg = _background(face, size, rng)
     pos_noise, neg_noise = _noise_bank(size)
     noise_idx = rng.integers(0, len(pos_noise), n_frames)
     palette = {
-        "skin": face["skin"], "skin_dark": tuple(v * 0.85 for v in face["skin"]),
-        "line_dark": tuple(v * 0.45 for v in face["skin"]), "hair": face["hair"],
+        "skin": face["skin"],
+        "skin_dark": tuple(v * 0.85 for v in face["skin"]),
+        "line_dark": tuple(v * 0.45 for v in face["skin"]),
+        "hair": face["hair"],
         "brow": tuple(0.5 * min(h, k) for h, k in zip(face["hair"], face["skin"])),  # darker than the skin
-        "lip": face["lip"], "iris": face["iris"], "cloth": face["cloth"],
-        "white": (245, 245, 240), "pupil": (15, 10, 10), "mouth": (60, 20, 25),
+        "lip": face["lip"],
+        "iris": face["iris"],
+        "cloth": face["cloth"],
+        "white": (245, 245, 240),
+        "pupil": (15, 10, 10),
+        "mouth": (60, 20, 25),
     }
     ex, ey = face["eye_dx"] * a, face["eye_y"] * b
     ew, eh = face["eye_w"] * a, face["eye_h"] * b

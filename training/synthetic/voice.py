@@ -11,6 +11,7 @@ Pipeline:
     formant resonances per syllable vowel, spectral tilt) -> consonant noise bursts -> RMS level set
     by the emotion's energy factor (loudness carries the cue) -> background noise.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -120,8 +121,9 @@ def _n_stft_frames(n: int, n_fft: int, hop: int) -> int:
     return (n + 2 * n_fft) // hop
 
 
-def synth_speech(cues: dict, voice: dict, statement: int, rng: np.random.Generator,
-                 sample_rate: int, fps: int) -> tuple[np.ndarray, dict]:
+def synth_speech(
+    cues: dict, voice: dict, statement: int, rng: np.random.Generator, sample_rate: int, fps: int
+) -> tuple[np.ndarray, dict]:
     """Synthesise one spoken statement. Returns (audio float32 [N] in [-1, 1], track dict).
 
     The clip lasts ``n_frames / fps`` seconds (3.1-3.95 s), ``N = n_frames * sample_rate / fps``.
@@ -219,8 +221,16 @@ def synth_speech(cues: dict, voice: dict, statement: int, rng: np.random.Generat
     if peak > 0.95:  # soft limiter only where needed
         speech = 0.95 * np.tanh(speech / 0.95)
     track = {
-        "t": tc, "env": env / max(env.max(), 1e-9), "jaw": jaw, "round": rounding,
-        "duration": dur, "n_frames": n_frames, "f0_mean": float(f0_mean), "tempo": float(tempo),
-        "speech_start": float(starts[0]), "speech_end": float(ends[-1]), "rms": float(target),
+        "t": tc,
+        "env": env / max(env.max(), 1e-9),
+        "jaw": jaw,
+        "round": rounding,
+        "duration": dur,
+        "n_frames": n_frames,
+        "f0_mean": float(f0_mean),
+        "tempo": float(tempo),
+        "speech_start": float(starts[0]),
+        "speech_end": float(ends[-1]),
+        "rms": float(target),
     }
     return speech.astype(np.float32), track

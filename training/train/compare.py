@@ -5,6 +5,7 @@ Each fusion trains into ``<out>/<fusion>/`` through ``avemo.training.train.loop.
 made with the same configuration is reused unless ``retrain``; an interrupted one with the same
 configuration (``last.pt``) is resumed. Writes ``comparison.md`` and ``comparison.json`` in ``<out>``.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,11 +77,19 @@ def resumable(cfg: TrainConfig) -> bool:
 
 def row(fusion: str, metrics: dict, reused: bool) -> dict:
     clip = metrics.get("test", {}).get("clip", {})
-    return {"fusion": fusion, "test_macro_f1": clip.get("macro_f1"), "test_accuracy": clip.get("accuracy"),
-            "test_clips": clip.get("n", 0), "params": metrics.get("params"), "train_seconds": metrics.get("train_seconds"),
-            "epochs_run": metrics.get("epochs_run"), "best_val_macro_f1": metrics.get("best_val_macro_f1"),
-            "checkpoint": metrics.get("checkpoint"), "runtime": metrics.get("runtime", "device cpu, float32"),
-            "reused": reused}
+    return {
+        "fusion": fusion,
+        "test_macro_f1": clip.get("macro_f1"),
+        "test_accuracy": clip.get("accuracy"),
+        "test_clips": clip.get("n", 0),
+        "params": metrics.get("params"),
+        "train_seconds": metrics.get("train_seconds"),
+        "epochs_run": metrics.get("epochs_run"),
+        "best_val_macro_f1": metrics.get("best_val_macro_f1"),
+        "checkpoint": metrics.get("checkpoint"),
+        "runtime": metrics.get("runtime", "device cpu, float32"),
+        "reused": reused,
+    }
 
 
 def _fmt(v, spec: str) -> str:
@@ -92,13 +101,21 @@ def _fmt(v, spec: str) -> str:
 def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        lines.append(f"| {r['fusion']} | {_fmt(r['test_macro_f1'], '.3f')} | {_fmt(r['test_accuracy'], '.3f')} | "
-                     f"{_fmt(r['params'], ',')} | {_fmt(r['train_seconds'], '.1f')} | {_fmt(r['epochs_run'], 'd')} |")
+        lines.append(
+            f"| {r['fusion']} | {_fmt(r['test_macro_f1'], '.3f')} | {_fmt(r['test_accuracy'], '.3f')} | "
+            f"{_fmt(r['params'], ',')} | {_fmt(r['train_seconds'], '.1f')} | {_fmt(r['epochs_run'], 'd')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
-def compare(fusions: list[str], base: TrainConfig, out: str | Path, retrain: bool = False,
-            model_overrides: dict | None = None, log=print) -> dict:
+def compare(
+    fusions: list[str],
+    base: TrainConfig,
+    out: str | Path,
+    retrain: bool = False,
+    model_overrides: dict | None = None,
+    log=print,
+) -> dict:
     """Train (or reuse) each fusion with ``base`` and write comparison.md / comparison.json in ``out``.
 
     ``model_overrides``: ModelConfig fields applied to every fusion (e.g. ``TINY_MODEL`` in tests).
@@ -126,10 +143,12 @@ def compare(fusions: list[str], base: TrainConfig, out: str | Path, retrain: boo
     table = markdown_table(rows)
     common = comparable(base.to_dict())
     common["model"].pop("fusion", None)
-    header = (f"# Fusion comparison\n\nSame seed ({base.seed}) and {base.split_mode} split for every model; "
-              f"{base.num_classes} classes, at most {base.epochs} epoch(s); test metrics at clip level "
-              f"(argmax of the mean of window probabilities), best validation checkpoint. "
-              f"Trained with {', '.join(sorted({r['runtime'] for r in rows}))}.\n\n")
+    header = (
+        f"# Fusion comparison\n\nSame seed ({base.seed}) and {base.split_mode} split for every model; "
+        f"{base.num_classes} classes, at most {base.epochs} epoch(s); test metrics at clip level "
+        f"(argmax of the mean of window probabilities), best validation checkpoint. "
+        f"Trained with {', '.join(sorted({r['runtime'] for r in rows}))}.\n\n"
+    )
     (out / "comparison.md").write_text(header + table)
     (out / "comparison.json").write_text(json.dumps({"rows": rows, "config": common}, indent=2))
     return {"rows": rows, "config": common, "markdown": table}

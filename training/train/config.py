@@ -1,4 +1,5 @@
 """``TrainConfig``: one training run (data, split, optimisation, logging, hardware) plus its ModelConfig."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field

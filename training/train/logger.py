@@ -5,6 +5,7 @@ W&B runs online when an API key is known (``WANDB_API_KEY`` or a ``~/.netrc`` en
 api.wandb.ai) and offline otherwise, writing to ``<out_dir>/wandb/`` (upload later with
 ``wandb sync <out_dir>/wandb/offline-run-*``). ``WANDB_MODE`` set by the user wins.
 """
+
 from __future__ import annotations
 
 import netrc
@@ -15,7 +16,7 @@ from tqdm import tqdm
 
 
 def wandb_mode() -> str:
-    """"online" when an API key is known, else "offline"; an explicit WANDB_MODE wins."""
+    """ "online" when an API key is known, else "offline"; an explicit WANDB_MODE wins."""
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     if os.environ.get("WANDB_API_KEY"):
@@ -31,8 +32,15 @@ def wandb_mode() -> str:
 class RunLogger:
     """Scalars to every enabled sink. ``log({"loss": 0.3}, step, prefix="step/")``."""
 
-    def __init__(self, out_dir: str | Path, tensorboard: bool = True, wandb: bool = False,
-                 wandb_project: str = "avemo", run_name: str = "", config: dict | None = None):
+    def __init__(
+        self,
+        out_dir: str | Path,
+        tensorboard: bool = True,
+        wandb: bool = False,
+        wandb_project: str = "avemo",
+        run_name: str = "",
+        config: dict | None = None,
+    ):
         self.out_dir = Path(out_dir)
         self.tb = self._start_tensorboard() if tensorboard else None
         self.wandb = self._start_wandb(wandb_project, run_name or self.out_dir.name, config or {}) if wandb else None
@@ -54,10 +62,17 @@ class RunLogger:
             return None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         mode = wandb_mode()
-        for attempt in ([mode, "offline"] if mode == "online" else [mode]):
+        for attempt in [mode, "offline"] if mode == "online" else [mode]:
             try:
-                run = wandb.init(project=project, name=name, dir=str(self.out_dir), config=config, mode=attempt,
-                                 reinit="create_new", settings=wandb.Settings(init_timeout=60, console="off"))
+                run = wandb.init(
+                    project=project,
+                    name=name,
+                    dir=str(self.out_dir),
+                    config=config,
+                    mode=attempt,
+                    reinit="create_new",
+                    settings=wandb.Settings(init_timeout=60, console="off"),
+                )
                 for axis in ("step", "epoch"):  # step/* against the global step, epoch/* against the epoch
                     run.define_metric(f"{axis}_index")
                     run.define_metric(f"{axis}/*", step_metric=f"{axis}_index")

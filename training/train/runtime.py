@@ -14,6 +14,7 @@ is started with NCCL on CUDA and gloo on CPU, each process takes 1/N of every ep
 alone validates, writes checkpoints, logs and plots; its validation score is broadcast so every rank
 takes the same early-stopping decision.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -147,4 +148,6 @@ def shutdown(rt: Runtime) -> None:
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside a DDP wrapper."""
-    return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return (
+        model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
+    )
