@@ -1,7 +1,9 @@
 """The `avemo` command: one console entry point with subcommands.
 
 Each subcommand lives in its package's ``cli.py`` as ``add_arguments(parser)`` + ``run(args) -> int``;
-those modules import heavy libraries (torch, tritonclient) lazily, inside ``run``.
+those modules import heavy libraries (torch, tritonclient) lazily, inside ``run``. Options are added
+with ``avemo.contract.options``; a ``run`` that raises ``avemo.contract.options.UsageError`` ends like an argparse error
+("avemo train: error: ...", exit status 2).
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from avemo.contract.options import UsageError
 
 # name -> (module, add_arguments attr, run attr, one-line help)
 COMMANDS = {
@@ -50,13 +54,16 @@ COMMANDS = {
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; only ``command``'s own arguments are added (so `avemo predict` never imports torch)."""
+    """The parser; only ``command``'s own arguments are added (so `avemo predict` never imports torch).
+
+    ``parser.commands`` maps each command name to its subparser."""
     parser = argparse.ArgumentParser(
         prog="avemo", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = {}
     for name, (module, add, _run, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = parser.commands[name] = sub.add_parser(name, help=help_, description=help_)
         if name == command:
             getattr(importlib.import_module(module), add)(p)
     return parser
@@ -70,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     module, _add, run, _help = COMMANDS[args.command]
     try:
         return int(getattr(importlib.import_module(module), run)(args) or 0)
+    except UsageError as e:
+        parser.commands[args.command].error(str(e))  # exits with status 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

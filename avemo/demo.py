@@ -14,13 +14,20 @@ import sys
 import time
 from pathlib import Path
 
+from avemo.contract.endpoint import HOST, MODEL_NAME, MODEL_REPOSITORY
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", type=Path, default=Path("data/corpus"), help="corpus folder (default: %(default)s)")
     p.add_argument("--actors", type=int, default=10, help="actors in the generated corpus (default: %(default)s)")
     p.add_argument("--cache-dir", type=Path, default=Path("cache"), help="decoded-clip cache (default: %(default)s)")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="run folders (default: %(default)s)")
-    p.add_argument("--model-repository", type=Path, default=Path("model_repository"), help="(default: %(default)s)")
+    p.add_argument(
+        "--model-repository",
+        type=Path,
+        default=Path(MODEL_REPOSITORY),
+        help="Triton model repository (default: %(default)s)",
+    )
     p.add_argument("--epochs", type=int, default=12, help="max epochs per model (default: %(default)s)")
     p.add_argument(
         "--fusions", default="audio,video,gated", help="models to train; the last is served (default: %(default)s)"
@@ -31,30 +38,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def train_or_reuse(fusion: str, args: argparse.Namespace) -> dict:
+    """metrics of ``<runs>/<fusion>``: a finished run of the same configuration is reused, an interrupted
+    one resumed (``avemo.training.train.compare.train_or_reuse``)."""
     from avemo.training.models.config import ModelConfig
+    from avemo.training.train import compare
     from avemo.training.train.config import TrainConfig
-    from avemo.training.train.loop import train
 
-    out = args.runs / fusion
-    metrics = out / "metrics.json"
-    if metrics.exists() and not args.retrain:
-        results = json.loads(metrics.read_text())
-        if (
-            results.get("config", {}).get("epochs") == args.epochs
-            and results.get("config", {}).get("seed") == args.seed
-        ):
-            print(f"[demo] reusing finished run {out} (use --retrain to train again)")
-            return results
     cfg = TrainConfig(
         data_root=str(args.data_root),
         cache_dir=str(args.cache_dir),
-        out_dir=str(out),
+        out_dir=str(args.runs / fusion),
         epochs=args.epochs,
         seed=args.seed,
-        resume=True,
         model=ModelConfig(fusion=fusion),
     )
-    return train(cfg)
+    metrics, _ = compare.train_or_reuse(cfg, retrain=args.retrain, tag="[demo]")
+    return metrics
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,19 +66,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, out) -> int:
+    import numpy as np
+
     from avemo.client.grpc_client import EmotionClient
     from avemo.client.predict import predict_clip
-    from avemo.contract.labels import label_names
+    from avemo.contract.progress import progress
     from avemo.export.onnx_export import export_checkpoint
-    from avemo.serving.server import ServerPorts, TritonServer, free_port
+    from avemo.serving.server import ServerPorts, TritonServer
     from avemo.training.cli import summary_line
     from avemo.training.data import ravdess
     from avemo.training.evaluation.metrics import classification_metrics
-    from avemo.training.synthetic.corpus import generate_corpus
+    from avemo.training.synthetic.corpus import corpus_plan, generate_corpus
 
     t0 = time.time()
     fusions = [f.strip() for f in args.fusions.split(",") if f.strip()]
-    print(f"[demo] 1/5 corpus: {args.actors} actors x 60 clips -> {args.data_root}")
+    print(f"[demo] 1/5 corpus: {args.actors} actors x {len(corpus_plan(1))} clips -> {args.data_root}")
     generate_corpus(args.data_root, n_actors=args.actors, seed=args.seed, jobs=2)
     results = {}
     for i, fusion in enumerate(fusions):
@@ -87,35 +88,30 @@ def _run(args: argparse.Namespace, out) -> int:
         results[fusion] = train_or_reuse(fusion, args)
         print("[demo]   " + summary_line(results[fusion]))
     served = fusions[-1]
-    print(f"[demo] 3/5 export {served} -> {args.model_repository}/emotion")
-    report = export_checkpoint(Path(results[served]["checkpoint"]), args.model_repository, "emotion")
+    print(f"[demo] 3/5 export {served} -> {args.model_repository}/{MODEL_NAME}")
+    report = export_checkpoint(Path(results[served]["checkpoint"]), args.model_repository, MODEL_NAME)
     print(f"[demo]   parity max|diff| {report.max_abs_diff} (atol {report.atol})")
 
-    items, _ = ravdess.scan(args.data_root)
-    actors = sorted({it.name.actor for it in items})
-    test_items = ravdess.split_by_actors(items, *ravdess.default_actor_split(actors))["test"]
-    labels = list(label_names(8))
-    ports = ServerPorts(grpc=free_port(), http=free_port(), metrics=free_port())
-    print(f"[demo] 4/5 starting Triton on 127.0.0.1:{ports.grpc} (gRPC)")
+    labels = list(report.labels)  # the served model's classes, as stored in its checkpoint
+    items, _ = ravdess.scan(args.data_root, num_classes=len(labels))
+    test_items = ravdess.make_splits(items, "actor")["test"]
+    ports = ServerPorts.free()
+    print(f"[demo] 4/5 starting Triton on {HOST}:{ports.grpc} (gRPC)")
     y_true, y_pred, latencies, failed = [], [], [], []
     with TritonServer(args.model_repository, ports=ports, log_file=args.runs / "triton.log") as server:
-        client = EmotionClient(server.url, "emotion")
+        client = EmotionClient(server.url, MODEL_NAME)
         print(f"[demo] 5/5 streaming {len(test_items)} test clips through Triton")
-        from tqdm import tqdm
-
-        for it in tqdm(test_items, desc="predict via Triton", unit="clip"):
+        for it in progress(test_items, desc="predict via Triton", unit="clip"):
             try:
                 res = predict_clip(client, it.path)
             except Exception as e:  # noqa: BLE001 - report and skip a bad clip
                 failed.append({"path": str(it.path), "reason": str(e)})
                 continue
-            y_true.append(it.label)
+            y_true.append(labels.index(it.label_name))
             y_pred.append(labels.index(res["label"]))
             latencies.extend(w["latency_ms"] for w in res["timeline"] if "latency_ms" in w)
         client.close()
     triton = classification_metrics(y_true, y_pred, labels)
-    import numpy as np
-
     lat = np.asarray(latencies) if latencies else np.asarray([np.nan])
     summary = {
         "test_clip_macro_f1": {f: results[f].get("test", {}).get("clip", {}).get("macro_f1") for f in fusions},
@@ -141,10 +137,10 @@ def _run(args: argparse.Namespace, out) -> int:
         print(" model      macro-F1  accuracy")
         for f in fusions:
             print(f" {f:9s}  {summary['test_clip_macro_f1'][f]:.3f}     {summary['test_clip_accuracy'][f]:.3f}")
+        ms = summary["triton"]["latency_ms"]
         print(
             f"\n through Triton ({served}, {triton['n']} clips, gRPC stream): accuracy {triton['accuracy']:.3f}, "
-            f"macro-F1 {triton['macro_f1']:.3f}; window round trip p50 {summary['triton']['latency_ms']['p50']:.1f} ms, "
-            f"p95 {summary['triton']['latency_ms']['p95']:.1f} ms"
+            f"macro-F1 {triton['macro_f1']:.3f}; window round trip p50 {ms['p50']:.1f} ms, p95 {ms['p95']:.1f} ms"
         )
         if failed:
             print(f" {len(failed)} clips failed: {failed}")

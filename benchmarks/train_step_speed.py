@@ -17,7 +17,7 @@ import time
 import torch
 
 from avemo.contract.geometry import DEFAULT_GEOMETRY
-from avemo.training.losses.terms import LossWeights, combine, loss_terms
+from avemo.training.losses.total import LossWeights, combine, loss_terms
 from avemo.training.models.config import FUSIONS, ModelConfig
 from avemo.training.models.model import build_model
 from avemo.training.train.runtime import make_runtime
@@ -28,7 +28,8 @@ def time_steps(
 ) -> dict:
     torch.manual_seed(0)
     rt = make_runtime(device, amp, channels_last)
-    model = build_model(ModelConfig(fusion=fusion, use_resnet_audio=resnet, use_resnet_video=resnet), DEFAULT_GEOMETRY)
+    cfg = ModelConfig(fusion=fusion, use_resnet_audio=resnet, use_resnet_video=resnet)
+    model = build_model(cfg, DEFAULT_GEOMETRY)
     net = rt.prepare_model(model).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     g = DEFAULT_GEOMETRY
@@ -39,7 +40,7 @@ def time_steps(
                 0, 256, (batch_size, g.frames_per_window, g.face_size, g.face_size, 3), dtype=torch.uint8
             ),
             "mask": torch.ones(batch_size, 2),  # [B, 2]
-            "label": torch.randint(0, 8, (batch_size,)),
+            "label": torch.randint(0, cfg.num_classes, (batch_size,)),
         }
     )
     lw = LossWeights()

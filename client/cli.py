@@ -6,14 +6,19 @@ import argparse
 import json
 import sys
 
+from avemo.contract.endpoint import CLIENT_TIMEOUT, GRPC_URL, MODEL_NAME
+from avemo.contract.media import FACE_CROP_METHODS, MediaError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("clips", nargs="+", metavar="CLIP", help="audio/video files (.mp4, .wav, ...)")
-    parser.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC address (default: %(default)s)")
-    parser.add_argument("--model", default="emotion", help="served model name (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the server")
+    parser.add_argument("--url", default=GRPC_URL, help="Triton gRPC address (default: %(default)s)")
+    parser.add_argument("--model", default=MODEL_NAME, help="served model name (default: %(default)s)")
     parser.add_argument(
-        "--face-crop", default="auto", choices=("auto", "haar", "center"), help="face crop method (default: auto)"
+        "--timeout", type=float, default=CLIENT_TIMEOUT, help="seconds to wait for the server (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--face-crop", default="auto", choices=FACE_CROP_METHODS, help="face crop method (default: %(default)s)"
     )
     parser.add_argument("--json", action="store_true", help="print JSON only (one object per clip, as a list)")
     parser.add_argument("--plot", metavar="OUT.png", help="also draw the prediction timelines to this PNG")
@@ -22,7 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from avemo.client.grpc_client import EmotionClient, EmotionClientError
     from avemo.client.predict import format_prediction, plot_timelines, predict_clip
-    from avemo.contract.media import MediaError
 
     client = EmotionClient(args.url, args.model, timeout=args.timeout)
     try:

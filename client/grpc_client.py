@@ -3,7 +3,7 @@
 Everything the client knows about the model (labels, window geometry, tensor dims, batch limit)
 comes from the server's model config -- the client keeps no copy of those numbers.
 
-    client = EmotionClient("127.0.0.1:8001")
+    client = EmotionClient()                      # contract.endpoint's GRPC_URL and MODEL_NAME
     served = client.model()                       # labels + geometry from the served config
     for r in client.stream_iter(windows):         # ONE bidirectional gRPC stream, results in order
         print(r.index, served.labels[r.probs.argmax()], r.latency_ms)
@@ -24,11 +24,12 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from avemo.contract.endpoint import CLIENT_TIMEOUT, GRPC_URL, MODEL_NAME
 from avemo.contract.geometry import FACE_SIZE, SAMPLE_RATE, VIDEO_FPS, WindowGeometry
 from avemo.contract.tensors import AUDIO, FRAMES, INPUTS, MODALITY_MASK, MODALITY_WEIGHTS, OUTPUTS, PROBS
 
-_NUMPY_TO_TRITON = {np.dtype(np.float32): "FP32", np.dtype(np.uint8): "UINT8", np.dtype(np.float64): "FP64"}
-_MAX_MESSAGE = 256 * 1024 * 1024  # a batch of 32 windows of 24 frames is ~30 MB
+_NUMPY_TO_TRITON = {np.dtype(np.float32): "FP32", np.dtype(np.uint8): "UINT8"}  # what _batch sends
+_MAX_MESSAGE = 256 * 1024 * 1024  # a full batch: max_batch_size windows of F frames (served config), tens of MB
 _REQUEST_ID_RE = re.compile(r"\[request[ _]id[:=] ?([^\]]*)\]")
 
 
@@ -140,7 +141,7 @@ def served_model_from_config(config: dict, version: str = "") -> ServedModel:
 class EmotionClient:
     """Talks to one model on one Triton server over gRPC."""
 
-    def __init__(self, url: str = "127.0.0.1:8001", model_name: str = "emotion", timeout: float = 30) -> None:
+    def __init__(self, url: str = GRPC_URL, model_name: str = MODEL_NAME, timeout: float = CLIENT_TIMEOUT) -> None:
         self.url = url
         self.model_name = model_name
         self.timeout = float(timeout)
@@ -295,14 +296,14 @@ class EmotionClient:
                 while total is None or next_index < total:
                     try:
                         event = events.get(timeout=0.5)
-                    except queue.Empty:
+                    except queue.Empty:  # nothing back yet: a timeout only while windows await answers
                         with lock:
                             waiting = len(sent)
                         if waiting and time.monotonic() - last_event > self.timeout:
                             raise EmotionClientError(
                                 f"no response for window {next_index} within {self.timeout:.0f} s "
                                 f"({waiting} window(s) awaiting responses)"
-                            )
+                            ) from None
                         continue
                     last_event = time.monotonic()
                     kind = event[0]

@@ -40,17 +40,9 @@ class WindowGeometry:
         return int(round(self.window_seconds * self.sample_rate))
 
     @property
-    def hop_samples(self) -> int:
-        return int(round(self.hop_seconds * self.sample_rate))
-
-    @property
     def frames_per_window(self) -> int:
         """F: video frames per window."""
         return int(round(self.window_seconds * self.video_fps))
-
-    @property
-    def hop_frames(self) -> int:
-        return int(round(self.hop_seconds * self.video_fps))
 
     def window_starts(self, duration_seconds: float) -> list[float]:
         """Start times (s) of the windows covering a clip of the given duration.

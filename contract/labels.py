@@ -31,18 +31,6 @@ MAP_8_TO_4: dict[str, str] = {
     "disgust": "angry",
 }
 
-MODALITIES = {1: "audio-video", 2: "video-only", 3: "audio-only"}
-VOCAL_CHANNELS = {1: "speech", 2: "song"}
-INTENSITIES = {1: "normal", 2: "strong"}
-STATEMENTS = {1: "Kids are talking by the door", 2: "Dogs are sitting by the door"}
-
-
-def emotion_code_to_name(code: int) -> str:
-    """1-based RAVDESS emotion code -> name. Raises ValueError for codes outside 1..8."""
-    if not 1 <= code <= len(EMOTIONS_8):
-        raise ValueError(f"emotion code {code:02d} is not in 01..08")
-    return EMOTIONS_8[code - 1]
-
 
 def label_names(num_classes: int) -> tuple[str, ...]:
     """Class names for an 8- or 4-class task."""

@@ -13,7 +13,7 @@ from avemo.contract.geometry import WindowGeometry
 
 @dataclass(frozen=True)
 class TensorSpec:
-    name: str  # tensor name in ONNX, TorchScript, config.pbtxt and gRPC requests
+    name: str  # tensor name in the ONNX graph, config.pbtxt and gRPC requests
     dtype: str  # Triton dtype name, e.g. "FP32", "UINT8"
     dims: tuple[int | str, ...]  # dims WITHOUT the batch dim; symbolic names resolved by ``resolve_dims``
     meaning: str
@@ -35,7 +35,6 @@ OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec(MODALITY_WEIGHTS, "FP32", (2,), "how much audio / video drove this prediction"),
 )
 
-NUMPY_DTYPES = {"FP32": "float32", "UINT8": "uint8", "INT64": "int64"}
 TRITON_PBTXT_DTYPES = {"FP32": "TYPE_FP32", "UINT8": "TYPE_UINT8", "INT64": "TYPE_INT64"}
 
 

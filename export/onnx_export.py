@@ -19,12 +19,14 @@ import onnxruntime as ort
 import torch
 
 from avemo.contract import tensors
+from avemo.contract.endpoint import MODEL_NAME
 from avemo.contract.geometry import WindowGeometry
-from avemo.export.triton_repo import write_model_repository
+from avemo.export.triton_repo import MAX_BATCH_SIZE, ONNX_FILENAME, write_model_repository
 from avemo.training.models.checkpoint import load_checkpoint, model_from_checkpoint
 from avemo.training.models.model import ExportWrapper
 
 OPSET = 18
+MIN_OPSET = 17  # the dynamo exporter's floor
 PARITY_ATOL = 1e-4  # max |probs_onnx - probs_torch| and |weights_onnx - weights_torch| allowed
 
 
@@ -105,11 +107,11 @@ def parity(
 def export_checkpoint(
     checkpoint: Path,
     repository: Path,
-    model_name: str = "emotion",
+    model_name: str = MODEL_NAME,
     version: int = 1,
     opset: int = OPSET,
     atol: float = PARITY_ATOL,
-    max_batch_size: int = 32,
+    max_batch_size: int = MAX_BATCH_SIZE,
     instance_count: int = 1,
 ) -> ExportReport:
     """Export a checkpoint into ``repository/model_name`` and return a report; raises ParityError."""
@@ -143,7 +145,7 @@ def export_checkpoint(
             instance_count=instance_count,
             extra_parameters=extra,
         )
-    onnx_path = Path(model_dir) / str(version) / "model.onnx"
+    onnx_path = Path(model_dir) / str(version) / ONNX_FILENAME
     smoke_ms = smoke_run(onnx_path, geometry)
     return ExportReport(
         str(model_dir),

@@ -1,11 +1,11 @@
 """The ONE Triton model repository writer.
 
-Layout written for a model ``emotion`` (version 1)::
+Layout written for a model ``<model>`` (``contract.endpoint.MODEL_NAME`` by default), version 1::
 
-    <repo>/emotion/config.pbtxt      backend "python", tensors generated from contract.tensors
-    <repo>/emotion/labels.txt        one label per line (``label_filename`` of the probs output)
-    <repo>/emotion/1/model.onnx      the exported graph (single self-contained file)
-    <repo>/emotion/1/model.py        copy of serving/backend_model.py (runs the ONNX with onnxruntime)
+    <repo>/<model>/config.pbtxt      backend "python", tensors generated from contract.tensors
+    <repo>/<model>/labels.txt        one label per line (``label_filename`` of the probs output)
+    <repo>/<model>/1/model.onnx      the exported graph (single self-contained file)
+    <repo>/<model>/1/model.py        copy of serving/backend_model.py (runs the ONNX with onnxruntime)
 
 The served config is the contract the client reads: window geometry and labels travel as config
 ``parameters``; window dims are the input dims. The model directory is assembled in a temporary
@@ -28,6 +28,11 @@ from avemo.contract.tensors import INPUTS, OUTPUTS, PROBS, TRITON_PBTXT_DTYPES, 
 BACKEND_MODEL_SOURCE = Path(__file__).resolve().parents[1] / "serving" / "backend_model.py"
 LABELS_FILENAME = "labels.txt"
 ONNX_FILENAME = "model.onnx"
+
+# batching defaults of config.pbtxt
+MAX_BATCH_SIZE = 32
+PREFERRED_BATCH_SIZES = (4, 8, 16)
+MAX_QUEUE_DELAY_US = 2000
 
 # parameters the writer owns; extra_parameters may not override them
 GEOMETRY_PARAMETER_KEYS = ("sample_rate", "video_fps", "face_size", "window_seconds", "hop_seconds")
@@ -103,9 +108,9 @@ def render_config_pbtxt(
     labels: Sequence[str],
     geometry: WindowGeometry,
     *,
-    max_batch_size: int = 32,
-    preferred_batch_sizes: Sequence[int] = (4, 8, 16),
-    max_queue_delay_us: int = 2000,
+    max_batch_size: int = MAX_BATCH_SIZE,
+    preferred_batch_sizes: Sequence[int] = PREFERRED_BATCH_SIZES,
+    max_queue_delay_us: int = MAX_QUEUE_DELAY_US,
     instance_count: int = 1,
     extra_parameters: Mapping[str, str] | None = None,
 ) -> str:
@@ -189,9 +194,9 @@ def write_model_repository(
     geometry: WindowGeometry,
     *,
     version: int = 1,
-    max_batch_size: int = 32,
-    preferred_batch_sizes: Sequence[int] = (4, 8, 16),
-    max_queue_delay_us: int = 2000,
+    max_batch_size: int = MAX_BATCH_SIZE,
+    preferred_batch_sizes: Sequence[int] = PREFERRED_BATCH_SIZES,
+    max_queue_delay_us: int = MAX_QUEUE_DELAY_US,
     instance_count: int = 1,
     extra_parameters: dict[str, str] | None = None,
 ) -> Path:

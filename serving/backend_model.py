@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import numpy as np
 import onnxruntime as ort
@@ -264,9 +263,7 @@ class TritonPythonModel:
                     feed = {n: members[0][1][n] for n in names}
                 else:
                     feed = {n: np.concatenate([m[1][n] for m in members], axis=0) for n in names}
-                t0 = time.perf_counter()
                 outs = self.session.run(self.output_names, feed)
-                _ = time.perf_counter() - t0
                 total = sum(m[2] for m in members)
                 for name, out in zip(self.output_names, outs):
                     if out.shape[0] != total:

@@ -8,21 +8,29 @@ import sys
 import threading
 from pathlib import Path
 
+from avemo.contract.endpoint import GRPC_PORT, HOST, HTTP_PORT, METRICS_PORT, MODEL_REPOSITORY
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-repository",
-        default="model_repository",
+        default=Path(MODEL_REPOSITORY),
         type=Path,
         help="written by `avemo export` (default: %(default)s)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument(
+        "--host", default=HOST, help="address to bind, 0.0.0.0 for all interfaces (default: %(default)s)"
+    )
+    parser.add_argument("--grpc-port", type=int, default=GRPC_PORT, help="gRPC port (default: %(default)s)")
+    parser.add_argument("--http-port", type=int, default=HTTP_PORT, help="HTTP port (default: %(default)s)")
+    parser.add_argument(
+        "--metrics-port", type=int, default=METRICS_PORT, help="Prometheus metrics port (default: %(default)s)"
+    )
     parser.add_argument("--log-file", type=Path, default=None, help="server log (default: a temp file, path printed)")
     parser.add_argument("--verbose", action="store_true", help="verbose Triton logging (--log-verbose=1)")
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for models to load")
+    parser.add_argument(
+        "--timeout", type=float, default=180.0, help="seconds to wait for models to load (default: %(default)s)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

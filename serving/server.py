@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import ctypes.util
-import glob
 import importlib.util
 import os
 import signal
@@ -30,7 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from avemo.contract.endpoint import GRPC_PORT, HOST, HTTP_PORT, METRICS_PORT
+
 DEFAULT_CACHE_DIR = Path(os.environ.get("AVEMO_CACHE_DIR", Path.home() / ".cache" / "avemo")) / "triton-backends"
 
 
@@ -40,9 +40,9 @@ class TritonServerError(RuntimeError):
 
 @dataclass
 class ServerPorts:
-    grpc: int = 8001
-    http: int = 8000
-    metrics: int = 8002
+    grpc: int = GRPC_PORT
+    http: int = HTTP_PORT
+    metrics: int = METRICS_PORT
 
     @classmethod
     def free(cls) -> ServerPorts:
@@ -59,12 +59,6 @@ class ServerPorts:
             for s in socks:
                 s.close()
         return cls(grpc=ports[0], http=ports[1], metrics=ports[2])
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _port_in_use(host: str, port: int) -> bool:
@@ -210,7 +204,7 @@ class TritonServer:
         self,
         model_repository: Path,
         ports: ServerPorts | None = None,
-        host: str = "127.0.0.1",
+        host: str = HOST,
         log_file: Path | None = None,
         log_verbose: int = 0,
         model_control: str = "none",
@@ -291,7 +285,7 @@ class TritonServer:
 
     def build_env(self) -> dict[str, str]:
         env = os.environ.copy()
-        py_paths = site_packages_dirs() + [str(REPO_ROOT)]
+        py_paths = site_packages_dirs()  # model.py imports numpy and onnxruntime from here; nothing of ours
         if env.get("PYTHONPATH"):
             py_paths.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(py_paths)
@@ -470,29 +464,3 @@ class TritonServer:
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.is_running() else "stopped"
         return f"TritonServer({self.model_repository}, url={self.url}, {state})"
-
-
-def stub_diagnostics() -> dict[str, str]:
-    """What the embedded server needs, for `avemo doctor`-style reports and test skips."""
-    info = {}
-    try:
-        info["tritonserver"] = str(find_tritonserver())
-    except TritonServerError as exc:
-        info["tritonserver"] = f"MISSING: {exc}"
-    try:
-        info["stub"] = str(find_stub())
-    except TritonServerError as exc:
-        info["stub"] = f"MISSING: {exc}"
-    lp = find_libpython()
-    info["libpython"] = str(lp) if lp else f"MISSING: libpython{python_version_tag()}.so.1.0"
-    info["site_packages"] = os.pathsep.join(site_packages_dirs())
-    info["stubs_available"] = (
-        ",".join(
-            sorted(
-                Path(p).parent.name for p in glob.glob(str(pytriton_dir() / "tritonserver/python_backend_stubs/*/*"))
-            )
-        )
-        if importlib.util.find_spec("pytriton")
-        else ""
-    )
-    return info

@@ -17,15 +17,7 @@ from avemo.training.train.config import TrainConfig
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    from avemo.training.synthetic.corpus import generate_corpus
-
-    root = tmp_path_factory.mktemp("corpus")
-    generate_corpus(
-        root, n_actors=3, seed=0, statements=(1,), repetitions=(1,), intensities=(2,), jobs=1, progress=False
-    )
-    return root
+# the tiny corpus (``tiny_corpus``, 3 actors) and the real server (``launch_triton``) are conftest.py fixtures.
 
 
 def tiny_config(corpus, tmp_path, epochs: int) -> TrainConfig:
@@ -42,13 +34,13 @@ def tiny_config(corpus, tmp_path, epochs: int) -> TrainConfig:
     )
 
 
-def test_train_resume_export_serve_stream(corpus, tmp_path):
+def test_train_resume_export_serve_stream(tiny_corpus, triton_runtime, launch_triton, served_model_name, tmp_path):
     from avemo.training.train.loop import train
 
     # train 1 epoch, then "resume" to 2: the second call continues from last.pt
-    first = train(tiny_config(corpus, tmp_path, epochs=1))
+    first = train(tiny_config(tiny_corpus, tmp_path, epochs=1))
     assert first["epochs_run"] == 1
-    second = train(replace(tiny_config(corpus, tmp_path, epochs=2), resume=True))
+    second = train(replace(tiny_config(tiny_corpus, tmp_path, epochs=2), resume=True))
     assert second["epochs_run"] == 2 and len(second["history"]) == 2
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} >= {
@@ -67,7 +59,7 @@ def test_train_resume_export_serve_stream(corpus, tmp_path):
     from avemo.export.onnx_export import export_checkpoint
 
     repo = tmp_path / "repo"
-    report = export_checkpoint(run / "best.pt", repo, "emotion")
+    report = export_checkpoint(run / "best.pt", repo, served_model_name)
     assert max(report.max_abs_diff.values()) <= 1e-4
 
     # real Triton, real gRPC stream
@@ -76,58 +68,57 @@ def test_train_resume_export_serve_stream(corpus, tmp_path):
 
     from avemo.client.grpc_client import EmotionClient
     from avemo.client.predict import predict_clip
-    from avemo.serving.server import ServerPorts, TritonServer, free_port
 
-    clip_path = sorted(corpus.glob("Actor_03/*.mp4"))[0]
-    ports = ServerPorts(grpc=free_port(), http=free_port(), metrics=free_port())
-    with TritonServer(repo, ports=ports, log_file=tmp_path / "triton.log") as server:
-        client = EmotionClient(server.url, "emotion")
-        served = client.model()
-        assert served.geometry == DEFAULT_GEOMETRY and len(served.labels) == 8
-        result = predict_clip(client, clip_path)
-        assert result["label"] in served.labels and len(result["timeline"]) >= 1
+    clip_path = sorted(tiny_corpus.glob("Actor_03/*.mp4"))[0]
+    server = launch_triton(repo)  # fails the test with the server's log tail if it cannot start
+    client = EmotionClient(server.url, served_model_name)
+    served = client.model()
+    assert served.geometry == DEFAULT_GEOMETRY and len(served.labels) == 8
+    result = predict_clip(client, clip_path)
+    assert result["label"] in served.labels and len(result["timeline"]) >= 1
 
-        # same windows through in-process onnxruntime
-        clip = media.decode_clip(clip_path, DEFAULT_GEOMETRY)
-        windows = media.make_windows(clip, DEFAULT_GEOMETRY)
-        sess = ort.InferenceSession(report.onnx_path, providers=["CPUExecutionProvider"])
-        local, _ = sess.run(
-            None,
-            {
-                "audio": np.stack([w.audio for w in windows]),
-                "frames": np.stack([w.frames for w in windows]),
-                "modality_mask": np.stack([w.mask for w in windows]),
-            },
-        )
-        streamed = client.stream(windows)
-        np.testing.assert_allclose(np.stack([r.probs for r in streamed]), local, atol=1e-5)
-        np.testing.assert_allclose([result["probs"][l] for l in served.labels], local.mean(0), atol=1e-5)
+    # same windows through in-process onnxruntime
+    clip = media.decode_clip(clip_path, DEFAULT_GEOMETRY)
+    windows = media.make_windows(clip, DEFAULT_GEOMETRY)
+    sess = ort.InferenceSession(report.onnx_path, providers=["CPUExecutionProvider"])
+    local, _ = sess.run(
+        None,
+        {
+            "audio": np.stack([w.audio for w in windows]),
+            "frames": np.stack([w.frames for w in windows]),
+            "modality_mask": np.stack([w.mask for w in windows]),
+        },
+    )
+    streamed = client.stream(windows)
+    np.testing.assert_allclose(np.stack([r.probs for r in streamed]), local, atol=1e-5)
+    np.testing.assert_allclose([result["probs"][lab] for lab in served.labels], local.mean(0), atol=1e-5)
 
-        # a malformed request is refused with a readable message ...
-        raw = grpcclient.InferenceServerClient(server.url)
-        bad = grpcclient.InferInput("audio", [1, 100], "FP32")
-        bad.set_data_from_numpy(np.zeros((1, 100), np.float32))
-        frames = grpcclient.InferInput("frames", [1, *windows[0].frames.shape], "UINT8")
-        frames.set_data_from_numpy(windows[0].frames[None])
-        mask = grpcclient.InferInput("modality_mask", [1, 2], "FP32")
-        mask.set_data_from_numpy(np.ones((1, 2), np.float32))
-        with pytest.raises(InferenceServerException) as err:
-            raw.infer("emotion", [bad, frames, mask])
-        assert "audio" in str(err.value) and str(DEFAULT_GEOMETRY.window_samples) in str(err.value)
-        # ... and the server still answers a good request
-        probs, weights = client.infer(windows[0].audio, windows[0].frames, windows[0].mask)
-        np.testing.assert_allclose(probs[0], local[0], atol=1e-5)
-        client.close()
+    # a malformed request is refused with a readable message ...
+    raw = grpcclient.InferenceServerClient(server.url)
+    bad = grpcclient.InferInput("audio", [1, 100], "FP32")
+    bad.set_data_from_numpy(np.zeros((1, 100), np.float32))
+    frames = grpcclient.InferInput("frames", [1, *windows[0].frames.shape], "UINT8")
+    frames.set_data_from_numpy(windows[0].frames[None])
+    mask = grpcclient.InferInput("modality_mask", [1, 2], "FP32")
+    mask.set_data_from_numpy(np.ones((1, 2), np.float32))
+    with pytest.raises(InferenceServerException) as err:
+        raw.infer(served_model_name, [bad, frames, mask])
+    assert "audio" in str(err.value) and str(DEFAULT_GEOMETRY.window_samples) in str(err.value)
+    # ... and the server still answers a good request
+    probs, weights = client.infer(windows[0].audio, windows[0].frames, windows[0].mask)
+    np.testing.assert_allclose(probs[0], local[0], atol=1e-5)
+    client.close()
+    server.stop()
     assert server.process is None or server.process.poll() is not None
 
 
-def test_killed_run_resumes_to_identical_weights(corpus, tmp_path, monkeypatch):
+def test_killed_run_resumes_to_identical_weights(tiny_corpus, tmp_path, monkeypatch):
     """A run killed in the middle of epoch 2 and resumed ends with the same weights, bit for bit (CPU)."""
     import torch
 
     from avemo.training.train import loop as trainer
 
-    straight = trainer.train(tiny_config(corpus, tmp_path / "straight", epochs=3))
+    straight = trainer.train(tiny_config(tiny_corpus, tmp_path / "straight", epochs=3))
     assert straight["epochs_run"] == 3
 
     real_evaluate, calls = trainer.evaluate, {"n": 0}
@@ -140,11 +131,11 @@ def test_killed_run_resumes_to_identical_weights(corpus, tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer, "evaluate", killing_evaluate)
     with pytest.raises(KeyboardInterrupt):
-        trainer.train(tiny_config(corpus, tmp_path / "killed", epochs=3))
+        trainer.train(tiny_config(tiny_corpus, tmp_path / "killed", epochs=3))
     monkeypatch.setattr(trainer, "evaluate", real_evaluate)
     killed_dir = tmp_path / "killed" / "run"
     assert torch.load(killed_dir / "last.pt", weights_only=True)["train_state"]["epoch"] == 1
-    resumed = trainer.train(replace(tiny_config(corpus, tmp_path / "killed", epochs=3), resume=True))
+    resumed = trainer.train(replace(tiny_config(tiny_corpus, tmp_path / "killed", epochs=3), resume=True))
     assert resumed["epochs_run"] == 3 and len(resumed["history"]) == 3
     a = torch.load(tmp_path / "straight" / "run" / "last.pt", weights_only=True)["state_dict"]
     b = torch.load(killed_dir / "last.pt", weights_only=True)["state_dict"]

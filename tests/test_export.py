@@ -14,22 +14,21 @@ from avemo.export import onnx_export
 from avemo.training.models.checkpoint import atomic_torch_save, make_checkpoint
 from avemo.training.models.config import ModelConfig
 from avemo.training.models.model import ExportWrapper, build_model
-from tests.test_model import GEO, TINY
 
 ATOL = 1e-4  # stated tolerance: probabilities and modality weights, onnxruntime vs eager
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tmp_path_factory, geo, tiny_dims):
     torch.manual_seed(0)
-    cfg = ModelConfig(fusion="gated", num_classes=8, **TINY)
-    model = build_model(cfg, GEO).eval()
+    cfg = ModelConfig(fusion="gated", num_classes=8, **tiny_dims)
+    model = build_model(cfg, geo).eval()
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
-    atomic_torch_save(make_checkpoint(model, cfg, [f"c{i}" for i in range(8)], GEO), path)
+    atomic_torch_save(make_checkpoint(model, cfg, [f"c{i}" for i in range(8)], geo), path)
     return path
 
 
-def test_export_writes_repository_and_matches_eager(checkpoint, tmp_path):
+def test_export_writes_repository_and_matches_eager(checkpoint, geo, tmp_path):
     report = onnx_export.export_checkpoint(checkpoint, tmp_path / "repo", "emo")
     onnx_file = tmp_path / "repo" / "emo" / "1" / "model.onnx"
     assert onnx_file.is_file() and not list(onnx_file.parent.glob("*.data")), "ONNX must be one self-contained file"
@@ -42,7 +41,7 @@ def test_export_writes_repository_and_matches_eager(checkpoint, tmp_path):
     from avemo.training.models.checkpoint import model_from_checkpoint
 
     model, _ = model_from_checkpoint(checkpoint)
-    audio, frames, mask = onnx_export.example_inputs(GEO, 5, seed=7)
+    audio, frames, mask = onnx_export.example_inputs(geo, 5, seed=7)
     mask[3] = torch.tensor([1.0, 0.0])
     with torch.no_grad():
         eager = ExportWrapper(model)(audio, frames, mask)
@@ -54,7 +53,7 @@ def test_export_writes_repository_and_matches_eager(checkpoint, tmp_path):
     assert (tmp_path / "repo" / "emo" / "labels.txt").read_text().split() == [f"c{i}" for i in range(8)]
 
 
-def test_export_cli_fails_clearly_on_parity_mismatch(checkpoint, tmp_path, monkeypatch, capsys):
+def test_export_cli_fails_clearly_on_parity_mismatch(checkpoint, served_model_name, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(onnx_export, "parity", lambda *a, **k: {"probs": 0.25, "modality_weights": 0.0})
     import argparse
 
@@ -64,7 +63,7 @@ def test_export_cli_fails_clearly_on_parity_mismatch(checkpoint, tmp_path, monke
     err = capsys.readouterr().err
     assert rc == 1
     assert "parity" in err and "probs" in err and "atol" in err
-    assert not (tmp_path / "repo" / "emotion").exists(), "nothing is written when parity fails"
+    assert not (tmp_path / "repo" / served_model_name).exists(), "nothing is written when parity fails"
 
 
 def test_export_cli_reports_missing_checkpoint(tmp_path, capsys):

@@ -15,32 +15,39 @@ from avemo.training.models.config import FUSIONS, ModelConfig
 from avemo.training.models.encoders import AudioCNN, AudioResNet, SpecAugment, VariationalHead, VideoCNN, VideoResNet
 from avemo.training.models.frontend import LogMel
 from avemo.training.models.model import ExportWrapper, build_model
-from tests.test_model import GEO, TINY
 
 ATOL = 1e-4
 BIMODAL = [f for f in FUSIONS if f not in ("audio", "video")]
 C = 4
 
 
-def cfg(fusion: str, **kw) -> ModelConfig:
-    return ModelConfig(**{"fusion": fusion, "num_classes": C, "modality_dropout": 0.0, **TINY, **kw})
+@pytest.fixture
+def cfg(tiny_dims):
+    """``cfg(fusion, **kw)``: a tiny ModelConfig with C classes and no modality dropout."""
+
+    def make(fusion: str, **kw) -> ModelConfig:
+        return ModelConfig(**{"fusion": fusion, "num_classes": C, "modality_dropout": 0.0, **tiny_dims, **kw})
+
+    return make
 
 
-def inputs(b: int = 3, seed: int = 0, frames_per_window: int | None = None):
-    g = torch.Generator().manual_seed(seed)
-    audio = 0.2 * torch.randn(b, GEO.window_samples, generator=g)
-    f = frames_per_window or GEO.frames_per_window
-    frames = torch.randint(0, 256, (b, f, 112, 112, 3), generator=g, dtype=torch.uint8)
-    return audio, frames, torch.ones(b, 2)
+@pytest.fixture
+def inputs(tiny_batch):
+    """``inputs(b=3, seed=0, frames_per_window=None) -> (audio, frames, mask)``."""
+
+    def make(b: int = 3, seed: int = 0, frames_per_window: int | None = None):
+        return tiny_batch(b, seed=seed, frames_per_window=frames_per_window)
+
+    return make
 
 
 # ---------------------------------------------------------------- shapes and weights
 @pytest.mark.parametrize("fusion", FUSIONS)
-def test_output_shapes(fusion):
+def test_output_shapes(fusion, cfg, inputs, geo, tiny_dims):
     torch.manual_seed(0)
-    model = build_model(cfg(fusion, contrastive_proj_dim=8), GEO).eval()
+    model = build_model(cfg(fusion, contrastive_proj_dim=8), geo).eval()
     out = model(*inputs(3))
-    d = TINY["embed_dim"]
+    d = tiny_dims["embed_dim"]
     assert out["logits"].shape == (3, C) and out["modality_weights"].shape == (3, 2)
     assert torch.isfinite(out["logits"]).all()
     expected = {"logits", "modality_weights"}
@@ -63,9 +70,9 @@ def test_output_shapes(fusion):
     torch.testing.assert_close(probs.sum(-1), torch.ones(3))
 
 
-def test_late_fusion_averages_unimodal_probabilities():
+def test_late_fusion_averages_unimodal_probabilities(cfg, inputs, geo):
     torch.manual_seed(0)
-    model = build_model(cfg("late"), GEO).eval()
+    model = build_model(cfg("late"), geo).eval()
     audio, frames, mask = inputs(2)
     out = model(audio, frames, mask)
     h_a = model.audio_norm(model.audio_encoder(audio))
@@ -75,9 +82,9 @@ def test_late_fusion_averages_unimodal_probabilities():
     torch.testing.assert_close(out["modality_weights"], torch.full((2, 2), 0.5))
 
 
-def test_uncertainty_weights_follow_variance():
+def test_uncertainty_weights_follow_variance(cfg, inputs, geo):
     torch.manual_seed(0)
-    model = build_model(cfg("uncertainty"), GEO).eval()
+    model = build_model(cfg("uncertainty"), geo).eval()
     x = inputs(2)
     torch.testing.assert_close(model(*x)["modality_weights"], torch.full((2, 2), 0.5))  # logvar = 0 at init
     with torch.no_grad():
@@ -88,21 +95,21 @@ def test_uncertainty_weights_follow_variance():
     assert torch.all(w[:, 0] > 0.8)
 
 
-def test_gated_uncertainty_mixes_gate_and_uncertainty():
+def test_gated_uncertainty_mixes_gate_and_uncertainty(cfg, inputs, geo):
     torch.manual_seed(0)
-    model = build_model(cfg("gated_uncertainty", gate_alpha=0.25), GEO).eval()
+    model = build_model(cfg("gated_uncertainty", gate_alpha=0.25), geo).eval()
     out = model(*inputs(3))
     g = out["gate"][:, 0]
     torch.testing.assert_close(out["modality_weights"][:, 0], 0.25 * 0.5 + 0.75 * g)
     assert torch.all((g > 0.2) & (g < 0.4))  # gate starts near gate_init_audio = 0.3
 
 
-def test_concat_weights_are_first_layer_contribution_norms():
+def test_concat_weights_are_first_layer_contribution_norms(cfg, inputs, geo, tiny_dims):
     torch.manual_seed(0)
-    model = build_model(cfg("concat"), GEO).eval()
+    model = build_model(cfg("concat"), geo).eval()
     audio, frames, mask = inputs(2)
     out = model(audio, frames, mask)
-    d = TINY["embed_dim"]
+    d = tiny_dims["embed_dim"]
     w1 = model.fusion.head[0].weight
     h_a = model.audio_norm(model.audio_encoder(audio))
     h_v = model.video_norm(model.video_encoder(frames))
@@ -126,9 +133,9 @@ def _check_all_grads(model: torch.nn.Module, out: dict[str, torch.Tensor]) -> No
 
 @pytest.mark.parametrize("variational", [False, True], ids=["plain", "variational"])
 @pytest.mark.parametrize("fusion", FUSIONS)
-def test_gradients_reach_every_parameter(fusion, variational):
+def test_gradients_reach_every_parameter(fusion, variational, cfg, inputs, geo):
     torch.manual_seed(0)
-    model = build_model(cfg(fusion, variational=variational, contrastive_proj_dim=8, dropout=0.0), GEO).train()
+    model = build_model(cfg(fusion, variational=variational, contrastive_proj_dim=8, dropout=0.0), geo).train()
     out = model(*inputs(4))  # both modalities present, modality_dropout = 0: every branch is exercised
     _check_all_grads(model, out)
 
@@ -138,17 +145,17 @@ def test_gradients_reach_every_parameter(fusion, variational):
     [dict(video_pooling="attention", spec_augment=True), dict(video_pooling="mean")],
     ids=["attention-pool+specaug", "mean-pool"],
 )
-def test_gradients_with_encoder_options(options):
+def test_gradients_with_encoder_options(options, cfg, inputs, geo):
     torch.manual_seed(0)
-    model = build_model(cfg("xattn", dropout=0.0, **options), GEO).train()
+    model = build_model(cfg("xattn", dropout=0.0, **options), geo).train()
     _check_all_grads(model, model(*inputs(4)))
 
 
-def test_gradients_stay_finite_with_a_missing_modality():
+def test_gradients_stay_finite_with_a_missing_modality(cfg, inputs, geo):
     """Modality dropout / missing windows must not produce NaN gradients (norms at 0, masked softmax)."""
     for fusion in BIMODAL:
         torch.manual_seed(0)
-        model = build_model(cfg(fusion, contrastive_proj_dim=8), GEO).train()
+        model = build_model(cfg(fusion, contrastive_proj_dim=8), geo).train()
         audio, frames, _ = inputs(4)
         mask = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
         out = model(audio, frames, mask)
@@ -159,9 +166,9 @@ def test_gradients_stay_finite_with_a_missing_modality():
 
 # ---------------------------------------------------------------- mask
 @pytest.mark.parametrize("fusion", FUSIONS)
-def test_mask_honoured(fusion):
+def test_mask_honoured(fusion, cfg, inputs, geo):
     torch.manual_seed(0)
-    model = build_model(cfg(fusion, contrastive_proj_dim=8), GEO).eval()
+    model = build_model(cfg(fusion, contrastive_proj_dim=8), geo).eval()
     audio, frames, _ = inputs(3, seed=0)
     audio2, frames2, _ = inputs(3, seed=1)
     mask = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # video missing, audio missing, both
@@ -179,9 +186,9 @@ def test_mask_honoured(fusion):
         assert not torch.equal(other_audio["logits"][2], ref["logits"][2])
 
 
-def test_variational_outputs_are_masked():
+def test_variational_outputs_are_masked(cfg, inputs, geo):
     torch.manual_seed(0)
-    model = build_model(cfg("uncertainty"), GEO).eval()
+    model = build_model(cfg("uncertainty"), geo).eval()
     audio, frames, _ = inputs(2)
     out = model(audio, frames, torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
     assert torch.all(out["mu_video"][0] == 0) and torch.all(out["logvar_video"][0] == 0)  # zero KL when missing
@@ -211,39 +218,39 @@ def test_onnx_cases_cover_every_fusion():
 
 
 @pytest.mark.parametrize("fusion, options", ONNX_CASES)
-def test_onnx_parity(fusion, options, tmp_path):
+def test_onnx_parity(fusion, options, tmp_path, cfg, geo):
     torch.manual_seed(0)
-    model = build_model(cfg(fusion, **options), GEO).eval()
+    model = build_model(cfg(fusion, **options), geo).eval()
     wrapper = ExportWrapper(model).eval()
-    path = onnx_export.to_onnx(wrapper, GEO, tmp_path / "model.onnx")  # traced with batch 2
+    path = onnx_export.to_onnx(wrapper, geo, tmp_path / "model.onnx")  # traced with batch 2
     for seed in (1, 2):  # batch 3; seed 1: row 1 has no video, seed 2: row 1 has no audio
-        diffs = onnx_export.parity(wrapper, path, GEO, batch=3, seed=seed)
+        diffs = onnx_export.parity(wrapper, path, geo, batch=3, seed=seed)
         assert all(v <= ATOL for v in diffs.values()), (fusion, seed, diffs)
 
 
 # ---------------------------------------------------------------- encoders
-def test_sequence_tokens_and_unchanged_forward():
+def test_sequence_tokens_and_unchanged_forward(inputs, geo):
     torch.manual_seed(0)
-    frontend = LogMel(GEO.sample_rate, 400, 160, 64, -6.0, 4.0)
+    frontend = LogMel(geo.sample_rate, 400, 160, 64, -6.0, 4.0)
     a_enc = AudioCNN(frontend, (8, 16), 32, sequence_dim=32).eval()
     v_enc = VideoCNN((8, 16), 32, sequence_dim=32).eval()
     audio, frames, _ = inputs(2)
     emb, tokens = a_enc.forward_with_sequence(audio)
-    assert tokens.shape == (2, (GEO.window_samples // 160 + 1) // 4, 32)  # time axis after two 2x pools
+    assert tokens.shape == (2, (geo.window_samples // 160 + 1) // 4, 32)  # time axis after two 2x pools
     torch.testing.assert_close(emb, a_enc(audio))
     emb, tokens = v_enc.forward_with_sequence(frames)
-    assert tokens.shape == (2, GEO.frames_per_window, 32)
+    assert tokens.shape == (2, geo.frames_per_window, 32)
     torch.testing.assert_close(emb, v_enc(frames))
     torch.testing.assert_close(v_enc.forward_sequence(frames), tokens)
     with pytest.raises(RuntimeError, match="sequence_dim"):
         AudioCNN(frontend, (8,), 32).forward_sequence(audio)
 
 
-def test_resnet_encoders_forward_shapes():
+def test_resnet_encoders_forward_shapes(cfg, inputs, geo):
     """One model with both ResNet18 encoders (batch 1, F = 2 frames): embeddings, tokens, full forward."""
     torch.manual_seed(0)
     model = build_model(
-        cfg("xattn", use_resnet_audio=True, use_resnet_video=True, video_pooling="attention"), GEO
+        cfg("xattn", use_resnet_audio=True, use_resnet_video=True, video_pooling="attention"), geo
     ).eval()
     a_enc, v_enc = model.audio_encoder, model.video_encoder
     assert isinstance(a_enc, AudioResNet) and isinstance(v_enc, VideoResNet)
@@ -260,7 +267,7 @@ def test_resnet_encoders_forward_shapes():
     assert out["logits"].shape == (1, C) and torch.isfinite(out["logits"]).all()
 
 
-def test_spec_augment_masks_bands_in_training_only():
+def test_spec_augment_masks_bands_in_training_only(cfg, inputs, geo):
     torch.manual_seed(0)
     aug = SpecAugment(freq_mask=20, time_mask=40, num_masks=1).train()
     x = torch.randn(64, 1, 64, 200) + 10.0  # no natural zeros
@@ -277,16 +284,16 @@ def test_spec_augment_masks_bands_in_training_only():
         assert len(idx) == 0 or idx[-1] - idx[0] + 1 == len(idx)
     assert aug.eval()(x) is x
 
-    model = build_model(cfg("audio", spec_augment=True), GEO)
+    model = build_model(cfg("audio", spec_augment=True), geo)
     enc = model.audio_encoder
     audio = inputs(4)[0]
     clean = enc.frontend(audio)
     assert not torch.equal(enc.train().spectrogram(audio), clean)
     assert torch.equal(enc.eval().spectrogram(audio), clean)
-    assert build_model(cfg("audio"), GEO).audio_encoder.spec_augment is None  # default: off
+    assert build_model(cfg("audio"), geo).audio_encoder.spec_augment is None  # default: off
 
 
-def test_variational_head_mu_at_eval_and_logvar_clamp():
+def test_variational_head_mu_at_eval_and_logvar_clamp(cfg, inputs, geo):
     torch.manual_seed(0)
     head = VariationalHead(16)
     assert torch.all(head.logvar.weight == 0) and torch.all(head.logvar.bias == 0)
@@ -303,14 +310,14 @@ def test_variational_head_mu_at_eval_and_logvar_clamp():
         assert torch.all(head(x)[2] == 10.0)
         head.logvar.bias.fill_(-100.0)
         assert torch.all(head(x)[2] == -10.0)
-    model = build_model(cfg("gated", variational=True), GEO).eval()
+    model = build_model(cfg("gated", variational=True), geo).eval()
     x = inputs(2)
     torch.testing.assert_close(model(*x)["logits"], model(*x)["logits"], rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- config and compatibility
-def test_default_model_keeps_original_parameters():
-    names = [(n, tuple(p.shape)) for n, p in build_model(ModelConfig(**TINY), GEO).named_parameters()]
+def test_default_model_keeps_original_parameters(geo, tiny_dims):
+    names = [(n, tuple(p.shape)) for n, p in build_model(ModelConfig(**tiny_dims), geo).named_parameters()]
     assert names == [
         ("audio_encoder.blocks.0.0.weight", (8, 1, 3, 3)),
         ("audio_encoder.blocks.0.1.weight", (8,)),
@@ -347,7 +354,7 @@ def test_default_model_keeps_original_parameters():
     ]
 
 
-def test_config_old_dicts_load_and_new_fields_round_trip():
+def test_config_old_dicts_load_and_new_fields_round_trip(cfg, geo):
     original = {
         "fusion",
         "num_classes",
@@ -381,15 +388,15 @@ def test_config_old_dicts_load_and_new_fields_round_trip():
     )
     assert ModelConfig.from_dict(json.loads(json.dumps(new.to_dict()))) == new
     with pytest.raises(ValueError, match="fusion"):
-        build_model(cfg("nope"), GEO)
+        build_model(cfg("nope"), geo)
     with pytest.raises(ValueError, match="pooling"):
-        build_model(cfg("video", video_pooling="median"), GEO)
+        build_model(cfg("video", video_pooling="median"), geo)
 
 
-def test_checkpoint_round_trip_of_an_extended_model():
+def test_checkpoint_round_trip_of_an_extended_model(cfg, inputs, geo):
     torch.manual_seed(0)
     c = cfg("hierarchical", variational=True, contrastive_proj_dim=8, video_pooling="attention")
-    model = build_model(c, GEO).eval()
-    rebuilt, _ = model_from_checkpoint(make_checkpoint(model, c, [str(i) for i in range(C)], GEO))
+    model = build_model(c, geo).eval()
+    rebuilt, _ = model_from_checkpoint(make_checkpoint(model, c, [str(i) for i in range(C)], geo))
     x = inputs(2)
     torch.testing.assert_close(rebuilt(*x)["logits"], model(*x)["logits"])

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
+import ast
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch.nn import functional as F
 
 from avemo.training.losses.terms import (
-    LossWeights,
-    add_loss_arguments,
     class_weights,
-    compute_losses,
     cross_entropy,
     distillation,
     focal_loss,
@@ -23,6 +21,7 @@ from avemo.training.losses.terms import (
     reconstruction_loss,
     total_loss,
 )
+from avemo.training.losses.total import LossWeights, compute_losses
 from avemo.training.losses.weighting import LossWeighter
 
 LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-0.5, 1.5, 0.0], [1.0, 1.0, 1.0]])
@@ -170,41 +169,25 @@ def test_compute_losses_parts_names():
     assert parts["total"] == pytest.approx(total.item())
 
 
-def test_cli_flags_and_from_args():
-    p = argparse.ArgumentParser()
-    p.add_argument("--class_weight", action=argparse.BooleanOptionalAction, default=True)  # already owned by the CLI
-    add_loss_arguments(p)
-    w = LossWeights.from_args(p.parse_args([]))
-    assert w == LossWeights()
-    a = p.parse_args(
-        [
-            "--focal-gamma",
-            "2",
-            "--cl_loss_weight",
-            "0.5",
-            "--no-class_weight",
-            "--use_smooth_l1",
-            "--kl_weight",
-            "0.1",
-            "--delta_va",
-            "0.4",
-            "--focal_alpha",
-            "1,2,3",
-            "--loss_weighting",
-            "log_norm",
-        ]
-    )
-    w = LossWeights.from_args(a)
-    assert (w.focal_gamma, w.contrastive, w.use_class_weight, w.use_smooth_l1, w.kl, w.distill) == (
-        2.0,
-        0.5,
-        False,
-        True,
-        0.1,
-        0.4,
-    )
-    assert w.focal_alpha == (1.0, 2.0, 3.0) and LossWeighter.from_args(a).mode == "log_norm"
-    assert LossWeights.from_args(p.parse_args(["--contrastive_weight", "0.5", "--delta_nce", "0.7"])).contrastive == 0.7
+def test_loss_weights_dict_round_trip():
+    w = LossWeights(focal_alpha=(1.0, 2.0), recon_modality_weights=(1.0, 0.5), kl=0.2)
+    stored = {k: list(v) if isinstance(v, tuple) else v for k, v in w.to_dict().items()}  # as in a JSON config
+    assert LossWeights.from_dict(stored) == w
+    assert LossWeights.from_dict({}) == LossWeights()
+
+
+def test_losses_package_has_no_cli_or_trainer_imports():
+    """losses/ sits below train/ and the CLI: no argparse, no avemo.training.train, no avemo.contract.options."""
+    root = Path(__file__).resolve().parents[1] / "training" / "losses"
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert name != "argparse" and not name.startswith(("avemo.training.train", "avemo.contract.options")), (
+                    path.name,
+                    name,
+                )
 
 
 # ---------------------------------------------------------------- weighting

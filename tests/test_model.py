@@ -5,30 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avemo.contract.geometry import WindowGeometry
 from avemo.training.losses.terms import class_weights, total_loss
 from avemo.training.models.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint, model_from_checkpoint
 from avemo.training.models.config import FUSIONS, ModelConfig
 from avemo.training.models.model import ExportWrapper, build_model, modality_dropout
 
-GEO = WindowGeometry(window_seconds=1.0, hop_seconds=0.5)
-TINY = dict(audio_channels=(8, 16), video_channels=(8, 16), embed_dim=32)
-
-
-def batch(b: int = 4, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    audio = 0.2 * torch.randn(b, GEO.window_samples, generator=g)
-    frames = torch.randint(0, 256, (b, GEO.frames_per_window, 112, 112, 3), generator=g, dtype=torch.uint8)
-    return audio, frames, torch.ones(b, 2)
+# ``geo`` (1 s windows), ``tiny_dims`` (encoder widths) and ``tiny_batch`` are conftest.py fixtures.
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
-def test_output_shapes(fusion):
-    model = build_model(ModelConfig(fusion=fusion, num_classes=8, **TINY), GEO).eval()
-    out = model(*batch(3))
+def test_output_shapes(fusion, geo, tiny_dims, tiny_batch):
+    model = build_model(ModelConfig(fusion=fusion, num_classes=8, **tiny_dims), geo).eval()
+    out = model(*tiny_batch(3))
     assert out["logits"].shape == (3, 8)
     assert out["modality_weights"].shape == (3, 2)
-    probs, weights = ExportWrapper(model)(*batch(3))
+    probs, weights = ExportWrapper(model)(*tiny_batch(3))
     torch.testing.assert_close(probs.sum(-1), torch.ones(3))
     assert weights.shape == (3, 2)
     if fusion == "audio":
@@ -37,9 +28,9 @@ def test_output_shapes(fusion):
         torch.testing.assert_close(weights, torch.tensor([[0.0, 1.0]] * 3))
 
 
-def test_gate_starts_video_favoured_and_honours_mask():
-    model = build_model(ModelConfig(fusion="gated", gate_init_audio=0.3, **TINY), GEO).eval()
-    audio, frames, mask = batch(3)
+def test_gate_starts_video_favoured_and_honours_mask(geo, tiny_dims, tiny_batch):
+    model = build_model(ModelConfig(fusion="gated", gate_init_audio=0.3, **tiny_dims), geo).eval()
+    audio, frames, mask = tiny_batch(3)
     w = model(audio, frames, mask)["modality_weights"]
     assert torch.all((w[:, 0] > 0.2) & (w[:, 0] < 0.4)), w  # audio share near 0.3 at init
     mask = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
@@ -64,10 +55,10 @@ def test_modality_dropout_never_drops_both():
     assert torch.equal(modality_dropout(single, 0.9), single)
 
 
-def test_loss_decreases_on_tiny_batch():
+def test_loss_decreases_on_tiny_batch(geo, tiny_dims, tiny_batch):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(fusion="gated", num_classes=4, modality_dropout=0.0, dropout=0.0, **TINY), GEO)
-    audio, frames, mask = batch(8)
+    model = build_model(ModelConfig(fusion="gated", num_classes=4, modality_dropout=0.0, dropout=0.0, **tiny_dims), geo)
+    audio, frames, mask = tiny_batch(8)
     target = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
@@ -87,16 +78,16 @@ def test_class_weights_inverse_frequency():
     assert w.mean() == pytest.approx(1.0)
 
 
-def test_checkpoint_round_trip_weights_only(tmp_path):
-    cfg = ModelConfig(fusion="gated", num_classes=4, **TINY)
-    model = build_model(cfg, GEO).eval()
+def test_checkpoint_round_trip_weights_only(tmp_path, geo, tiny_dims, tiny_batch):
+    cfg = ModelConfig(fusion="gated", num_classes=4, **tiny_dims)
+    model = build_model(cfg, geo).eval()
     path = tmp_path / "best.pt"
-    atomic_torch_save(make_checkpoint(model, cfg, ["a", "b", "c", "d"], GEO, {"val_macro_f1": 0.5}), path)
+    atomic_torch_save(make_checkpoint(model, cfg, ["a", "b", "c", "d"], geo, {"val_macro_f1": 0.5}), path)
     assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]  # no temporary file left behind
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["labels"] == ["a", "b", "c", "d"] and ckpt["geometry"]["window_seconds"] == 1.0
     rebuilt, _ = model_from_checkpoint(path)
-    x = batch(2)
+    x = tiny_batch(2)
     torch.testing.assert_close(rebuilt(*x)["logits"], model(*x)["logits"])
 
 

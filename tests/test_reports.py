@@ -261,7 +261,7 @@ def test_per_class_report_by_hand():
     for label, (p, rec, f1, n) in expected.items():
         assert r[label]["precision"] == pytest.approx(p) and r[label]["recall"] == pytest.approx(rec)
         assert r[label]["f1"] == pytest.approx(f1) and r[label]["support"] == n
-    np.testing.assert_allclose([r[l]["f1"] for l in LABELS], per_class_scores(cm)[2])
+    np.testing.assert_allclose([r[lab]["f1"] for lab in LABELS], per_class_scores(cm)[2])
     md = per_class_markdown(r)
     assert "| neutral | 1.000 | 0.667 | 0.800 | 3 |" in md
     assert r["angry"]["predicted"] == 1 and r["happy"]["predicted"] == 2
@@ -278,15 +278,10 @@ def test_per_class_report_by_hand():
 
 # ---------------------------------------------------------------- compare (+ train reports, evaluate CLI)
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory):
+def compared(tmp_path_factory, tiny_corpus):
     from avemo.cli import main
-    from avemo.training.synthetic.corpus import generate_corpus
 
     root = tmp_path_factory.mktemp("cmp")
-    corpus = root / "corpus"
-    generate_corpus(
-        corpus, n_actors=3, seed=0, statements=(1,), repetitions=(1,), intensities=(2,), jobs=1, progress=False
-    )
     args = [
         "compare",
         "--fusions",
@@ -294,7 +289,7 @@ def compared(tmp_path_factory):
         "--epochs",
         "1",
         "--data_root",
-        str(corpus),
+        str(tiny_corpus),
         "--cache_dir",
         str(root / "cache"),
         "--out",
@@ -309,6 +304,7 @@ def compared(tmp_path_factory):
     return root, args
 
 
+@pytest.mark.slow
 def test_compare_table_and_reports(compared, capsys):
     from avemo.cli import main
 
@@ -353,7 +349,8 @@ def test_compare_table_and_reports(compared, capsys):
     assert resumed["gated"]["epochs_run"] == 1 and not resumed["gated"]["reused"] and resumed["audio"]["reused"]
 
 
-def test_evaluate_cli_drop_and_noise(compared, capsys):
+@pytest.mark.slow
+def test_evaluate_cli_drop_and_noise(compared, tiny_corpus, capsys):
     from avemo.cli import main
 
     root, _ = compared
@@ -362,7 +359,7 @@ def test_evaluate_cli_drop_and_noise(compared, capsys):
         "evaluate",
         str(ckpt),
         "--data_root",
-        str(root / "corpus"),
+        str(tiny_corpus),
         "--cache_dir",
         str(root / "cache"),
         "--no_progress",

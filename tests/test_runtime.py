@@ -16,18 +16,7 @@ from avemo.training.train.compare import TINY_MODEL
 from avemo.training.train.config import TrainConfig
 from avemo.training.train.runtime import make_runtime
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    from avemo.training.synthetic.corpus import generate_corpus
-
-    root = tmp_path_factory.mktemp("corpus")
-    generate_corpus(
-        root, n_actors=3, seed=0, statements=(1,), repetitions=(1,), intensities=(2,), jobs=1, progress=False
-    )
-    return root
+# the tiny corpus (``tiny_corpus``, 3 actors) is a conftest.py fixture, generated once per session.
 
 
 def tiny_config(corpus: Path, out: Path, **kw) -> TrainConfig:
@@ -73,7 +62,7 @@ def test_wandb_mode_follows_the_api_key(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_wandb_logs_offline_without_a_key(corpus, tmp_path, monkeypatch):
+def test_wandb_logs_offline_without_a_key(tiny_corpus, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     from avemo.training.train.loop import train
 
@@ -82,7 +71,7 @@ def test_wandb_logs_offline_without_a_key(corpus, tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "run"
-    results = train(tiny_config(corpus, out, wandb=True, max_train_batches=2))
+    results = train(tiny_config(tiny_corpus, out, wandb=True, max_train_batches=2))
     assert results["epochs_run"] == 1
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list((out / "wandb").iterdir()) if (out / "wandb").exists() else "no wandb folder"
@@ -90,24 +79,21 @@ def test_wandb_logs_offline_without_a_key(corpus, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_wandb_that_cannot_start_never_fails_the_run(corpus, tmp_path, monkeypatch, capsys):
+def test_wandb_that_cannot_start_never_fails_the_run(tiny_corpus, tmp_path, monkeypatch, capsys):
     from avemo.training.train.loop import train
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
-    results = train(tiny_config(corpus, tmp_path / "run", wandb=True, max_train_batches=2))
+    results = train(tiny_config(tiny_corpus, tmp_path / "run", wandb=True, max_train_batches=2))
     assert results["epochs_run"] == 1 and (tmp_path / "run" / "best.pt").exists()
     assert "W&B logging off" in capsys.readouterr().out
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_on_cpu(corpus, tmp_path):
+def test_torchrun_two_processes_on_cpu(tiny_corpus, tmp_path):
     """`torchrun --nproc_per_node 2 avemo train`: gloo DDP, each rank half the windows, one set of outputs."""
     out = tmp_path / "ddp"
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
+    # no checkout on PYTHONPATH: the ranks import the installed `avemo` package, as a user's would
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
         "-m",
@@ -119,7 +105,7 @@ def test_torchrun_two_processes_on_cpu(corpus, tmp_path):
         "avemo.cli",
         "train",
         "--data_root",
-        str(corpus),
+        str(tiny_corpus),
         "--cache_dir",
         str(tmp_path / "cache"),
         "--out_dir",
@@ -157,11 +143,11 @@ def test_torchrun_two_processes_on_cpu(corpus, tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_bf16_channels_last_run(corpus, tmp_path):
+def test_gpu_bf16_channels_last_run(tiny_corpus, tmp_path):
     from avemo.training.models.checkpoint import model_from_checkpoint
     from avemo.training.train.loop import train
 
-    cfg = tiny_config(corpus, tmp_path / "gpu", epochs=2, device="cuda", amp="bf16", channels_last="on")
+    cfg = tiny_config(tiny_corpus, tmp_path / "gpu", epochs=2, device="cuda", amp="bf16", channels_last="on")
     results = train(cfg)
     assert "bf16 autocast" in results["runtime"] and "channels_last on" in results["runtime"]
     assert results["epochs_run"] == 2 and results["history"][-1]["train_loss_total"] > 0

@@ -10,99 +10,36 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from avemo.contract.geometry import WindowGeometry
-from avemo.contract.labels import EMOTIONS_4
 from avemo.contract.tensors import AUDIO, FRAMES, MODALITY_MASK, MODALITY_WEIGHTS, PROBS
 
-GEOMETRY = WindowGeometry(window_seconds=1.0, hop_seconds=0.5)  # S = 16000, F = 8
-LABELS = list(EMOTIONS_4)
-MODEL = "emotion"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _server_requirements_missing() -> str | None:
-    from avemo.serving import server
-
-    try:
-        server.find_tritonserver()
-        server.find_stub()
-    except Exception as exc:  # noqa: BLE001
-        return f"bundled tritonserver not usable: {exc}"
-    if server.find_libpython() is None:
-        return f"libpython{server.python_version_tag()}.so.1.0 missing (apt-get install libpython{server.python_version_tag()})"
-    return None
-
-
-_MISSING = _server_requirements_missing()
-needs_server = pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")
-
-
-# ------------------------------------------------------------------------------------------ fixtures
+# geometry (``geo``: 1 s windows, S = 16000, F = 8), labels (``serving_labels``: 4 classes), the tiny ONNX
+# model (``tiny_onnx``), its repository (``triton_repository``) and the shared real server
+# (``triton_server``) are conftest.py fixtures.
 
 
 @pytest.fixture(scope="module")
-def onnx_path(tmp_path_factory) -> Path:
-    from tests.tiny_onnx import export_tiny_onnx
-
-    return export_tiny_onnx(tmp_path_factory.mktemp("onnx") / "tiny.onnx", GEOMETRY, len(LABELS))
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory, onnx_path) -> Path:
-    from avemo.export.triton_repo import write_model_repository
-
-    repo_dir = tmp_path_factory.mktemp("work") / "model_repository"
-    write_model_repository(
-        repo_dir,
-        MODEL,
-        onnx_path,
-        LABELS,
-        GEOMETRY,
-        max_batch_size=8,
-        preferred_batch_sizes=(2, 4),
-        extra_parameters={"fusion": "tiny-gated", "checkpoint_sha256": "abc123"},
-    )
-    return repo_dir
-
-
-@pytest.fixture(scope="module")
-def server(repo, tmp_path_factory):
-    if _MISSING:
-        pytest.skip(_MISSING)
-    from avemo.serving.server import ServerPorts, TritonServer
-
-    log = tmp_path_factory.mktemp("log") / "triton.log"
-    srv = TritonServer(repo, ServerPorts.free(), log_file=log)
-    srv.start(timeout=120)
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server):
+def client(triton_server, served_model_name):
     from avemo.client.grpc_client import EmotionClient
 
-    c = EmotionClient(server.url, MODEL, timeout=30)
+    c = EmotionClient(triton_server.url, served_model_name, timeout=30)
     yield c
     c.close()
 
 
 @pytest.fixture(scope="module")
-def ort_session(onnx_path):
+def ort_session(tiny_onnx):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
 
 
-def _windows(n: int = 3):
+def _windows(geo, n: int = 3):
     from avemo.contract.media import Window
 
     rng = np.random.default_rng(7)
@@ -110,10 +47,10 @@ def _windows(n: int = 3):
     out = []
     for i in range(n):
         amp = [0.05, 0.6, 1.0, 0.3][i % 4]
-        audio = (amp * rng.standard_normal(GEOMETRY.window_samples)).astype(np.float32)
-        frames = rng.integers(0, 60 + 60 * i, size=(GEOMETRY.frames_per_window, 112, 112, 3), dtype=np.uint8)
+        audio = (amp * rng.standard_normal(geo.window_samples)).astype(np.float32)
+        frames = rng.integers(0, 60 + 60 * i, size=(geo.frames_per_window, 112, 112, 3), dtype=np.uint8)
         out.append(
-            Window(start=i * GEOMETRY.hop_seconds, audio=audio, frames=frames, mask=np.array(masks[i % 4], np.float32))
+            Window(start=i * geo.hop_seconds, audio=audio, frames=frames, mask=np.array(masks[i % 4], np.float32))
         )
     return out
 
@@ -133,19 +70,21 @@ def _raw_inputs(arrays: dict):
 # -------------------------------------------------------------------------------------- repository
 
 
-def test_config_pbtxt_follows_contract_and_schema(repo, onnx_path):
+def test_config_pbtxt_follows_contract_and_schema(
+    triton_repository, tiny_onnx, repo_root, serving_labels, served_model_name
+):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    model_dir = repo / MODEL
+    model_dir = triton_repository / served_model_name
     assert sorted(p.name for p in model_dir.iterdir()) == ["1", "config.pbtxt", "labels.txt"]
     assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.onnx", "model.py"]
-    assert (model_dir / "1" / "model.onnx").read_bytes() == onnx_path.read_bytes()
-    assert (model_dir / "1" / "model.py").read_text() == (REPO_ROOT / "serving" / "backend_model.py").read_text()
-    assert (model_dir / "labels.txt").read_text().splitlines() == LABELS
+    assert (model_dir / "1" / "model.onnx").read_bytes() == tiny_onnx.read_bytes()
+    assert (model_dir / "1" / "model.py").read_text() == (repo_root / "serving" / "backend_model.py").read_text()
+    assert (model_dir / "labels.txt").read_text().splitlines() == serving_labels
 
     cfg = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-    assert cfg.name == MODEL and cfg.backend == "python" and cfg.max_batch_size == 8
+    assert cfg.name == served_model_name and cfg.backend == "python" and cfg.max_batch_size == 8
     dt = model_config_pb2.DataType
     assert [(i.name, dt.Name(i.data_type), list(i.dims)) for i in cfg.input] == [
         (AUDIO, "TYPE_FP32", [16000]),
@@ -164,33 +103,24 @@ def test_config_pbtxt_follows_contract_and_schema(repo, onnx_path):
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert params["sample_rate"] == "16000" and params["video_fps"] == "8" and params["face_size"] == "112"
     assert float(params["window_seconds"]) == 1.0 and float(params["hop_seconds"]) == 0.5
-    assert params["labels"].split(",") == LABELS and params["num_classes"] == "4"
+    assert params["labels"].split(",") == serving_labels and params["num_classes"] == "4"
     assert params["fusion"] == "tiny-gated" and params["checkpoint_sha256"] == "abc123"
     assert len(params["onnx_sha256"]) == 64
 
 
-def test_rewrite_replaces_model_dir_atomically(tmp_path, onnx_path):
+def test_rewrite_replaces_model_dir_atomically(tmp_path, tiny_onnx, geo, serving_labels, served_model_name):
     from avemo.export.triton_repo import write_model_repository
 
     repo_dir = tmp_path / "repo"
-    write_model_repository(repo_dir, MODEL, onnx_path, LABELS, GEOMETRY)
-    (repo_dir / MODEL / "stale.txt").write_text("old")
-    write_model_repository(repo_dir, MODEL, onnx_path, LABELS, GEOMETRY, version=2, instance_count=2)
-    assert sorted(p.name for p in (repo_dir / MODEL).iterdir()) == ["2", "config.pbtxt", "labels.txt"]
+    write_model_repository(repo_dir, served_model_name, tiny_onnx, serving_labels, geo)
+    (repo_dir / served_model_name / "stale.txt").write_text("old")
+    write_model_repository(repo_dir, served_model_name, tiny_onnx, serving_labels, geo, version=2, instance_count=2)
+    assert sorted(p.name for p in (repo_dir / served_model_name).iterdir()) == ["2", "config.pbtxt", "labels.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # no staging/backup dirs left
-    assert sorted(p.name for p in repo_dir.iterdir()) == [MODEL]
+    assert sorted(p.name for p in repo_dir.iterdir()) == [served_model_name]
     with pytest.raises(ValueError, match="label"):
-        write_model_repository(repo_dir, MODEL, onnx_path, ["a,b", "c"], GEOMETRY)
-    assert (repo_dir / MODEL / "2" / "model.onnx").exists()  # failed write left the old model intact
-
-
-def test_serving_and_client_never_import_torch():
-    code = (
-        "import sys; import serving.server, serving.cli, client.grpc_client, client.predict, client.cli; "
-        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]; "
-        "assert not bad, bad"
-    )
-    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=120)
+        write_model_repository(repo_dir, served_model_name, tiny_onnx, ["a,b", "c"], geo)
+    assert (repo_dir / served_model_name / "2" / "model.onnx").exists()  # failed write left the old model intact
 
 
 # ------------------------------------------------------------------- backend model without Triton
@@ -243,7 +173,9 @@ def _fake_pb_utils():
     return pb
 
 
-def test_backend_model_validates_batches_and_survives_errors(repo, onnx_path, ort_session, monkeypatch):
+def test_backend_model_validates_batches_and_survives_errors(
+    triton_repository, ort_session, geo, served_model_name, monkeypatch
+):
     import importlib.util
 
     from google.protobuf import json_format, text_format
@@ -251,7 +183,8 @@ def test_backend_model_validates_batches_and_survives_errors(repo, onnx_path, or
 
     pb = _fake_pb_utils()
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
-    model_dir = repo / MODEL
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # leave the shared repository as written
+    model_dir = triton_repository / served_model_name
     spec = importlib.util.spec_from_file_location("avemo_backend_model_under_test", model_dir / "1" / "model.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -262,13 +195,13 @@ def test_backend_model_validates_batches_and_survives_errors(repo, onnx_path, or
             "model_config": json.dumps(json_format.MessageToDict(cfg, preserving_proto_field_name=True)),
             "model_repository": str(model_dir),
             "model_version": "1",
-            "model_name": MODEL,
+            "model_name": served_model_name,
             "model_instance_kind": "CPU",
             "model_instance_device_id": "0",
         }
     )
 
-    ws = _windows(3)
+    ws = _windows(geo, 3)
     a = np.stack([w.audio for w in ws])
     f = np.stack([w.frames for w in ws])
     m = np.stack([w.mask for w in ws])
@@ -302,8 +235,8 @@ def test_backend_model_validates_batches_and_survives_errors(repo, onnx_path, or
     errs = {i: out[i].error for i in (1, 2, 3, 5, 6)}
     assert all(e is not None and e.code == pb.TritonError.INVALID_ARG for e in errs.values())
     assert (
-        "[request_id=r1] input 'audio' has shape [3, 100], expected [-1, 16000] (S = window samples for 1 s at 16000 Hz)"
-        in errs[1].msg
+        "[request_id=r1] input 'audio' has shape [3, 100], expected [-1, 16000] "
+        "(S = window samples for 1 s at 16000 Hz)" in errs[1].msg
     )
     assert "input 'audio' has dtype FP64, expected FP32" in errs[2].msg
     assert "missing input 'frames'" in errs[3].msg and "[-1, 8, 112, 112, 3]" in errs[3].msg
@@ -326,23 +259,23 @@ def test_backend_model_validates_batches_and_survives_errors(repo, onnx_path, or
 # ------------------------------------------------------------------------------------------ server
 
 
-@needs_server
-def test_server_ready_and_client_reads_served_model(server, client):
-    assert server.is_running()
-    assert server.ready_models() == [(MODEL, "1")]
-    assert server.url.startswith("127.0.0.1:")
+@pytest.mark.slow
+def test_server_ready_and_client_reads_served_model(triton_server, client, geo, serving_labels, served_model_name):
+    assert triton_server.is_running()
+    assert triton_server.ready_models() == [(served_model_name, "1")]
+    assert triton_server.url.startswith("127.0.0.1:")
     served = client.model()
-    assert served.name == MODEL and served.version == "1"
-    assert served.labels == LABELS
-    assert served.geometry == GEOMETRY
+    assert served.name == served_model_name and served.version == "1"
+    assert served.labels == serving_labels
+    assert served.geometry == geo
     assert served.input_dims == {AUDIO: (16000,), FRAMES: (8, 112, 112, 3), MODALITY_MASK: (2,)}
     assert served.max_batch_size == 8
     assert served.parameters["fusion"] == "tiny-gated"
 
 
-@needs_server
-def test_stream_matches_onnxruntime(client, ort_session):
-    windows = _windows(3)
+@pytest.mark.slow
+def test_stream_matches_onnxruntime(client, ort_session, geo):
+    windows = _windows(geo, 3)
     results = client.stream(windows)
     assert [r.index for r in results] == [0, 1, 2]
     assert [r.start for r in results] == [w.start for w in windows]
@@ -371,9 +304,9 @@ def test_stream_matches_onnxruntime(client, ort_session):
     np.testing.assert_allclose(pb, ref_probs[[i % 3 for i in range(11)]], atol=1e-5, rtol=0)
 
 
-@needs_server
-def test_stream_sends_windows_as_they_are_produced(client):
-    windows = _windows(4)
+@pytest.mark.slow
+def test_stream_sends_windows_as_they_are_produced(client, geo):
+    windows = _windows(geo, 4)
     produced = []
 
     def slow_source():
@@ -390,20 +323,20 @@ def test_stream_sends_windows_as_they_are_produced(client):
     assert got[0][1] < produced[2]
 
 
-@needs_server
-def test_malformed_requests_get_clear_errors_and_server_keeps_serving(server, client):
+@pytest.mark.slow
+def test_malformed_requests_get_clear_errors_and_server_keeps_serving(triton_server, client, geo, served_model_name):
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
     from avemo.client.grpc_client import WindowError
 
-    raw = grpcclient.InferenceServerClient(server.url)
-    w = _windows(1)[0]
+    raw = grpcclient.InferenceServerClient(triton_server.url)
+    w = _windows(geo, 1)[0]
     good = {AUDIO: w.audio[None], FRAMES: w.frames[None], MODALITY_MASK: w.mask[None]}
 
     def error_of(arrays) -> str:
         with pytest.raises(InferenceServerException) as info:
-            raw.infer(MODEL, _raw_inputs(arrays))
+            raw.infer(served_model_name, _raw_inputs(arrays))
         return str(info.value)
 
     msg = error_of(dict(good, audio=w.audio[None, :100]))
@@ -417,69 +350,36 @@ def test_malformed_requests_get_clear_errors_and_server_keeps_serving(server, cl
     assert "'audio'" in msg and "non-finite" in msg and "INVALID_ARG" in msg, msg
 
     # still serving: raw and client requests succeed
-    ok = raw.infer(MODEL, _raw_inputs(good))
+    ok = raw.infer(served_model_name, _raw_inputs(good))
     assert ok.as_numpy(PROBS).shape == (1, 4)
     assert np.isclose(ok.as_numpy(PROBS).sum(), 1.0, atol=1e-5)
 
     # a bad window in a stream raises an error naming that window; the next stream works
-    windows = _windows(3)
+    windows = _windows(geo, 3)
     windows[1].audio[:] = np.inf
     with pytest.raises(WindowError, match=r"window 1 \(start 0\.50 s\).*non-finite") as info:
         client.stream(windows)
     assert info.value.index == 1
-    assert len(client.stream(_windows(2))) == 2
+    assert len(client.stream(_windows(geo, 2))) == 2
     # client-side shape check before anything is sent
     with pytest.raises(ValueError, match="expects"):
         client.infer(w.audio[:100], w.frames, w.mask)
     raw.close()
-    assert server.is_running()
+    assert triton_server.is_running()
 
 
-def _write_clip(path: Path, seconds: float = 2.2, fps: int = 12, size: int = 96, sr: int = 16000) -> Path:
-    import av
-
-    with av.open(str(path), "w") as c:
-        vs = c.add_stream("libx264", rate=fps)
-        vs.width = vs.height = size
-        vs.pix_fmt = "yuv420p"
-        vs.options = {"preset": "ultrafast"}
-        a_s = c.add_stream("aac", rate=sr)
-        a_s.layout = "mono"
-        for i in range(int(seconds * fps)):
-            img = np.full((size, size, 3), (40 * i) % 256, np.uint8)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
-            for p in vs.encode(frame):
-                c.mux(p)
-        for p in vs.encode():
-            c.mux(p)
-        n = int(seconds * sr)
-        x = (0.4 * np.sin(2 * np.pi * 330 * np.arange(n) / sr) * np.linspace(0.1, 1, n)).astype(np.float32)
-        for s0 in range(0, n, 1024):
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(x[None, s0 : s0 + 1024]), format="fltp", layout="mono"
-            )
-            frame.sample_rate = sr
-            frame.pts = s0
-            for p in a_s.encode(frame):
-                c.mux(p)
-        for p in a_s.encode():
-            c.mux(p)
-    return path
-
-
-@needs_server
-def test_predict_cli_on_real_clip_and_corrupt_clip(server, tmp_path, capsys):
+@pytest.mark.slow
+def test_predict_cli_on_real_clip_and_corrupt_clip(triton_server, mp4_clip, serving_labels, geo, tmp_path, capsys):
     from avemo.client import cli as predict_cli
 
-    clip = _write_clip(tmp_path / "clip.mp4")
+    clip = mp4_clip
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42 definitely not a video" * 10)
 
     parser = argparse.ArgumentParser()
     predict_cli.add_arguments(parser)
     args = parser.parse_args(
-        [str(corrupt), str(clip), "--url", server.url, "--json", "--plot", str(tmp_path / "t.png")]
+        [str(corrupt), str(clip), "--url", triton_server.url, "--json", "--plot", str(tmp_path / "t.png")]
     )
     assert predict_cli.run(args) == 1  # one clip failed
     out, err = capsys.readouterr()
@@ -487,26 +387,25 @@ def test_predict_cli_on_real_clip_and_corrupt_clip(server, tmp_path, capsys):
     preds = json.loads(out)
     assert len(preds) == 1
     pred = preds[0]
-    assert pred["clip"] == str(clip) and pred["label"] in LABELS
-    assert set(pred["probs"]) == set(LABELS) and abs(sum(pred["probs"].values()) - 1) < 1e-4
+    assert pred["clip"] == str(clip) and pred["label"] in serving_labels
+    assert set(pred["probs"]) == set(serving_labels) and abs(sum(pred["probs"].values()) - 1) < 1e-4
     starts = [w["start"] for w in pred["timeline"]]
-    assert starts == GEOMETRY.window_starts(pred["duration"])
-    mean = np.mean([[w["probs"][lab] for lab in LABELS] for w in pred["timeline"]], axis=0)
-    assert pred["label"] == LABELS[int(np.argmax(mean))]
+    assert starts == geo.window_starts(pred["duration"])
+    mean = np.mean([[w["probs"][lab] for lab in serving_labels] for w in pred["timeline"]], axis=0)
+    assert pred["label"] == serving_labels[int(np.argmax(mean))]
     for w in pred["timeline"]:
-        assert w["end"] > w["start"] and w["label"] in LABELS and 0 <= w["prob"] <= 1
+        assert w["end"] > w["start"] and w["label"] in serving_labels and 0 <= w["prob"] <= 1
         assert abs(w["modality_weights"]["audio"] + w["modality_weights"]["video"] - 1) < 1e-4
     assert set(pred["latency_ms"]) == {"p50", "p95", "mean"} and pred["latency_ms"]["p50"] > 0
     assert pred["crop_method"] in ("haar", "center", "mixed")
     assert (tmp_path / "t.png").stat().st_size > 1000
 
-    args = parser.parse_args([str(clip), "--url", server.url])
+    args = parser.parse_args([str(clip), "--url", triton_server.url])
     assert predict_cli.run(args) == 0
     out, _ = capsys.readouterr()
     assert "clip label:" in out and "p95" in out and "audio" in out
 
 
-@needs_server
 def test_serve_cli_rejects_empty_repository(tmp_path, capsys):
     from avemo.serving import cli as serve_cli
 
@@ -516,11 +415,31 @@ def test_serve_cli_rejects_empty_repository(tmp_path, capsys):
     assert "avemo export" in capsys.readouterr().err
 
 
-@needs_server
-def test_stop_terminates_server(server):
+@pytest.mark.slow
+def test_stop_terminates_server(launch_triton, triton_repository):
+    server = launch_triton(triton_repository)  # a server of its own: the shared one keeps serving
     proc = server.process
     code = server.stop(timeout=30)
     assert proc.poll() is not None and code == proc.returncode
     assert not server.is_running()
     with pytest.raises(OSError):
         os.kill(proc.pid, 0)
+
+
+@pytest.mark.slow
+def test_start_failure_raises_with_the_server_log(triton_runtime, triton_repository, tmp_path):
+    """A model Triton cannot load: start() raises TritonServerError naming the model and quoting the log."""
+    import shutil
+
+    from avemo.serving.server import ServerPorts, TritonServer, TritonServerError
+
+    broken = tmp_path / "broken_repository"
+    shutil.copytree(triton_repository, broken)
+    (model_dir,) = [p for p in broken.iterdir() if p.is_dir()]
+    (model_dir / "1" / "model.onnx").write_bytes(b"this is not an ONNX model")
+    server = TritonServer(broken, ServerPorts.free(), log_file=tmp_path / "triton.log")
+    with pytest.raises(TritonServerError) as info:
+        server.start(timeout=120)
+    msg = str(info.value)
+    assert model_dir.name in msg and "log (" in msg and str(tmp_path / "triton.log") in msg, msg
+    assert not server.is_running()

@@ -1,4 +1,10 @@
-"""`avemo corpus`, `cache`, `train`, `evaluate`, `compare` (argument parsing only; heavy imports are lazy)."""
+"""`avemo corpus`, `cache`, `train`, `evaluate`, `compare` (argument parsing only; heavy imports are lazy).
+
+The options of `cache`, `train`, `evaluate` and `compare` are the fields of ``TrainConfig``,
+``ModelConfig`` and ``LossWeights`` (defaults and help live there; ``avemo.contract.options.add_fields``), and
+a parsed namespace goes back to those configs with ``avemo.contract.options.config_from_args``. A flag that
+was given but would do nothing with the rest of the command line is refused (``refuse_inapplicable``).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,10 @@ import argparse
 import contextlib
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-
-def _opt(p: argparse.ArgumentParser, name: str, **kw) -> None:
-    """Add ``--name_with_underscores`` and its ``--dashed-alias``."""
-    flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-    p.add_argument(*flags, dest=name, **kw)
+from avemo.contract.options import UsageError, add_fields, add_option, config_from_args, given
 
 
 def progress_to_stderr(json_output: bool):
@@ -20,264 +23,209 @@ def progress_to_stderr(json_output: bool):
     return contextlib.redirect_stdout(sys.stderr) if json_output else contextlib.nullcontext()
 
 
+def _sections(p: argparse.ArgumentParser) -> dict:
+    """The help sections of the config options, created in their display order (empty ones are not shown)."""
+    from avemo.training.train.config import HELP_SECTIONS
+
+    return {title: p.add_argument_group(title) for title in HELP_SECTIONS}
+
+
+def _checked(cfg, given_flags: dict[str, str]):
+    """Refuse given-but-inapplicable flags, then impossible values (``check_config``), as usage errors."""
+    from avemo.training.train.config import check_config
+
+    refuse_inapplicable(cfg, given_flags)
+    try:
+        check_config(cfg)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return cfg
+
+
+def refuse_inapplicable(cfg, given_flags: dict[str, str]) -> None:
+    """UsageError for a flag given on the command line (``avemo.contract.options.given``) that ``cfg`` ignores.
+
+    Flags left at their defaults are never refused: some loss weights default to non-zero values that
+    are harmless no-ops for most fusions.
+    """
+    from avemo.training.models.config import GATE_FUSIONS, RECONSTRUCTION_FUSIONS, UNIMODAL_FUSIONS
+    from avemo.training.train.config import variational_encoders
+
+    m = cfg.model
+
+    def refuse(dests: tuple[str, ...], applies: bool, why: str) -> None:
+        for dest in dests:
+            if dest in given_flags and not applies:
+                raise UsageError(f"{given_flags[dest]} {why}")
+
+    refuse(("fold", "folds"), cfg.split_mode == "kfold", f"only applies to --split_mode kfold (got {cfg.split_mode})")
+    refuse(
+        ("loss_weighting_momentum",),
+        cfg.loss_weighting == "inverse_ema",
+        f"only applies to --loss_weighting inverse_ema (got {cfg.loss_weighting})",
+    )
+    refuse(
+        ("loss_weighting_every",),
+        cfg.loss_weighting == "grad_balance",
+        f"only applies to --loss_weighting grad_balance (got {cfg.loss_weighting})",
+    )
+    fusion = m.fusion
+    refuse(("gate_alpha",), fusion == "gated_uncertainty", f"only applies to --fusion gated_uncertainty (got {fusion})")
+    contrastive = ("contrastive", "delta_nce", "contrastive_temperature")
+    refuse(
+        (*contrastive, "contrastive_proj_dim"),
+        fusion not in UNIMODAL_FUSIONS,
+        f"needs both modalities: the InfoNCE loss pairs audio and video embeddings (got --fusion {fusion})",
+    )
+    refuse(
+        contrastive,
+        m.contrastive_proj_dim > 0,
+        "needs --contrastive_proj_dim > 0: the InfoNCE loss reads the projected embeddings z_audio / z_video",
+    )
+    refuse(
+        ("aux",),
+        fusion not in UNIMODAL_FUSIONS,
+        f"weights the unimodal auxiliary heads of a fusion model; --fusion {fusion} has none",
+    )
+    refuse(
+        ("reconstruction", "use_smooth_l1"),
+        fusion in RECONSTRUCTION_FUSIONS,
+        f"only applies to --fusion {' or '.join(RECONSTRUCTION_FUSIONS)}, the fusion with reconstructions "
+        f"(got {fusion})",
+    )
+    refuse(
+        ("gate_reg",),
+        fusion in GATE_FUSIONS,
+        f"only applies to --fusion {' or '.join(GATE_FUSIONS)}, the fusions with a gate output (got {fusion})",
+    )
+    refuse(
+        ("kl",),
+        variational_encoders(m),
+        f"needs variational encoders: --variational or an uncertainty fusion (got --fusion {fusion})",
+    )
+
+
 # ---------------------------------------------------------------- corpus
 def corpus_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, default=Path("data/corpus"), help="output folder (default: %(default)s)")
-    p.add_argument("--actors", type=int, default=10, help="number of actors, 60 clips each (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="corpus seed (default: %(default)s)")
-    p.add_argument("--jobs", type=int, default=2, help="worker processes (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="re-render clips that already exist")
+    from avemo.contract.labels import EMOTIONS_8
+
+    add_option(p, "out", "root", type=Path, default=Path("data/corpus"), help="output folder (default: %(default)s)")
+    add_option(p, "actors", type=int, default=10, help="number of actors, 60 clips each (default: %(default)s)")
+    add_option(p, "seed", type=int, default=0, help="corpus seed (default: %(default)s)")
+    add_option(p, "jobs", type=int, default=2, help="worker processes (default: %(default)s)")
+    codes = ", ".join(f"{i} {name}" for i, name in enumerate(EMOTIONS_8, 1))
+    add_option(
+        p,
+        "emotions",
+        type=int,
+        nargs="+",
+        choices=range(1, len(EMOTIONS_8) + 1),
+        metavar="CODE",
+        default=None,
+        help=f"render only these emotion codes ({codes}; default: all)",
+    )
+    add_option(p, "overwrite", action="store_true", help="re-render clips that already exist")
+    add_option(p, "no_progress", action="store_true", help="no progress bar")
 
 
 def corpus_run(args: argparse.Namespace) -> int:
     from avemo.training.synthetic.corpus import generate_corpus
 
-    files = generate_corpus(args.out, n_actors=args.actors, seed=args.seed, jobs=args.jobs, overwrite=args.overwrite)
+    files = generate_corpus(
+        args.out,
+        n_actors=args.actors,
+        seed=args.seed,
+        emotions=args.emotions,
+        jobs=args.jobs,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
     print(f"{len(files)} clips in {args.out}")
     return 0
 
 
 # ---------------------------------------------------------------- cache
+CACHE_FIELDS = ("data_root", "cache_dir", "face_crop", "progress")
+
+
 def cache_arguments(p: argparse.ArgumentParser) -> None:
-    _opt(p, "data_root", type=Path, default=Path("data/corpus"), help="RAVDESS-layout folder (default: %(default)s)")
-    _opt(p, "cache_dir", type=Path, default=Path("cache"), help="cache folder (default: %(default)s)")
-    p.add_argument(
-        "--face-crop", choices=["auto", "haar", "center"], default="auto", help="face crop (default: %(default)s)"
-    )
-    p.add_argument("--jobs", type=int, default=2, help="decoding processes (default: %(default)s)")
+    from avemo.training.train.config import TrainConfig
+
+    add_fields(p, TrainConfig, CACHE_FIELDS, groups=_sections(p))
+    add_option(p, "jobs", type=int, default=2, help="decoding processes (default: %(default)s)")
 
 
 def cache_run(args: argparse.Namespace) -> int:
     from avemo.contract.geometry import DEFAULT_GEOMETRY
     from avemo.training.data import ravdess
     from avemo.training.data.cache import build_cache
+    from avemo.training.train.config import TrainConfig
 
-    items, problems = ravdess.scan(args.data_root, modality=None, vocal_channel=None)
+    cfg = config_from_args(TrainConfig, args)
+    items, problems = ravdess.scan(cfg.data_root, modality=None, vocal_channel=None)
     for p in problems:
         print(f"skipped {p.path}: {p.reason}", file=sys.stderr)
     cached, bad = build_cache(
-        [it.path for it in items], args.cache_dir, DEFAULT_GEOMETRY, face_crop=args.face_crop, jobs=args.jobs
+        [it.path for it in items],
+        Path(cfg.cache_dir),
+        DEFAULT_GEOMETRY,
+        face_crop=cfg.face_crop,
+        jobs=args.jobs,
+        progress=cfg.progress,
     )
     crops: dict[str, int] = {}
     for c in cached.values():
         crops[c.crop_method] = crops.get(c.crop_method, 0) + 1
-    print(f"{len(cached)} clips cached in {args.cache_dir} ({len(bad)} failed); face crops: {crops}")
+    print(f"{len(cached)} clips cached in {cfg.cache_dir} ({len(bad)} failed); face crops: {crops}")
     return 0
-
-
-def runtime_arguments(p: argparse.ArgumentParser) -> None:
-    """--device / --amp / --channels_last (training/runtime.py); torchrun sets up DDP by itself."""
-    g = p.add_argument_group(
-        "hardware (torchrun --nproc_per_node N avemo train ... runs DDP: NCCL on GPU, gloo on CPU)"
-    )
-    _opt(
-        g, "device", choices=["auto", "cpu", "cuda"], default="auto", help="(default: %(default)s = CUDA when present)"
-    )
-    _opt(
-        g,
-        "amp",
-        choices=["auto", "bf16", "off"],
-        default="auto",
-        help="mixed precision: bf16 autocast (default: %(default)s = on for a bf16-capable GPU)",
-    )
-    _opt(
-        g,
-        "channels_last",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="NHWC memory format for the CNNs (default: %(default)s = on with CUDA)",
-    )
-
-
-def runtime_config(args: argparse.Namespace) -> dict:
-    return {"device": args.device, "amp": args.amp, "channels_last": args.channels_last}
 
 
 # ---------------------------------------------------------------- train
 def train_arguments(p: argparse.ArgumentParser) -> None:
-    from avemo.training.models.config import FUSIONS  # light module: no torch import
+    from avemo.training.losses.total import LossWeights
+    from avemo.training.models.config import ModelConfig
+    from avemo.training.train.config import LOSSES, TrainConfig
 
-    _opt(p, "data_root", default="data/corpus", help="RAVDESS-layout folder (default: %(default)s)")
-    _opt(p, "cache_dir", default="cache", help="decoded-clip cache (default: %(default)s)")
-    _opt(p, "out_dir", default=None, help="run folder (default: runs/<fusion>)")
-    p.add_argument(
-        "--fusion", choices=FUSIONS, default="gated", help="fusion method or unimodal baseline (default: %(default)s)"
-    )
-    _opt(
-        p,
-        "num_classes",
-        type=int,
-        choices=[4, 8],
-        default=8,
-        help="8 emotions or the 4-class mapping (default: %(default)s)",
-    )
-    _opt(
-        p,
-        "split_mode",
-        choices=["actor", "kfold", "stratified"],
-        default="actor",
-        help="how to split (default: %(default)s)",
-    )
-    p.add_argument("--fold", type=int, default=0, help="test fold for --split_mode kfold (default: %(default)s)")
-    p.add_argument("--folds", type=int, default=5, help="number of folds for kfold (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=20, help="max epochs (default: %(default)s)")
-    _opt(p, "batch_size", type=int, default=32, help="batch size (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default: %(default)s)")
-    _opt(p, "weight_decay", type=float, default=1e-2, help="AdamW weight decay (default: %(default)s)")
-    _opt(
-        p,
-        "use_cosine_annealing",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="cosine LR schedule (default: on)",
-    )
-    _opt(
-        p,
-        "early_stopping_patience",
-        type=int,
-        default=5,
-        help="epochs without val macro-F1 gain before stopping (default: %(default)s)",
-    )
-    _opt(
-        p,
-        "modality_dropout",
+    sections = _sections(p)
+    add_fields(p, TrainConfig, groups=sections)
+    add_fields(p, ModelConfig, groups=sections)
+    add_fields(p, LossWeights, groups=sections)
+    add_option(
+        sections[LOSSES],
+        "delta_nce",
         type=float,
-        default=0.2,
-        help="per-modality drop probability in training (default: %(default)s)",
+        default=None,
+        help="InfoNCE weight in the distillation setting; wins over --contrastive_weight when given (default: unset)",
     )
-    m = p.add_argument_group("model")
-    _opt(
-        m,
-        "use_resnet_audio",
-        action="store_true",
-        help="ResNet18 on the log-mel (1-channel stem) instead of the light CNN",
-    )
-    _opt(m, "use_resnet_video", action="store_true", help="torchvision ResNet18 per frame instead of the light CNN")
-    _opt(
-        m,
-        "video_pooling",
-        choices=["meanmax", "mean", "attention"],
-        default="meanmax",
-        help="temporal pooling of frame features (default: %(default)s)",
-    )
-    _opt(m, "spec_augment", action="store_true", help="SpecAugment in training: 0-20 mel-bin and 0-40 frame masks")
-    _opt(
-        m,
-        "variational",
-        action="store_true",
-        help="variational encoder heads (mu/logvar; on for the uncertainty fusions)",
-    )
-    _opt(
-        m,
-        "gate_alpha",
-        type=float,
-        default=0.5,
-        help="gated_uncertainty: w = alpha*w_unc + (1-alpha)*w_gate (default: %(default)s)",
-    )
-    _opt(
-        m,
-        "contrastive_proj_dim",
-        type=int,
-        default=0,
-        help="projection size for the InfoNCE loss, 0 = off (default: %(default)s)",
-    )
-    _opt(
-        p,
-        "teacher_audio",
-        default="",
-        help="frozen audio-only checkpoint distilled into the audio head (weight --delta_va)",
-    )
-    _opt(
-        p,
-        "teacher_video",
-        default="",
-        help="frozen video-only checkpoint distilled into the video head (weight --delta_va)",
-    )
-    _opt(
-        p,
-        "tensorboard",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="TensorBoard logs in <out_dir>/tensorboard (default: on)",
-    )
-    p.add_argument(
-        "--wandb",
-        action="store_true",
-        help="also log to Weights & Biases (offline into <out_dir>/wandb when no API key; never fails the run)",
-    )
-    _opt(p, "wandb_project", default="avemo", help="W&B project (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
-    _opt(p, "max_train_batches", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tiny encoders (tests, smoke runs)
-    _opt(p, "no_progress", action="store_true", help="no progress bars")
-    p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
-    runtime_arguments(p)
-    from avemo.training.losses.terms import add_loss_arguments
-
-    add_loss_arguments(p.add_argument_group("losses"))
+    add_option(p, "tiny", action="store_true", help=argparse.SUPPRESS)  # tiny encoders (tests, smoke runs)
+    add_option(p, "json", action="store_true", help="print the final metrics as JSON")
 
 
 def train_config_from_args(args: argparse.Namespace):
-    from avemo.training.losses.terms import LossWeights
+    """The TrainConfig of an `avemo train` command line (UsageError for flags that would do nothing)."""
+    from avemo.training.losses.total import LossWeights
     from avemo.training.models.config import ModelConfig
+    from avemo.training.train.compare import TINY_MODEL
     from avemo.training.train.config import TrainConfig
 
-    model = ModelConfig(
-        fusion=args.fusion,
-        num_classes=args.num_classes,
-        modality_dropout=args.modality_dropout,
-        use_resnet_audio=args.use_resnet_audio,
-        use_resnet_video=args.use_resnet_video,
-        video_pooling=args.video_pooling,
-        spec_augment=args.spec_augment,
-        variational=args.variational,
-        gate_alpha=args.gate_alpha,
-        contrastive_proj_dim=args.contrastive_proj_dim,
-    )
+    flags = given(args)
+    model = config_from_args(ModelConfig, args, num_classes=args.num_classes)
     if args.tiny:
-        from dataclasses import replace
-
-        from avemo.training.train.compare import TINY_MODEL
-
         model = replace(model, **TINY_MODEL)
-    return TrainConfig(
-        data_root=args.data_root,
-        cache_dir=args.cache_dir,
-        out_dir=args.out_dir or f"runs/{args.fusion}",
-        num_classes=args.num_classes,
-        split_mode=args.split_mode,
-        fold=args.fold,
-        folds=args.folds,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        use_cosine_annealing=args.use_cosine_annealing,
-        early_stopping_patience=args.early_stopping_patience,
-        losses=LossWeights.from_args(args).to_dict(),
-        loss_weighting=args.loss_weighting,
-        loss_weighting_momentum=args.loss_weighting_momentum,
-        loss_weighting_every=args.loss_weighting_every,
-        teacher_audio=args.teacher_audio,
-        teacher_video=args.teacher_video,
-        tensorboard=args.tensorboard,
-        wandb=args.wandb,
-        wandb_project=args.wandb_project,
-        seed=args.seed,
-        resume=args.resume,
-        **runtime_config(args),
-        max_train_batches=args.max_train_batches,
-        progress=not args.no_progress,
-        model=model,
-    )
+    losses = config_from_args(LossWeights, args)
+    if args.delta_nce is not None:  # InfoNCE weight in the distillation setting wins
+        losses = replace(losses, contrastive=args.delta_nce)
+    out_dir = args.out_dir if "out_dir" in flags else f"runs/{model.fusion}"
+    cfg = config_from_args(TrainConfig, args, out_dir=out_dir, losses=losses.to_dict(), model=model)
+    return _checked(cfg, flags)
 
 
 def train_run(args: argparse.Namespace) -> int:
     from avemo.training.train.loop import train
 
+    cfg = train_config_from_args(args)
     with progress_to_stderr(args.json):
-        results = train(train_config_from_args(args))
+        results = train(cfg)
     if "fusion" not in results:  # a torchrun rank other than 0: rank 0 prints
         return 0
     if args.json:
@@ -297,39 +245,48 @@ def summary_line(results: dict) -> str:
 
 
 # ---------------------------------------------------------------- evaluate
+EVALUATE_FIELDS = ("data_root", "cache_dir", "face_crop", "split_mode", "fold", "folds", "seed", "progress")
+
+
 def evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    from avemo.training.train.config import TrainConfig
+
     p.add_argument("checkpoint", type=Path, help="checkpoint (best.pt)")
-    _opt(p, "data_root", default="data/corpus", help="RAVDESS-layout folder (default: %(default)s)")
-    _opt(p, "cache_dir", default="cache", help="decoded-clip cache (default: %(default)s)")
-    p.add_argument(
-        "--split", choices=["train", "val", "test"], default="test", help="split to evaluate (default: %(default)s)"
+    add_option(
+        p, "split", choices=("train", "val", "test"), default="test", help="split to evaluate (default: %(default)s)"
     )
-    _opt(p, "split_mode", choices=["actor", "kfold", "stratified"], default="actor", help="(default: %(default)s)")
-    p.add_argument("--fold", type=int, default=0)
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0, help="split seed and noise seed (default: %(default)s)")
-    p.add_argument(
-        "--drop",
-        choices=["audio", "video"],
+    add_option(
+        p,
+        "drop",
+        choices=("audio", "video"),
         default=None,
         help="missing modality: zero that input and set its modality_mask entry to 0",
     )
-    p.add_argument(
-        "--noise",
+    add_option(
+        p,
+        "noise",
         type=float,
         default=None,
         metavar="SNR_DB",
         help="add white Gaussian noise to the audio at this SNR in dB (per window, from its own power)",
     )
-    _opt(
+    add_option(
         p,
         "report_dir",
         type=Path,
         default=None,
         help="also write per_class_report.md and error_cases.md/.json for this condition into this folder",
     )
-    _opt(p, "no_progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print metrics as JSON")
+    add_option(p, "json", action="store_true", help="print metrics as JSON")
+    add_fields(p, TrainConfig, EVALUATE_FIELDS, groups=_sections(p))
+
+
+def evaluate_config_from_args(args: argparse.Namespace):
+    """The TrainConfig (data, split, seed) of an `avemo evaluate` command line; num_classes comes from the
+    checkpoint."""
+    from avemo.training.train.config import TrainConfig
+
+    return _checked(config_from_args(TrainConfig, args), given(args))
 
 
 def evaluate_run(args: argparse.Namespace) -> int:
@@ -337,19 +294,10 @@ def evaluate_run(args: argparse.Namespace) -> int:
     from avemo.training.data.prepare import prepare_data
     from avemo.training.evaluation.robustness import evaluate_condition
     from avemo.training.models.checkpoint import model_from_checkpoint
-    from avemo.training.train.config import TrainConfig
 
+    cfg = evaluate_config_from_args(args)  # usage errors before loading anything
     model, ckpt = model_from_checkpoint(args.checkpoint)
-    cfg = TrainConfig(
-        data_root=args.data_root,
-        cache_dir=args.cache_dir,
-        num_classes=len(ckpt["labels"]),
-        split_mode=args.split_mode,
-        fold=args.fold,
-        folds=args.folds,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
+    cfg = replace(cfg, num_classes=len(ckpt["labels"]))
     datasets, _ = prepare_data(
         cfg.data_root,
         cfg.cache_dir,
@@ -359,6 +307,7 @@ def evaluate_run(args: argparse.Namespace) -> int:
         folds=cfg.folds,
         fold=cfg.fold,
         seed=cfg.seed,
+        face_crop=cfg.face_crop,
         progress=cfg.progress,
     )
     ds = datasets[args.split]
@@ -370,8 +319,8 @@ def evaluate_run(args: argparse.Namespace) -> int:
         ckpt["labels"],
         drop=args.drop,
         noise_snr_db=args.noise,
-        seed=args.seed,
-        progress=not args.no_progress,
+        seed=cfg.seed,
+        progress=cfg.progress,
     )
     res["split"] = args.split
     res["checkpoint"] = str(args.checkpoint)
@@ -411,74 +360,66 @@ def evaluate_summary(res: dict) -> str:
 
 
 # ---------------------------------------------------------------- compare
+COMPARE_FIELDS = (
+    "data_root",
+    "cache_dir",
+    "face_crop",
+    "num_classes",
+    "split_mode",
+    "fold",
+    "folds",
+    "seed",
+    "epochs",
+    "batch_size",
+    "lr",
+    "early_stopping_patience",
+    "max_train_batches",
+    "tensorboard",
+    "wandb",
+    "progress",
+    "device",
+    "amp",
+    "channels_last",
+)
+
+
 def compare_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--fusions",
-        default="audio,video,late,concat,gated,xattn,uncertainty,gated_uncertainty,hierarchical",
-        help="comma-separated fusions / baselines to train (default: %(default)s)",
-    )
-    p.add_argument("--epochs", type=int, default=20, help="max epochs per model (default: %(default)s)")
-    _opt(p, "data_root", default="data/corpus", help="RAVDESS-layout folder (default: %(default)s)")
-    _opt(p, "cache_dir", default="cache", help="decoded-clip cache (default: %(default)s)")
-    p.add_argument(
-        "--out", type=Path, default=Path("runs/compare"), help="runs go to <out>/<fusion> (default: %(default)s)"
-    )
-    _opt(p, "num_classes", type=int, choices=[4, 8], default=8, help="(default: %(default)s)")
-    _opt(p, "split_mode", choices=["actor", "kfold", "stratified"], default="actor", help="(default: %(default)s)")
-    p.add_argument("--fold", type=int, default=0, help="test fold for --split_mode kfold (default: %(default)s)")
-    p.add_argument("--folds", type=int, default=5, help="number of folds for kfold (default: %(default)s)")
-    _opt(p, "batch_size", type=int, default=32, help="(default: %(default)s)")
-    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default: %(default)s)")
-    _opt(p, "early_stopping_patience", type=int, default=5, help="(default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="one seed for every model (default: %(default)s)")
-    p.add_argument(
-        "--retrain", action="store_true", help="train again even when a finished run with the same config exists"
-    )
-    _opt(
+    from avemo.training.train.config import TrainConfig
+
+    add_option(
         p,
-        "tensorboard",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="TensorBoard logs in <out>/<fusion>/tensorboard (default: on)",
+        "fusions",
+        default="audio,video,late,concat,gated,xattn,uncertainty,gated_uncertainty,hierarchical",
+        help="comma-separated fusions / baselines to train, one seed and split for all (default: %(default)s)",
     )
-    p.add_argument(
-        "--wandb", action="store_true", help="log every run to Weights & Biases (offline without an API key)"
+    add_option(
+        p, "out", type=Path, default=Path("runs/compare"), help="runs go to <out>/<fusion> (default: %(default)s)"
     )
-    runtime_arguments(p)
-    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tiny encoders (tests, smoke runs)
-    _opt(p, "max_train_batches", type=int, default=0, help=argparse.SUPPRESS)
-    _opt(p, "no_progress", action="store_true", help="no progress bars")
-    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    add_option(
+        p, "retrain", action="store_true", help="train again even when a finished run with the same config exists"
+    )
+    add_option(p, "tiny", action="store_true", help=argparse.SUPPRESS)  # tiny encoders (tests, smoke runs)
+    add_option(p, "json", action="store_true", help="print the comparison as JSON")
+    add_fields(p, TrainConfig, COMPARE_FIELDS, groups=_sections(p))
+
+
+def compare_config_from_args(args: argparse.Namespace):
+    """The base TrainConfig of an `avemo compare` command line (each fusion changes model.fusion and out_dir)."""
+    from avemo.training.models.config import ModelConfig
+    from avemo.training.train.config import TrainConfig
+
+    cfg = config_from_args(TrainConfig, args, model=ModelConfig(num_classes=args.num_classes))
+    return _checked(cfg, given(args))
 
 
 def compare_run(args: argparse.Namespace) -> int:
-    from avemo.training.models.config import ModelConfig
     from avemo.training.train.compare import TINY_MODEL, compare, parse_fusions
-    from avemo.training.train.config import TrainConfig
 
     try:
         fusions = parse_fusions(args.fusions)
     except ValueError as e:
-        raise SystemExit(str(e))
-    base = TrainConfig(
-        data_root=args.data_root,
-        cache_dir=args.cache_dir,
-        num_classes=args.num_classes,
-        split_mode=args.split_mode,
-        fold=args.fold,
-        folds=args.folds,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        early_stopping_patience=args.early_stopping_patience,
-        tensorboard=args.tensorboard,
-        wandb=args.wandb,
-        seed=args.seed,
-        max_train_batches=args.max_train_batches,
-        progress=not args.no_progress,
-        model=ModelConfig(num_classes=args.num_classes),
-        **runtime_config(args),
-    )
+        raise UsageError(f"--fusions: {e}") from None
+    base = compare_config_from_args(args)
     with progress_to_stderr(args.json):
         result = compare(
             fusions, base, args.out, retrain=args.retrain, model_overrides=TINY_MODEL if args.tiny else None

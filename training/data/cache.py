@@ -8,6 +8,7 @@ Layout: ``<cache_dir>/<key>/`` where key hashes the geometry, face-crop mode and
 ``manifest.json`` lists every clip (source size + mtime, crop method, duration) and every problem.
 A clip whose source file is unchanged is never decoded again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from avemo.contract.progress import progress as progress_bar
 
 from avemo.contract import media
 from avemo.contract.geometry import WindowGeometry
@@ -37,7 +40,9 @@ class CachedClip:
 
 
 def cache_key(geometry: WindowGeometry, face_crop: str) -> str:
-    blob = json.dumps({"geometry": geometry.to_dict(), "face_crop": face_crop, "version": CACHE_VERSION}, sort_keys=True)
+    blob = json.dumps(
+        {"geometry": geometry.to_dict(), "face_crop": face_crop, "version": CACHE_VERSION}, sort_keys=True
+    )
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -53,18 +58,34 @@ def _decode_one(args: tuple[str, str, dict, str]) -> dict:
         tmp = npz + ".tmp.npz"
         np.savez(tmp, audio=clip.audio, frames=clip.frames)
         os.replace(tmp, npz)
-        return {"source": source, "npz": npz, "duration": float(clip.duration), "crop_method": clip.crop_method,
-                "has_audio": bool(clip.has_audio), "has_video": bool(clip.has_video), **_stamp(Path(source))}
+        return {
+            "source": source,
+            "npz": npz,
+            "duration": float(clip.duration),
+            "crop_method": clip.crop_method,
+            "has_audio": bool(clip.has_audio),
+            "has_video": bool(clip.has_video),
+            **_stamp(Path(source)),
+        }
     except Exception as e:  # noqa: BLE001 - one bad clip must never end the run
         return {"source": source, "error": f"{type(e).__name__}: {e}"}
 
 
-def build_cache(sources: list[Path], cache_dir: Path, geometry: WindowGeometry, *, face_crop: str = "auto",
-                jobs: int = 2, progress: bool = True) -> tuple[dict[str, CachedClip], list[dict]]:
+def build_cache(
+    sources: list[Path],
+    cache_dir: Path,
+    geometry: WindowGeometry,
+    *,
+    face_crop: str = "auto",
+    jobs: int = 2,
+    progress: bool = True,
+) -> tuple[dict[str, CachedClip], list[dict]]:
     """Decode every source not already cached. Returns ({source: CachedClip}, problems).
 
     problems: [{"path": ..., "reason": ...}] for clips that could not be decoded (they are skipped).
     """
+    if face_crop not in media.FACE_CROP_METHODS:  # else every clip would fail to decode, one by one
+        raise ValueError(f"face_crop must be one of {', '.join(media.FACE_CROP_METHODS)}, got {face_crop!r}")
     root = Path(cache_dir) / cache_key(geometry, face_crop)
     root.mkdir(parents=True, exist_ok=True)
     manifest_path = root / "manifest.json"
@@ -75,14 +96,19 @@ def build_cache(sources: list[Path], cache_dir: Path, geometry: WindowGeometry, 
         src = Path(src)
         key = str(src.resolve())
         entry = clips.get(key)
-        if entry and src.exists() and entry.get("size") == _stamp(src)["size"] \
-                and entry.get("mtime_ns") == _stamp(src)["mtime_ns"] and Path(entry["npz"]).exists():
+        if (
+            entry
+            and src.exists()
+            and entry.get("size") == _stamp(src)["size"]
+            and entry.get("mtime_ns") == _stamp(src)["mtime_ns"]
+            and Path(entry["npz"]).exists()
+        ):
             continue
         npz = root / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".npz")
         todo.append((key, str(npz), geometry.to_dict(), face_crop))
     problems: list[dict] = []
     if todo:
-        bar = tqdm(total=len(todo), desc="cache: decoding clips", unit="clip", disable=not progress)
+        bar = progress_bar(total=len(todo), desc="cache: decoding clips", unit="clip", disable=not progress)
         if jobs > 1 and len(todo) > 1:
             with get_context("spawn").Pool(jobs) as pool:
                 results = pool.imap_unordered(_decode_one, todo, chunksize=4)
@@ -99,8 +125,11 @@ def build_cache(sources: list[Path], cache_dir: Path, geometry: WindowGeometry, 
         os.replace(tmp, manifest_path)
     wanted = {str(Path(s).resolve()) for s in sources}
     failed = {p["path"] for p in problems}
-    out = {k: CachedClip(k, v["npz"], v["duration"], v["crop_method"], v["has_audio"], v["has_video"])
-           for k, v in clips.items() if k in wanted and k not in failed}
+    out = {
+        k: CachedClip(k, v["npz"], v["duration"], v["crop_method"], v["has_audio"], v["has_video"])
+        for k, v in clips.items()
+        if k in wanted and k not in failed
+    }
     return out, problems
 
 

@@ -62,7 +62,7 @@ def plot_confusion(cm, labels: list[str], path: Path, title: str) -> None:
 
 
 def plot_history(history: list[dict], path: Path) -> None:
-    """Training loss curves per component (the weights in force are not drawn) and train/val macro-F1 and accuracy per epoch."""
+    """Training loss curves per component (weights in force not drawn); train/val macro-F1 and accuracy per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")

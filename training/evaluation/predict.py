@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
+from avemo.contract.progress import progress as progress_bar
 from avemo.training.evaluation.metrics import classification_metrics
 
 
@@ -32,7 +32,7 @@ def predict(
         "clip": [],
         "label": [],
     }
-    for batch in tqdm(DataLoader(ds, batch_size=batch_size), desc=desc, leave=False, disable=not progress):
+    for batch in progress_bar(DataLoader(ds, batch_size=batch_size), desc=desc, leave=False, disable=not progress):
         o = model(batch["audio"].to(device), batch["frames"].to(device), batch["mask"].to(device))
         out["probs"].append(torch.softmax(o["logits"].float(), -1).cpu().numpy())
         out["modality_weights"].append(o["modality_weights"].float().cpu().numpy())

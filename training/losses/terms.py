@@ -1,23 +1,19 @@
-"""Losses, kept outside the exported graph: pure functions returning a value; the total returns a
-dict of named parts.
+"""Loss functions, kept outside the exported graph: pure functions of tensors returning a scalar.
 
 Shapes: logits [B, C], target [B] int64, embeddings [B, D], gate [B, 1] or [B, 2].
 Every loss reduces to a scalar (mean over the batch unless said otherwise).
 
-``compute_losses`` reads the keys present in the model's output dict (see its docstring) and
-combines the parts with ``LossWeights`` (static) times an optional ``dynamic`` multiplier per
-part (from ``avemo.training.losses.weighting.LossWeighter``). ``total_loss`` is the historical entry point
-used by the trainer (fused CE + ``aux_weight`` x unimodal CE) and gives the same results as before.
+The trainer does not call these directly: ``avemo.training.losses.total.loss_terms`` picks the terms
+the model's outputs allow, with their ``LossWeights``, and ``combine`` sums them (times the optional
+``avemo.training.losses.weighting.LossWeighter`` multipliers). ``total_loss`` is the original objective
+(fused CE + ``aux_weight`` x unimodal CE) written out on its own, a reference for tests.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-from dataclasses import dataclass, fields
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 MODALITIES = ("audio", "video")
@@ -86,18 +82,6 @@ def classification_loss(
 
 
 # ---------------------------------------------------------------- contrastive
-class ProjectionHead(nn.Module):
-    """Linear-ReLU-Linear projection [B, in_dim] -> [B, out_dim] for the contrastive loss."""
-
-    def __init__(self, in_dim: int, out_dim: int = 64, hidden: int | None = None):
-        super().__init__()
-        hidden = hidden or in_dim
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
 def info_nce(z_a: torch.Tensor, z_v: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
     """Symmetric cross-modal InfoNCE. z_a, z_v [B, D] (L2-normalised here) -> scalar.
 
@@ -155,273 +139,22 @@ def distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
     return t * t * F.kl_div(log_s, log_t, reduction="batchmean", log_target=True)
 
 
-# ---------------------------------------------------------------- weights and CLI
-@dataclass
-class LossWeights:
-    """Static loss weights and classification options (CLI flag in brackets)."""
-
-    ce: float = 1.0  # fused cross-entropy / focal
-    aux: float = 0.3  # each unimodal auxiliary head [--aux_weight]
-    contrastive: float = 0.1  # InfoNCE [--contrastive_weight, --cl_loss_weight, --delta_nce]
-    reconstruction: float = 0.03  # encoder reconstruction [--encoder_loss_weight]
-    gate_reg: float = 0.01  # gate regulariser [--gate_reg_weight]
-    kl: float = 0.0  # VAE KL [--kl_weight]
-    distill: float = 0.0  # teacher -> unimodal heads distillation [--delta_va]
-    focal_gamma: float = 0.0  # [--focal_gamma]; 0 = plain cross-entropy
-    focal_alpha: tuple[float, ...] | None = None  # per-class focal alpha [--focal_alpha 1,2,...]
-    label_smoothing: float = 0.0  # [--label_smoothing]
-    use_class_weight: bool = True  # [--class_weight/--no-class_weight]
-    use_smooth_l1: bool = False  # SmoothL1 instead of MSE for reconstruction [--use_smooth_l1]
-    contrastive_temperature: float = 0.07  # [--contrastive_temperature]
-    recon_modality_weights: tuple[float, float] = (1.0, 1.0)  # (audio, video) reconstruction weights
-    gate_reg_mode: str = "deviation"  # see gate_regularisation
-    distill_temperature: float = 2.0
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> LossWeights:
-        """Build from a namespace made by ``add_loss_arguments`` (missing attributes keep the defaults)."""
-        d = cls()
-        get = lambda name, default: default if getattr(args, name, None) is None else getattr(args, name)  # noqa: E731
-        alpha = get("focal_alpha", d.focal_alpha)
-        if isinstance(alpha, str):
-            alpha = tuple(float(x) for x in alpha.split(",") if x.strip())
-        contrastive = get("contrastive_weight", d.contrastive)
-        contrastive = get("delta_nce", contrastive)  # InfoNCE weight in the distillation setting wins
-        return cls(
-            ce=d.ce,
-            aux=get("aux_weight", d.aux),
-            contrastive=contrastive,
-            reconstruction=get("encoder_loss_weight", d.reconstruction),
-            gate_reg=get("gate_reg_weight", d.gate_reg),
-            kl=get("kl_weight", d.kl),
-            distill=get("delta_va", d.distill),
-            focal_gamma=get("focal_gamma", d.focal_gamma),
-            focal_alpha=alpha,
-            label_smoothing=get("label_smoothing", d.label_smoothing),
-            use_class_weight=bool(get("class_weight", d.use_class_weight)),
-            use_smooth_l1=bool(get("use_smooth_l1", d.use_smooth_l1)),
-            contrastive_temperature=get("contrastive_temperature", d.contrastive_temperature),
-            recon_modality_weights=d.recon_modality_weights,
-            gate_reg_mode=d.gate_reg_mode,
-            distill_temperature=d.distill_temperature,
-        )
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-def add_loss_arguments(parser: argparse.ArgumentParser, weighting: bool = True) -> None:
-    """Add the loss flags (``--name`` and ``--dashed-name``) to ``parser``; also ``--loss_weighting``
-    and friends when ``weighting``. Flags the parser already has (e.g. ``--class_weight``,
-    ``--aux_weight`` in ``avemo train``) are skipped; ``LossWeights.from_args`` reads them anyway."""
-    d = LossWeights()
-
-    def opt(names: list[str], dest: str, **kw) -> None:
-        flags = [f for n in names for f in dict.fromkeys([f"--{n}", f"--{n.replace('_', '-')}"])]
-        if any(f in parser._option_string_actions for f in flags):
-            return
-        parser.add_argument(*flags, dest=dest, **kw)
-
-    opt(
-        ["focal_gamma"],
-        "focal_gamma",
-        type=float,
-        default=d.focal_gamma,
-        help="focal loss gamma, 0 = cross-entropy (default: %(default)s)",
-    )
-    opt(["focal_alpha"], "focal_alpha", default=None, help="per-class focal alpha, comma-separated (default: none)")
-    opt(
-        ["label_smoothing"],
-        "label_smoothing",
-        type=float,
-        default=d.label_smoothing,
-        help="label smoothing eps (default: %(default)s)",
-    )
-    opt(
-        ["class_weight"],
-        "class_weight",
-        action=argparse.BooleanOptionalAction,
-        default=d.use_class_weight,
-        help="inverse-frequency class weights (default: on)",
-    )
-    opt(
-        ["aux_weight"],
-        "aux_weight",
-        type=float,
-        default=d.aux,
-        help="weight of each unimodal auxiliary head's loss (default: %(default)s)",
-    )
-    opt(
-        ["contrastive_weight", "cl_loss_weight"],
-        "contrastive_weight",
-        type=float,
-        default=d.contrastive,
-        help="cross-modal InfoNCE weight (default: %(default)s)",
-    )
-    opt(
-        ["contrastive_temperature"],
-        "contrastive_temperature",
-        type=float,
-        default=d.contrastive_temperature,
-        help="InfoNCE temperature (default: %(default)s)",
-    )
-    opt(
-        ["delta_nce"],
-        "delta_nce",
-        type=float,
-        default=None,
-        help="InfoNCE weight in the distillation setting; overrides --contrastive_weight when given (default: unset)",
-    )
-    opt(
-        ["encoder_loss_weight"],
-        "encoder_loss_weight",
-        type=float,
-        default=d.reconstruction,
-        help="encoder reconstruction loss weight (default: %(default)s)",
-    )
-    opt(
-        ["use_smooth_l1"],
-        "use_smooth_l1",
-        action="store_true",
-        help="SmoothL1 instead of MSE for reconstruction (default: off)",
-    )
-    opt(
-        ["gate_reg_weight"],
-        "gate_reg_weight",
-        type=float,
-        default=d.gate_reg,
-        help="gate regulariser weight (default: %(default)s)",
-    )
-    opt(["kl_weight"], "kl_weight", type=float, default=d.kl, help="VAE KL weight (default: %(default)s)")
-    opt(
-        ["delta_va"],
-        "delta_va",
-        type=float,
-        default=d.distill,
-        help="teacher -> unimodal head distillation weight (default: %(default)s)",
-    )
-    if weighting:
-        from avemo.training.losses.weighting import add_weighting_arguments
-
-        add_weighting_arguments(parser)
-
-
-# ---------------------------------------------------------------- total
-def loss_terms(
-    outputs: dict[str, torch.Tensor],
-    target: torch.Tensor,
-    weights: LossWeights,
-    class_weight: torch.Tensor | None = None,
-    teacher_logits: dict[str, torch.Tensor] | None = None,
-) -> tuple[dict[str, tuple[torch.Tensor, float]], dict[str, float]]:
-    """Raw loss tensors with their static weights: ({name: (value, weight)}, {extra log-only floats}).
-
-    Terms whose static weight is 0 or whose inputs are missing are left out. Output keys read:
-      "logits" [B, C] (required) -> "ce"
-      "audio_logits", "video_logits" [B, C] -> "aux_audio", "aux_video"
-      "z_audio", "z_video" [B, D] (projected) -> "contrastive"
-      "recon" + "recon_target" (any shape), and/or "recon_audio" + "recon_target_audio" (or "target_audio"),
-        "recon_video" + "recon_target_video" (or "target_video") -> "recon" (= sum of the per-modality losses
-        times recon_modality_weights; the single pair has weight 1; per-modality values are logged)
-      "gate" [B, 1] or [B, 2] -> "gate_reg" (the served "modality_weights" are not used: constant for baselines)
-      "mu_audio"/"logvar_audio", "mu_video"/"logvar_video" [B, D] -> "kl" (sum over modalities)
-      teacher_logits {"audio": [B, C], "video": [B, C], "fused": [B, C]} distilled into "audio_logits",
-        "video_logits", "logits" -> "distill" (sum over the pairs present)
-    """
-    w = weights
-    terms: dict[str, tuple[torch.Tensor, float]] = {}
-    extra: dict[str, float] = {}
-    weight = class_weight if w.use_class_weight else None
-    alpha = None if w.focal_alpha is None else torch.as_tensor(w.focal_alpha, dtype=torch.float32)
-    cls = lambda lg: classification_loss(lg, target, weight, w.focal_gamma, alpha, w.label_smoothing)  # noqa: E731
-    terms["ce"] = (cls(outputs["logits"]), w.ce)
-    for m in MODALITIES:
-        if f"{m}_logits" in outputs and w.aux != 0:
-            terms[f"aux_{m}"] = (cls(outputs[f"{m}_logits"]), w.aux)
-    if w.contrastive != 0 and "z_audio" in outputs and "z_video" in outputs:
-        terms["contrastive"] = (
-            info_nce(outputs["z_audio"], outputs["z_video"], w.contrastive_temperature),
-            w.contrastive,
-        )
-    if w.reconstruction != 0:
-        recon = []
-        if "recon" in outputs and "recon_target" in outputs:
-            recon.append(reconstruction_loss(outputs["recon"], outputs["recon_target"], w.use_smooth_l1))
-        for m, mw in zip(MODALITIES, w.recon_modality_weights):
-            tgt = outputs.get(f"recon_target_{m}", outputs.get(f"target_{m}"))
-            if f"recon_{m}" in outputs and tgt is not None:
-                r = reconstruction_loss(outputs[f"recon_{m}"], tgt, w.use_smooth_l1)
-                extra[f"recon_{m}"] = float(r.detach())
-                recon.append(mw * r)
-        if recon:
-            terms["recon"] = (sum(recon[1:], recon[0]), w.reconstruction)
-    if w.gate_reg != 0 and "gate" in outputs:
-        terms["gate_reg"] = (gate_regularisation(outputs["gate"], w.gate_reg_mode), w.gate_reg)
-    if w.kl != 0:
-        kls = []
-        for m in MODALITIES:
-            if f"mu_{m}" in outputs and f"logvar_{m}" in outputs:
-                kls.append(kl_divergence(outputs[f"mu_{m}"], outputs[f"logvar_{m}"]))
-                extra[f"kl_{m}"] = float(kls[-1].detach())
-        if kls:
-            terms["kl"] = (sum(kls[1:], kls[0]), w.kl)
-    if w.distill != 0 and teacher_logits:
-        ds = []
-        for name, t in teacher_logits.items():
-            key = "logits" if name == "fused" else f"{name}_logits"
-            if key in outputs:
-                ds.append(distillation(outputs[key], t, w.distill_temperature))
-                extra[f"distill_{name}"] = float(ds[-1].detach())
-        if ds:
-            terms["distill"] = (sum(ds[1:], ds[0]), w.distill)
-    return terms, extra
-
-
-def combine(
-    terms: dict[str, tuple[torch.Tensor, float]],
-    dynamic: dict[str, float] | None = None,
-    extra: dict[str, float] | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """total = sum_k w_k * dynamic_k * L_k (in insertion order). parts: raw L_k, "w_<k>" (weight in force,
-    w_k * dynamic_k), the extra log-only values and "total"."""
-    dynamic = dynamic or {}
-    total = None
-    parts: dict[str, float] = {}
-    for name, (value, w) in terms.items():
-        wk = w * dynamic.get(name, 1.0)
-        total = wk * value if total is None else total + wk * value
-        parts[name] = float(value.detach())
-        parts[f"w_{name}"] = float(wk)
-    parts.update(extra or {})
-    parts["total"] = float(total.detach())
-    return total, parts
-
-
-def compute_losses(
-    outputs: dict[str, torch.Tensor],
-    target: torch.Tensor,
-    weights: LossWeights,
-    class_weight: torch.Tensor | None = None,
-    teacher_logits: dict[str, torch.Tensor] | None = None,
-    dynamic: dict[str, float] | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """All losses the outputs allow (keys: see ``loss_terms``) -> (total scalar, parts dict of floats).
-
-    ``dynamic`` {part name: multiplier} comes from ``LossWeighter.weights``; missing names use 1.
-    With only "logits" + aux logits and default weights this equals ``total_loss`` exactly.
-    """
-    terms, extra = loss_terms(outputs, target, weights, class_weight, teacher_logits)
-    return combine(terms, dynamic, extra)
-
-
+# ---------------------------------------------------------------- reference objective
 def total_loss(
     outputs: dict[str, torch.Tensor], target: torch.Tensor, weight: torch.Tensor | None = None, aux_weight: float = 0.3
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Fused cross-entropy plus ``aux_weight`` x the unimodal auxiliary heads' cross-entropy.
 
-    Returns (total, parts) where parts maps "ce", "aux_audio", "aux_video", "total" to floats.
+    Returns (total, parts) where parts maps "ce", "aux_audio", "aux_video" (heads present) and "total"
+    to floats. ``loss_terms`` + ``combine`` with default ``LossWeights`` give the same value, bit for bit,
+    for outputs without the optional keys (projections, reconstructions, gate, mu/logvar).
     """
-    w = LossWeights(aux=aux_weight, contrastive=0.0, reconstruction=0.0, gate_reg=0.0)
-    terms, _ = loss_terms(outputs, target, w, weight)
-    total, parts = combine(terms)
-    return total, {k: v for k, v in parts.items() if not k.startswith("w_")}
+    total = cross_entropy(outputs["logits"], target, weight)
+    parts = {"ce": float(total.detach())}
+    for m in MODALITIES:
+        if f"{m}_logits" in outputs and aux_weight != 0:
+            aux = cross_entropy(outputs[f"{m}_logits"], target, weight)
+            total = total + aux_weight * aux
+            parts[f"aux_{m}"] = float(aux.detach())
+    parts["total"] = float(total.detach())
+    return total, parts

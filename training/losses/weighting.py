@@ -1,8 +1,8 @@
 """Adaptive multipliers for the named loss parts (``--loss_weighting fixed|inverse_ema|log_norm|grad_balance``).
 
 ``LossWeighter.weights(parts, shared_params, step)`` takes the raw part tensors {name: scalar L_k}
-(``avemo.training.losses.terms.loss_terms``) and returns {name: multiplier m_k} (floats, no gradient), passed as
-``dynamic`` to ``avemo.training.losses.terms.combine`` / ``compute_losses``: total = sum_k w_k m_k L_k where w_k are
+(``avemo.training.losses.total.loss_terms``) and returns {name: multiplier m_k} (floats, no gradient), passed as
+``dynamic`` to ``avemo.training.losses.total.combine`` / ``compute_losses``: total = sum_k w_k m_k L_k where w_k are
 the static ``LossWeights``. Modes:
 
   fixed        m_k = 1.
@@ -21,8 +21,6 @@ carry the EMA, the last grad_balance weights and the step counter for exact resu
 """
 
 from __future__ import annotations
-
-import argparse
 
 import torch
 
@@ -51,15 +49,6 @@ class LossWeighter:
         self.last: dict[str, float] = {}  # last grad_balance weights
         self.last_step: int | None = None  # step at which grad_balance last recomputed
         self.calls = 0  # internal step counter used when ``step`` is not given
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> LossWeighter:
-        get = lambda name, default: default if getattr(args, name, None) is None else getattr(args, name)  # noqa: E731
-        return cls(
-            get("loss_weighting", "fixed"),
-            momentum=get("loss_weighting_momentum", 0.9),
-            every=get("loss_weighting_every", 50),
-        )
 
     def weights(
         self, parts: dict[str, torch.Tensor], shared_params: list[torch.Tensor] | None = None, step: int | None = None
@@ -117,26 +106,3 @@ class LossWeighter:
         self.mode, self.momentum, self.every = state["mode"], state["momentum"], state["every"]
         self.ema, self.last = dict(state["ema"]), dict(state["last"])
         self.last_step, self.calls = state["last_step"], state["calls"]
-
-
-def add_weighting_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--loss_weighting``, ``--loss_weighting_momentum``, ``--loss_weighting_every`` (and dashed aliases)."""
-
-    def opt(name: str, **kw) -> None:
-        flags = list(dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}"]))
-        if not any(f in parser._option_string_actions for f in flags):
-            parser.add_argument(*flags, dest=name, **kw)
-
-    opt(
-        "loss_weighting",
-        choices=MODES,
-        default="fixed",
-        help="adaptive multipliers of the loss parts (default: %(default)s)",
-    )
-    opt("loss_weighting_momentum", type=float, default=0.9, help="EMA momentum for inverse_ema (default: %(default)s)")
-    opt(
-        "loss_weighting_every",
-        type=int,
-        default=50,
-        help="grad_balance recomputation period in steps (default: %(default)s)",
-    )

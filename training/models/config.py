@@ -1,20 +1,33 @@
-"""``ModelConfig``: everything that shapes a model. A checkpoint stores it, so export rebuilds the model alone."""
+"""``ModelConfig``: everything that shapes a model. A checkpoint stores it, so export rebuilds the model alone.
+
+Fields with "help" metadata are also ``avemo train`` options (see ``avemo.contract.options``); the others are
+set in code (tests, ``--tiny``) or from the training data.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from avemo.contract.geometry import HOP_LENGTH, N_FFT, N_MELS
 
-# fusion methods and unimodal baselines (see training/fusion.py); the first three are the original set
+# fusion methods and unimodal baselines (see training/models/fusion.py); the first three are the original set
 FUSIONS = ("gated", "audio", "video", "late", "concat", "xattn", "uncertainty", "gated_uncertainty", "hierarchical")
 VIDEO_POOLINGS = ("meanmax", "mean", "attention")
+# what the fusions put in the model's outputs (training/models/fusion.py), for the loss-flag checks
+UNIMODAL_FUSIONS = ("audio", "video")  # one encoder: no cross-modal (contrastive) term
+GATE_FUSIONS = ("hierarchical", "gated_uncertainty")  # output "gate" [B, 1], read by the gate regulariser
+RECONSTRUCTION_FUSIONS = ("hierarchical",)  # output recon* / target_*, read by the reconstruction loss
+
+HELP_SECTION = "model"  # help section of the options below
 
 
 @dataclass
 class ModelConfig:
-    fusion: str = "gated"  # one of FUSIONS: gated fusion or a unimodal baseline
-    num_classes: int = 8  # 8 RAVDESS emotions or the 4-class mapping
+    fusion: str = field(
+        default="gated",
+        metadata={"help": "fusion method or unimodal baseline", "choices": FUSIONS, "group": HELP_SECTION},
+    )
+    num_classes: int = 8  # 8 RAVDESS emotions or the 4-class mapping (set from TrainConfig.num_classes)
     n_fft: int = N_FFT  # STFT size of the in-graph log-mel front end
     hop_length: int = HOP_LENGTH  # STFT hop (samples)
     n_mels: int = N_MELS  # mel bands
@@ -22,24 +35,57 @@ class ModelConfig:
     video_channels: tuple[int, ...] = (16, 32, 48, 64)  # light per-frame video CNN widths
     embed_dim: int = 128  # per-modality embedding size fed to the fusion
     dropout: float = 0.3  # dropout in the classification heads
-    modality_dropout: float = 0.2  # per-modality probability of dropping a modality in training
+    modality_dropout: float = field(
+        default=0.2,
+        metadata={"help": "per-modality probability of dropping a modality in training", "group": HELP_SECTION},
+    )
     gate_init_audio: float = 0.3  # initial audio share of the gate (video favoured at start)
     logmel_mean: float = -6.0  # log-mel normalisation, overwritten from training data statistics
     logmel_std: float = 4.0
     # --- optional extensions; every default keeps the original model (same parameters, same forward)
-    use_resnet_audio: bool = False  # ResNet18 (1-channel stem, no fc) on the log-mel instead of the light CNN
-    use_resnet_video: bool = False  # torchvision ResNet18 per frame instead of the light per-frame CNN
-    video_pooling: str = "meanmax"  # temporal pooling of frame features: one of VIDEO_POOLINGS
-    spec_augment: bool = False  # SpecAugment on the log-mel, training mode only (never in the export)
+    use_resnet_audio: bool = field(
+        default=False,
+        metadata={
+            "help": "ResNet18 on the log-mel (1-channel stem, no fc) instead of the light CNN",
+            "group": HELP_SECTION,
+        },
+    )
+    use_resnet_video: bool = field(
+        default=False,
+        metadata={"help": "torchvision ResNet18 per frame instead of the light per-frame CNN", "group": HELP_SECTION},
+    )
+    video_pooling: str = field(
+        default="meanmax",
+        metadata={"help": "temporal pooling of frame features", "choices": VIDEO_POOLINGS, "group": HELP_SECTION},
+    )
+    spec_augment: bool = field(
+        default=False,
+        metadata={"help": "SpecAugment on the log-mel in training (never in the export)", "group": HELP_SECTION},
+    )
     spec_freq_mask: int = 20  # each frequency mask covers 0..spec_freq_mask mel bins (uniform)
     spec_time_mask: int = 40  # each time mask covers 0..spec_time_mask frames (uniform)
     spec_num_masks: int = 1  # number of frequency masks and of time masks per example
-    variational: bool = False  # variational embedding heads (mu / logvar); forced on by the uncertainty fusions
+    variational: bool = field(
+        default=False,
+        metadata={
+            "help": "variational embedding heads (mu / logvar); always on for the uncertainty fusions",
+            "group": HELP_SECTION,
+        },
+    )
     uncertainty_temperature: float = 1.0  # T in softmax((1 / sigma) / T) of the uncertainty fusions
-    gate_alpha: float = 0.5  # gated_uncertainty: w = alpha * w_uncertainty + (1 - alpha) * w_gate
+    gate_alpha: float = field(
+        default=0.5,
+        metadata={"help": "gated_uncertainty: w = alpha * w_uncertainty + (1 - alpha) * w_gate", "group": HELP_SECTION},
+    )
     xattn_heads: int = 4  # attention heads of the cross-modal attention (embed_dim must be divisible)
     bottleneck_dim: int = 0  # hierarchical fusion bottleneck; 0 = embed_dim // 2
-    contrastive_proj_dim: int = 0  # >0: output projected embeddings z_audio / z_video [B, dim] for InfoNCE
+    contrastive_proj_dim: int = field(
+        default=0,
+        metadata={
+            "help": "size of the projected embeddings z_audio / z_video for the InfoNCE loss, 0 = off",
+            "group": HELP_SECTION,
+        },
+    )
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -88,18 +88,14 @@ class GatedFusion(nn.Module):
     def __init__(self, dim: int, num_classes: int, dropout: float, gate_init_audio: float = 0.3):
         super().__init__()
         self.gate = nn.Linear(2 * dim, 1)
-        nn.init.normal_(self.gate.weight, std=0.01)
-        nn.init.constant_(self.gate.bias, math.log(gate_init_audio / (1.0 - gate_init_audio)))
+        init_gate(self.gate, gate_init_audio)
         self.head = classifier(2 * dim, dim, num_classes, dropout)
 
     def forward(
         self, h_a: torch.Tensor, h_v: torch.Tensor, mask: torch.Tensor, ctx: dict | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        m_a, m_v = mask[:, 0:1], mask[:, 1:2]  # [B, 1] each
-        g = torch.sigmoid(self.gate(torch.cat([h_a, h_v], dim=1)))  # [B, 1]
-        g = g * m_a * m_v + m_a * (1.0 - m_v)  # both: g, audio only: 1, video only: 0
+        g, weights = forced_gate(torch.sigmoid(self.gate(torch.cat([h_a, h_v], dim=1))), mask)  # [B, 1], [B, 2]
         logits = self.head(torch.cat([g * h_a, (1.0 - g) * h_v], dim=1))  # [B, C]
-        weights = torch.cat([g, (1.0 - g) * m_v], dim=1)  # [B, 2]
         return logits, weights
 
 

@@ -10,14 +10,11 @@ Everything is a pure function of (seed, actor, file fields): random numbers come
 same seed gives identical audio / frame arrays (the encoded files may differ in metadata).
 
 Voice synthesis lives in ``avemo.training.synthetic.voice``, face rendering in ``avemo.training.synthetic.face``;
-all emotion cue numbers are in ``CUES`` below.
-
-CLI:  python -m avemo.training.synthetic.corpus --root data/corpus --actors 10 --seed 0 --jobs 2
+all emotion cue numbers are in ``CUES`` below. The CLI is ``avemo corpus``.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -28,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from avemo.contract.labels import EMOTIONS_8
+from avemo.contract.progress import progress as progress_bar
+from avemo.training.data.ravdess import RavdessName
 from avemo.training.synthetic.face import face_identity, render_face
 from avemo.training.synthetic.voice import STATEMENT_SYLLABLES, synth_speech, voice_identity
 
@@ -83,187 +82,33 @@ _FACE = (
     "head_motion",
     "head_drop",
 )
-_ROWS = {
-    # columns 1-11: voice cues (_VOICE), columns 12-20: face cues (_FACE); neutral is the reference
-    #               f0  range  jitter  shimmer  energy  tempo  tilt    oq  breath  tremor  formant   curve  open   rest  width    brow   slant   eye  motion   drop
-    "neutral": (
-        1.00,
-        2.0,
-        0.006,
-        0.04,
-        0.80,
-        1.00,
-        0.0,
-        0.60,
-        0.04,
-        0.00,
-        1.00,
-        0.00,
-        0.16,
-        0.000,
-        1.00,
-        0.000,
-        0.000,
-        0.66,
-        1.00,
-        0.00,
-    ),
-    "calm": (
-        0.90,
-        1.6,
-        0.006,
-        0.04,
-        0.74,
-        0.90,
-        -0.5,
-        0.62,
-        0.06,
-        0.00,
-        0.99,
-        0.36,
-        0.13,
-        0.000,
-        1.03,
-        0.010,
-        0.000,
-        1.02,
-        0.60,
-        0.00,
-    ),
-    "happy": (
-        1.30,
-        6.5,
-        0.008,
-        0.05,
-        1.10,
-        1.16,
-        1.5,
-        0.54,
-        0.03,
-        0.00,
-        1.07,
-        0.48,
-        0.19,
-        0.020,
-        1.12,
-        0.015,
-        0.000,
-        0.90,
-        0.75,
-        0.00,
-    ),
-    "sad": (
-        1.02,
-        2.6,
-        0.030,
-        0.10,
-        0.50,
-        0.84,
-        -4.0,
-        0.72,
-        0.14,
-        0.30,
-        0.95,
-        -0.48,
-        0.13,
-        0.000,
-        0.95,
-        -0.065,
-        0.018,
-        0.92,
-        0.70,
-        0.06,
-    ),
-    "angry": (
-        0.96,
-        4.0,
-        0.012,
-        0.07,
-        1.75,
-        1.00,
-        6.0,
-        0.38,
-        0.02,
-        0.00,
-        1.02,
-        -0.44,
-        0.16,
-        0.000,
-        0.95,
-        -0.085,
-        -0.018,
-        0.86,
-        0.80,
-        0.05,
-    ),
-    "fearful": (
-        1.14,
-        3.0,
-        0.034,
-        0.10,
-        0.55,
-        0.93,
-        -3.4,
-        0.70,
-        0.15,
-        0.45,
-        0.96,
-        -0.08,
-        0.27,
-        0.060,
-        0.98,
-        0.105,
-        0.060,
-        1.40,
-        1.50,
-        -0.02,
-    ),
-    "disgust": (
-        0.86,
-        3.6,
-        0.012,
-        0.07,
-        1.55,
-        0.92,
-        5.2,
-        0.41,
-        0.03,
-        0.00,
-        1.01,
-        -0.12,
-        0.15,
-        0.030,
-        0.92,
-        -0.010,
-        -0.008,
-        0.58,
-        1.00,
-        0.00,
-    ),
-    "surprised": (
-        1.44,
-        7.5,
-        0.008,
-        0.05,
-        1.18,
-        1.07,
-        2.0,
-        0.52,
-        0.03,
-        0.00,
-        1.08,
-        0.00,
-        0.30,
-        0.090,
-        0.85,
-        0.125,
-        0.000,
-        1.50,
-        1.40,
-        -0.02,
-    ),
+# fmt: off
+_VOICE_ROWS = {  # columns: _VOICE; neutral is the reference
+    #               f0  range  jitter  shimmer  energy  tempo  tilt    oq  breath  tremor  formant
+    "neutral":   (1.00,   2.0,  0.006,    0.04,   0.80,  1.00,  0.0, 0.60,   0.04,   0.00,    1.00),
+    "calm":      (0.90,   1.6,  0.006,    0.04,   0.74,  0.90, -0.5, 0.62,   0.06,   0.00,    0.99),
+    "happy":     (1.30,   6.5,  0.008,    0.05,   1.10,  1.16,  1.5, 0.54,   0.03,   0.00,    1.07),
+    "sad":       (1.02,   2.6,  0.030,    0.10,   0.50,  0.84, -4.0, 0.72,   0.14,   0.30,    0.95),
+    "angry":     (0.96,   4.0,  0.012,    0.07,   1.75,  1.00,  6.0, 0.38,   0.02,   0.00,    1.02),
+    "fearful":   (1.14,   3.0,  0.034,    0.10,   0.55,  0.93, -3.4, 0.70,   0.15,   0.45,    0.96),
+    "disgust":   (0.86,   3.6,  0.012,    0.07,   1.55,  0.92,  5.2, 0.41,   0.03,   0.00,    1.01),
+    "surprised": (1.44,   7.5,  0.008,    0.05,   1.18,  1.07,  2.0, 0.52,   0.03,   0.00,    1.08),
 }
-CUES: dict[str, dict[str, float]] = {e: dict(zip(_VOICE + _FACE, row)) for e, row in _ROWS.items()}
+_FACE_ROWS = {  # columns: _FACE; neutral is the reference
+    #             curve  open   rest  width    brow   slant   eye  motion   drop
+    "neutral":   ( 0.00, 0.16, 0.000,  1.00,  0.000,  0.000, 0.66,   1.00,  0.00),
+    "calm":      ( 0.36, 0.13, 0.000,  1.03,  0.010,  0.000, 1.02,   0.60,  0.00),
+    "happy":     ( 0.48, 0.19, 0.020,  1.12,  0.015,  0.000, 0.90,   0.75,  0.00),
+    "sad":       (-0.48, 0.13, 0.000,  0.95, -0.065,  0.018, 0.92,   0.70,  0.06),
+    "angry":     (-0.44, 0.16, 0.000,  0.95, -0.085, -0.018, 0.86,   0.80,  0.05),
+    "fearful":   (-0.08, 0.27, 0.060,  0.98,  0.105,  0.060, 1.40,   1.50, -0.02),
+    "disgust":   (-0.12, 0.15, 0.030,  0.92, -0.010, -0.008, 0.58,   1.00,  0.00),
+    "surprised": ( 0.00, 0.30, 0.090,  0.85,  0.125,  0.000, 1.50,   1.40, -0.02),
+}
+# fmt: on
+CUES: dict[str, dict[str, float]] = {
+    e: dict(zip(_VOICE, _VOICE_ROWS[e])) | dict(zip(_FACE, _FACE_ROWS[e])) for e in _VOICE_ROWS
+}
 AUDIO_PAIRS = (("neutral", "calm"), ("happy", "surprised"), ("sad", "fearful"), ("angry", "disgust"))
 VIDEO_PAIRS = (("calm", "happy"), ("surprised", "fearful"), ("sad", "angry"), ("disgust", "neutral"))
 VOICE_CUES, FACE_CUES = _VOICE, _FACE
@@ -296,17 +141,8 @@ def _rng(*fields) -> np.random.Generator:
 
 
 def clip_name(emotion: int, intensity: int, statement: int, repetition: int, actor: int) -> str:
-    """RAVDESS file name ``01-01-EE-II-SS-RR-AA.mp4`` (audio-video, speech)."""
-    return f"01-01-{emotion:02d}-{intensity:02d}-{statement:02d}-{repetition:02d}-{actor:02d}.mp4"
-
-
-def parse_clip_name(name: str) -> dict:
-    """Inverse of ``clip_name`` for any RAVDESS name: the 7 integer fields."""
-    parts = Path(name).stem.split("-")
-    if len(parts) != 7 or not all(len(p) == 2 and p.isdigit() for p in parts):
-        raise ValueError(f"not a RAVDESS file name: {name}")
-    keys = ("modality", "vocal_channel", "emotion", "intensity", "statement", "repetition", "actor")
-    return dict(zip(keys, (int(p) for p in parts)))
+    """RAVDESS file name ``01-01-EE-II-SS-RR-AA.mp4`` (audio-video, speech); ``RavdessName.parse`` reads it."""
+    return RavdessName(1, 1, emotion, intensity, statement, repetition, actor).stem + ".mp4"
 
 
 def _emotion_code(e) -> int:
@@ -485,28 +321,18 @@ def generate_corpus(
     plan = corpus_plan(n_actors, emotions, statements, repetitions, intensities)
     todo = [(str(root), item, seed) for item in plan if overwrite or not (root / item["relpath"]).exists()]
     t0 = time.time()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(todo), desc="synthetic corpus", unit="clip")
-    try:
+    with progress_bar(total=len(todo), desc="synthetic corpus", unit="clip", disable=not progress) as bar:
         if jobs > 1 and len(todo) > 1:
             import multiprocessing as mp
 
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             with ctx.Pool(min(jobs, len(todo)), initializer=_worker_init) as pool:
                 for _ in pool.imap_unordered(_make_one, todo, chunksize=2):
-                    if bar is not None:
-                        bar.update(1)
+                    bar.update(1)
         else:
             for task in todo:
                 _make_one(task)
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+                bar.update(1)
     meta = {
         "generator": "avemo.training.synthetic.corpus",
         "version": GENERATOR_VERSION,
@@ -531,31 +357,3 @@ def generate_corpus(
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, root / "corpus.json")
     return [root / p["relpath"] for p in plan]
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Generate the synthetic RAVDESS-layout corpus (MP4 files).")
-    ap.add_argument("--root", default="data/corpus")
-    ap.add_argument("--actors", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--emotions", type=int, nargs="*", default=None, help="emotion codes 1..8 (default all)")
-    ap.add_argument("--overwrite", action="store_true")
-    ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
-    t0 = time.time()
-    files = generate_corpus(
-        Path(args.root),
-        args.actors,
-        args.seed,
-        emotions=args.emotions,
-        jobs=args.jobs,
-        progress=not args.no_progress,
-        overwrite=args.overwrite,
-    )
-    mb = sum(f.stat().st_size for f in files) / 1e6
-    print(f"{len(files)} clips under {args.root} ({mb:.1f} MB) in {time.time() - t0:.1f} s")
-
-
-if __name__ == "__main__":
-    main()

@@ -3,7 +3,8 @@
 Each fusion trains into ``<out>/<fusion>/`` through ``avemo.training.train.loop.train`` with one shared
 ``TrainConfig`` (only ``model.fusion`` and ``out_dir`` differ). A finished run (``metrics.json``)
 made with the same configuration is reused unless ``retrain``; an interrupted one with the same
-configuration (``last.pt``) is resumed. Writes ``comparison.md`` and ``comparison.json`` in ``<out>``.
+configuration (``last.pt``) is resumed (``train_or_reuse``, which ``avemo demo`` uses too). Writes
+``comparison.md`` and ``comparison.json`` in ``<out>``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def parse_fusions(text: str) -> list[str]:
 def comparable(config: dict) -> dict:
     """A run configuration without the fields that do not change its result."""
     d = {k: v for k, v in config.items() if k not in _IGNORED}
+    d.setdefault("face_crop", "auto")  # runs made before face_crop was a field used the "auto" crop
     model = {k: v for k, v in dict(d.get("model", {})).items() if k not in _IGNORED_MODEL}
     model["num_classes"] = d.get("num_classes", model.get("num_classes"))
     d["model"] = model
@@ -73,6 +75,23 @@ def resumable(cfg: TrainConfig) -> bool:
     except Exception:
         return False
     return comparable(stored) == comparable(cfg.to_dict())
+
+
+def train_or_reuse(cfg: TrainConfig, retrain: bool = False, log=print, tag: str | None = None) -> tuple[dict, bool]:
+    """(metrics, reused) of the run ``cfg``: a finished run of exactly this configuration is reused and an
+    interrupted one resumed, unless ``retrain``; otherwise it trains from scratch. ``tag`` prefixes the
+    log lines (default ``[<fusion>]``)."""
+    from avemo.training.train.loop import train
+
+    tag = tag or f"[{cfg.model.fusion}]"
+    metrics = None if retrain else reusable(cfg)
+    if metrics is not None:
+        log(f"{tag} reusing finished run {cfg.out_dir} (use --retrain to train again)")
+        return metrics, True
+    if not retrain and resumable(cfg):
+        log(f"{tag} resuming interrupted run in {cfg.out_dir}")
+        cfg = replace(cfg, resume=True)
+    return train(cfg), False
 
 
 def row(fusion: str, metrics: dict, reused: bool) -> dict:
@@ -121,24 +140,13 @@ def compare(
     ``model_overrides``: ModelConfig fields applied to every fusion (e.g. ``TINY_MODEL`` in tests).
     Returns {"rows": [...], "config": ..., "markdown": ...}.
     """
-    from avemo.training.train.loop import train
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if model_overrides:
         base = replace(base, model=replace(base.model, **model_overrides))
     rows = []
     for fusion in fusions:
-        cfg = fusion_config(base, fusion, out)
-        metrics = None if retrain else reusable(cfg)
-        reused = metrics is not None
-        if reused:
-            log(f"[{fusion}] reusing finished run in {cfg.out_dir}")
-        else:
-            if not retrain and resumable(cfg):
-                log(f"[{fusion}] resuming interrupted run in {cfg.out_dir}")
-                cfg = replace(cfg, resume=True)
-            metrics = train(cfg)
+        metrics, reused = train_or_reuse(fusion_config(base, fusion, out), retrain, log)
         rows.append(row(fusion, metrics, reused))
     table = markdown_table(rows)
     common = comparable(base.to_dict())

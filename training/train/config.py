@@ -1,47 +1,163 @@
-"""``TrainConfig``: one training run (data, split, optimisation, logging, hardware) plus its ModelConfig."""
+"""``TrainConfig``: one training run (data, split, optimisation, logging, hardware) plus its ModelConfig.
+
+Every field says what it does in its "help" metadata; the fields with help are also the options of
+``avemo train`` / ``evaluate`` / ``compare`` / ``cache`` (``avemo.contract.options.add_fields``), so a default
+is written once, here. ``check_config`` refuses values that cannot work or would do nothing;
+``train()`` calls it before doing any work.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from avemo.training.models.config import ModelConfig
+from avemo.contract.media import FACE_CROP_METHODS
+from avemo.training.data.ravdess import SPLIT_MODES
+from avemo.training.losses import total as losses_total
+from avemo.training.losses.total import LossWeights
+from avemo.training.losses.weighting import MODES
+from avemo.training.models import config as model_config
+from avemo.training.models.config import FUSIONS, UNIMODAL_FUSIONS, VIDEO_POOLINGS, ModelConfig
+from avemo.training.models.fusion import VARIATIONAL_FUSIONS
+from avemo.training.train.runtime import AMP_MODES, CHANNELS_LAST_MODES, DEVICES
+
+# help sections, in the order ``avemo train --help`` shows them
+DATA = "data and split"
+OPTIMISATION = "optimisation"
+LOSSES = losses_total.HELP_SECTION  # shared with the LossWeights options
+MODEL = model_config.HELP_SECTION
+RUN = "output and logging"
+HARDWARE = "hardware (torchrun --nproc_per_node N avemo train ... runs DDP: NCCL on GPU, gloo on CPU)"
+HELP_SECTIONS = (DATA, MODEL, OPTIMISATION, LOSSES, RUN, HARDWARE)
+
+
+def _opt(help: str, group: str, **more) -> dict:
+    return {"help": help, "group": group, **more}
 
 
 @dataclass
 class TrainConfig:
-    data_root: str = "data/corpus"  # RAVDESS-layout folder (Actor_XX/...)
-    cache_dir: str = "cache"  # decoded-window cache (built once, reused)
-    out_dir: str = "runs/gated"  # checkpoints, metrics.json, plots
-    num_classes: int = 8
-    split_mode: str = "actor"  # "actor" (fixed actor lists), "kfold" or "stratified"
-    fold: int = 0  # k-fold by actor: which fold is the test fold
-    folds: int = 5
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 1e-2
-    use_cosine_annealing: bool = True
-    early_stopping_patience: int = 5  # epochs without val macro-F1 improvement before stopping
-    losses: dict = field(default_factory=dict)  # LossWeights fields (training/losses.py); empty = defaults
-    loss_weighting: str = "fixed"  # fixed | inverse_ema | log_norm | grad_balance (training/loss_weighting.py)
-    loss_weighting_momentum: float = 0.9  # EMA momentum for inverse_ema
-    loss_weighting_every: int = 50  # grad_balance recomputation period (steps)
-    teacher_audio: str = ""  # frozen audio-only teacher checkpoint distilled into the audio head (--delta_va)
-    teacher_video: str = ""  # frozen video-only teacher checkpoint distilled into the video head
-    tensorboard: bool = True  # TensorBoard event files in <out_dir>/tensorboard
-    wandb: bool = False  # Weights & Biases logging (offline in <out_dir>/wandb when no API key; never fails the run)
-    wandb_project: str = "avemo"  # W&B project name
-    device: str = "auto"  # auto (CUDA when present) | cpu | cuda; see training/runtime.py
-    amp: str = "auto"  # auto (bf16 autocast on a bf16-capable GPU) | bf16 | off
-    channels_last: str = "auto"  # auto (on with CUDA) | on | off: NHWC conv weights
-    seed: int = 0
-    num_workers: int = 0
-    max_train_batches: int = 0  # 0 = all; >0 caps batches per epoch (tests)
-    resume: bool = False
-    progress: bool = True
+    data_root: str = field(default="data/corpus", metadata=_opt("RAVDESS-layout folder (Actor_XX/...)", DATA))
+    cache_dir: str = field(default="cache", metadata=_opt("decoded-clip cache (built once, reused)", DATA))
+    face_crop: str = field(
+        default="auto",
+        metadata=_opt("face crop of the cached frames (part of the cache key)", DATA, choices=FACE_CROP_METHODS),
+    )
+    out_dir: str = field(
+        default="runs/gated",
+        metadata=_opt("run folder: checkpoints, metrics.json, plots", RUN, default_text="runs/<fusion>"),
+    )
+    num_classes: int = field(default=8, metadata=_opt("8 emotions or the 4-class mapping", DATA, choices=(4, 8)))
+    split_mode: str = field(
+        default="actor",
+        metadata=_opt("actor (fixed actor lists), kfold (by actor) or stratified", DATA, choices=SPLIT_MODES),
+    )
+    fold: int = field(default=0, metadata=_opt("test fold for --split_mode kfold", DATA))
+    folds: int = field(default=5, metadata=_opt("number of folds for --split_mode kfold", DATA))
+    epochs: int = field(default=20, metadata=_opt("max epochs", OPTIMISATION))
+    batch_size: int = field(default=32, metadata=_opt("windows per step (per process under torchrun)", OPTIMISATION))
+    lr: float = field(default=2e-3, metadata=_opt("AdamW learning rate", OPTIMISATION))
+    weight_decay: float = field(
+        default=1e-2, metadata=_opt("AdamW weight decay (conv and linear weights only)", OPTIMISATION)
+    )
+    use_cosine_annealing: bool = field(default=True, metadata=_opt("cosine LR schedule", OPTIMISATION))
+    early_stopping_patience: int = field(
+        default=5, metadata=_opt("epochs without val macro-F1 gain before stopping", OPTIMISATION)
+    )
+    losses: dict = field(default_factory=dict)  # LossWeights fields (training/losses/total.py); empty = defaults
+    loss_weighting: str = field(
+        default="fixed", metadata=_opt("adaptive multipliers of the loss parts", LOSSES, choices=MODES)
+    )
+    loss_weighting_momentum: float = field(
+        default=0.9, metadata=_opt("EMA momentum for --loss_weighting inverse_ema", LOSSES)
+    )
+    loss_weighting_every: int = field(
+        default=50, metadata=_opt("recomputation period in steps for --loss_weighting grad_balance", LOSSES)
+    )
+    teacher_audio: str = field(
+        default="",
+        metadata=_opt("frozen audio-only checkpoint distilled into the audio head (needs --delta_va)", LOSSES),
+    )
+    teacher_video: str = field(
+        default="",
+        metadata=_opt("frozen video-only checkpoint distilled into the video head (needs --delta_va)", LOSSES),
+    )
+    tensorboard: bool = field(default=True, metadata=_opt("TensorBoard event files in <out_dir>/tensorboard", RUN))
+    wandb: bool = field(
+        default=False,
+        metadata=_opt(
+            "also log to Weights & Biases (offline into <out_dir>/wandb without an API key; never fails the run)", RUN
+        ),
+    )
+    wandb_project: str = field(default="avemo", metadata=_opt("W&B project", RUN))
+    device: str = field(default="auto", metadata=_opt("auto = CUDA when present", HARDWARE, choices=DEVICES))
+    amp: str = field(
+        default="auto",
+        metadata=_opt("mixed precision: bf16 autocast (auto = on for a bf16-capable GPU)", HARDWARE, choices=AMP_MODES),
+    )
+    channels_last: str = field(
+        default="auto",
+        metadata=_opt("NHWC memory format for the CNNs (auto = on with CUDA)", HARDWARE, choices=CHANNELS_LAST_MODES),
+    )
+    seed: int = field(default=0, metadata=_opt("random seed: split, initialisation, data order, noise", DATA))
+    num_workers: int = 0  # DataLoader worker processes
+    max_train_batches: int = field(
+        default=0, metadata=_opt("0 = all; >0 caps batches per epoch (tests)", OPTIMISATION, hidden=True)
+    )
+    resume: bool = field(default=False, metadata=_opt("continue from <out_dir>/last.pt", RUN))
+    progress: bool = field(default=True, metadata=_opt("no progress bars", RUN, flag="no_progress", negate=True))
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["model"] = self.model.to_dict()
         return d
+
+
+def variational_encoders(model: ModelConfig) -> bool:
+    """The model has mu / logvar outputs (what the KL term reads)."""
+    return model.variational or model.fusion in VARIATIONAL_FUSIONS
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse a configuration that cannot work or would silently do nothing (ValueError naming the flag).
+
+    Only values are checked here; flags that were given but do not apply are refused by the CLI.
+    """
+    m, lw = cfg.model, LossWeights.from_dict(cfg.losses)
+    for name, value, allowed in (
+        ("--split_mode", cfg.split_mode, SPLIT_MODES),
+        ("--face_crop", cfg.face_crop, FACE_CROP_METHODS),
+        ("--num_classes", cfg.num_classes, (4, 8)),
+        ("--loss_weighting", cfg.loss_weighting, MODES),
+        ("--device", cfg.device, DEVICES),
+        ("--amp", cfg.amp, AMP_MODES),
+        ("--channels_last", cfg.channels_last, CHANNELS_LAST_MODES),
+        ("--fusion", m.fusion, FUSIONS),
+        ("--video_pooling", m.video_pooling, VIDEO_POOLINGS),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))} (got {value!r})")
+    if cfg.split_mode == "kfold" and not 0 <= cfg.fold < cfg.folds:
+        raise ValueError(f"--fold must be in 0..{cfg.folds - 1} for --folds {cfg.folds} (got {cfg.fold})")
+    teachers = [f"--teacher_{k}" for k in ("audio", "video") if getattr(cfg, f"teacher_{k}")]
+    if teachers and lw.distill <= 0:
+        raise ValueError(
+            f"{teachers[0]} needs --delta_va > 0 (the distillation weight; got {lw.distill}): "
+            "without it the teacher would run every step for nothing"
+        )
+    if lw.distill != 0 and not teachers:
+        raise ValueError("--delta_va needs a teacher: --teacher_audio and/or --teacher_video (a checkpoint)")
+    if teachers and m.fusion in UNIMODAL_FUSIONS:
+        raise ValueError(
+            f"{teachers[0]} distils into the unimodal auxiliary heads of a fusion model; --fusion {m.fusion} has none"
+        )
+    if lw.kl != 0 and not variational_encoders(m):
+        raise ValueError(
+            f"--kl_weight needs variational encoders: --variational or --fusion "
+            f"{' / '.join(sorted(VARIATIONAL_FUSIONS))} (got --fusion {m.fusion})"
+        )
+    if lw.focal_alpha is not None and len(lw.focal_alpha) != cfg.num_classes:
+        raise ValueError(
+            f"--focal_alpha needs one value per class: {cfg.num_classes} for --num_classes {cfg.num_classes} "
+            f"(got {len(lw.focal_alpha)})"
+        )

@@ -1,6 +1,6 @@
 """Trainer: AdamW, cosine annealing, early stopping on validation macro-F1, class-weighted CE,
 atomic checkpoints (best.pt, last.pt for --resume), metrics.json and plots for the test split.
-Runs on CPU or GPU (bf16 autocast, channels_last) and under torchrun (DDP): see training/runtime.py."""
+Runs on CPU or GPU (bf16 autocast, channels_last) and under torchrun (DDP): see train/runtime.py."""
 
 from __future__ import annotations
 
@@ -19,16 +19,18 @@ from tqdm import tqdm
 
 from avemo.contract.geometry import DEFAULT_GEOMETRY, WindowGeometry
 from avemo.contract.labels import label_names
+from avemo.contract.progress import progress as progress_bar
 from avemo.training.data.dataset import WindowDataset
 from avemo.training.data.prepare import prepare_data
 from avemo.training.evaluation.metrics import classification_metrics, plot_confusion, plot_history
 from avemo.training.evaluation.predict import evaluate, evaluate_predictions, predict
 from avemo.training.evaluation.reports import write_reports
-from avemo.training.losses.terms import LossWeights, class_weights, combine, loss_terms
+from avemo.training.losses.terms import class_weights
+from avemo.training.losses.total import LossWeights, combine, loss_terms
 from avemo.training.losses.weighting import LossWeighter
 from avemo.training.models.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint, model_from_checkpoint
 from avemo.training.models.model import FusionModel, build_model
-from avemo.training.train.config import TrainConfig
+from avemo.training.train.config import TrainConfig, check_config
 from avemo.training.train.logger import RunLogger
 from avemo.training.train.runtime import Runtime, make_runtime, shutdown
 
@@ -76,11 +78,7 @@ def train_window_metrics(y_true: list[np.ndarray], y_pred: list[np.ndarray], lab
 
 
 def loss_weights(cfg: TrainConfig) -> LossWeights:
-    d = dict(cfg.losses)
-    for k in ("focal_alpha", "recon_modality_weights"):
-        if d.get(k) is not None:
-            d[k] = tuple(d[k])
-    return LossWeights(**d)
+    return LossWeights.from_dict(cfg.losses)
 
 
 def load_teachers(cfg: TrainConfig, device: torch.device = torch.device("cpu")) -> dict[str, FusionModel]:
@@ -125,7 +123,9 @@ def shared_parameters(model: FusionModel) -> list[torch.Tensor]:
 def train(cfg: TrainConfig, geometry: WindowGeometry = DEFAULT_GEOMETRY) -> dict:
     """Train one model into cfg.out_dir: best.pt, last.pt (resume state), metrics.json, history.png,
     confusion_test.png, per_class_report.md, per_class_f1.png, error_cases.md/.json, tensorboard/
-    (and wandb/ with cfg.wandb). Under torchrun only rank 0 writes; other ranks return {"rank": r}."""
+    (and wandb/ with cfg.wandb). Under torchrun only rank 0 writes; other ranks return {"rank": r}.
+    A configuration that cannot work or would silently do nothing raises ValueError (``check_config``)."""
+    check_config(cfg)
     rt = make_runtime(cfg.device, cfg.amp, cfg.channels_last)
     try:
         return _train(cfg, geometry, rt)
@@ -151,6 +151,7 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
         folds=cfg.folds,
         fold=cfg.fold,
         seed=cfg.seed,
+        face_crop=cfg.face_crop,
         progress=progress,
     )
     if rt.is_main:
@@ -166,6 +167,8 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
     state = {"epoch": 0, "best_f1": -1.0, "bad_epochs": 0, "history": []}
     last_path, best_path = out / "last.pt", out / "best.pt"
     resume = load_checkpoint(last_path) if cfg.resume and last_path.exists() else None
+    if cfg.resume and resume is None and rt.is_main:
+        tqdm.write(f"nothing to resume: {last_path} does not exist; starting a new run")
     if resume is not None:
         model.load_state_dict(resume["state_dict"])
     if rt.distributed:
@@ -223,7 +226,9 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
         seen_pred: list[np.ndarray] = []
         n = 0
         train_loader = loader(datasets["train"], cfg, True, epoch, rt)
-        bar = tqdm(train_loader, desc=f"{mcfg.fusion} epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress)
+        bar = progress_bar(
+            train_loader, desc=f"{mcfg.fusion} epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress
+        )
         for step, batch in enumerate(bar):
             if cfg.max_train_batches and step >= cfg.max_train_batches:
                 break

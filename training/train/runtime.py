@@ -25,6 +25,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+DEVICES = ("auto", "cpu", "cuda")  # TrainConfig.device / --device
+AMP_MODES = ("auto", "bf16", "off")  # TrainConfig.amp / --amp
+CHANNELS_LAST_MODES = ("auto", "on", "off")  # TrainConfig.channels_last / --channels_last
+
 
 @dataclass
 class Runtime:
@@ -112,10 +116,11 @@ def _choice(value: str, name: str, allowed: tuple[str, ...]) -> str:
 
 
 def make_runtime(device: str = "auto", amp: str = "auto", channels_last: str = "auto") -> Runtime:
-    """Build the Runtime; starts the torchrun process group when WORLD_SIZE > 1 (and none exists)."""
-    device = _choice(device, "device", ("auto", "cpu", "cuda"))
-    amp = _choice(amp, "amp", ("auto", "bf16", "off"))
-    channels_last = _choice(channels_last, "channels_last", ("auto", "on", "off"))
+    """Build the Runtime. Under torchrun (RANK and WORLD_SIZE set, even with a single process) it is
+    distributed and starts the process group (NCCL on CUDA, gloo on CPU) unless one exists already."""
+    device = _choice(device, "device", DEVICES)
+    amp = _choice(amp, "amp", AMP_MODES)
+    channels_last = _choice(channels_last, "channels_last", CHANNELS_LAST_MODES)
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # set by torchrun
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -144,10 +149,3 @@ def shutdown(rt: Runtime) -> None:
     if rt.owns_group and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside a DDP wrapper."""
-    return (
-        model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
-    )

@@ -1,0 +1,370 @@
+"""Shared fixtures: tiny geometry and model sizes, the tiny generated corpus, a tiny contract-conforming
+ONNX model, a clip writer, and the real Triton server (started once per session).
+
+Test modules never import each other (ruff bans ``import tests``): everything shared lives here.
+torch / onnx are imported inside the fixtures that need them, so collecting the client tests does not
+load PyTorch.
+
+Real Triton: a test that needs the server SKIPS only where the platform cannot run the bundled
+tritonserver (see ``triton_skip_reason``) and FAILS with the server's own error (log tail) everywhere
+else. ``AVEMO_REQUIRE_TRITON=1`` turns even those skips into failures (for CI machines that must run it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avemo.contract.endpoint import MODEL_NAME
+from avemo.contract.geometry import WindowGeometry
+from avemo.contract.labels import EMOTIONS_4
+from avemo.contract.tensors import AUDIO, FRAMES, MODALITY_MASK, MODALITY_WEIGHTS, PROBS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# 1 s windows, 0.5 s hop: S = 16000 samples, F = 8 frames of 112 x 112
+_TINY_GEOMETRY = WindowGeometry(window_seconds=1.0, hop_seconds=0.5)
+# encoder widths small enough that a forward/backward pass takes milliseconds
+_TINY_DIMS = {"audio_channels": (8, 16), "video_channels": (8, 16), "embed_dim": 32}
+
+
+# ------------------------------------------------------------------------------ repository / sizes
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The checkout (the folder holding pyproject.toml)."""
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def geo() -> WindowGeometry:
+    """Tiny window geometry for model tests: 1 s windows, 0.5 s hop (S = 16000, F = 8)."""
+    return _TINY_GEOMETRY
+
+
+@pytest.fixture(scope="session")
+def tiny_dims() -> dict:
+    """ModelConfig keyword arguments for a tiny model: ``ModelConfig(fusion=..., **tiny_dims)``."""
+    return dict(_TINY_DIMS)
+
+
+@pytest.fixture(scope="session")
+def tiny_batch(geo) -> Callable:
+    """``tiny_batch(b, seed=0, frames_per_window=None) -> (audio, frames, mask)`` torch tensors for ``geo``."""
+
+    def make(b: int = 4, seed: int = 0, frames_per_window: int | None = None):
+        import torch
+
+        g = torch.Generator().manual_seed(seed)
+        audio = 0.2 * torch.randn(b, geo.window_samples, generator=g)
+        f = frames_per_window or geo.frames_per_window
+        frames = torch.randint(0, 256, (b, f, geo.face_size, geo.face_size, 3), generator=g, dtype=torch.uint8)
+        return audio, frames, torch.ones(b, 2)
+
+    return make
+
+
+# ------------------------------------------------------------------------------------ tiny corpus
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """The tiny generated RAVDESS-layout corpus, built ONCE per session: 3 actors, statement 1,
+    repetition 1, intensity 2 (21 MP4 clips, seed 0). Read-only for tests: write caches and runs elsewhere."""
+    from avemo.training.synthetic.corpus import generate_corpus
+
+    root = tmp_path_factory.mktemp("tiny_corpus")
+    generate_corpus(
+        root, n_actors=3, seed=0, statements=(1,), repetitions=(1,), intensities=(2,), jobs=1, progress=False
+    )
+    return root
+
+
+# ------------------------------------------------------------------------------------------ clips
+
+
+def _write_clip(path: Path, seconds: float = 2.2, fps: int = 12, size: int = 96, sr: int = 16000) -> Path:
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=fps)
+        vs.width = vs.height = size
+        vs.pix_fmt = "yuv420p"
+        vs.options = {"preset": "ultrafast"}
+        a_s = c.add_stream("aac", rate=sr)
+        a_s.layout = "mono"
+        for i in range(int(seconds * fps)):
+            img = np.full((size, size, 3), (40 * i) % 256, np.uint8)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            for p in vs.encode(frame):
+                c.mux(p)
+        for p in vs.encode():
+            c.mux(p)
+        n = int(seconds * sr)
+        x = (0.4 * np.sin(2 * np.pi * 330 * np.arange(n) / sr) * np.linspace(0.1, 1, n)).astype(np.float32)
+        for s0 in range(0, n, 1024):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(x[None, s0 : s0 + 1024]), format="fltp", layout="mono"
+            )
+            frame.sample_rate = sr
+            frame.pts = s0
+            for p in a_s.encode(frame):
+                c.mux(p)
+        for p in a_s.encode():
+            c.mux(p)
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_clip() -> Callable[..., Path]:
+    """``write_clip(path, seconds=2.2, fps=12, size=96, sr=16000) -> path``: a real H.264/AAC MP4
+    (grey frames brightening, a 330 Hz tone fading in)."""
+    return _write_clip
+
+
+@pytest.fixture(scope="session")
+def mp4_clip(tmp_path_factory, write_clip) -> Path:
+    """One real 2.2 s MP4 clip (read-only)."""
+    return write_clip(tmp_path_factory.mktemp("clip") / "clip.mp4")
+
+
+# ------------------------------------------------------------------------------- tiny ONNX model
+
+
+def _build_tiny_model(num_classes: int, seed: int = 0):
+    """A torch module with the real serving signature that computes its output from a few statistics:
+
+    audio [B, S] float32, frames [B, F, H, W, 3] uint8, modality_mask [B, 2] float32
+    -> probs [B, C] float32 (softmax), modality_weights [B, 2] float32 (sum to 1 over present modalities)
+    """
+    import torch
+    from torch import nn
+
+    class TinyEmotion(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            g = torch.Generator().manual_seed(seed)
+            self.audio_head = nn.Linear(3, num_classes)
+            self.video_head = nn.Linear(3, num_classes)
+            self.gate = nn.Linear(6, 2)
+            with torch.no_grad():
+                for p in self.parameters():
+                    p.copy_(torch.randn(p.shape, generator=g))
+
+        def forward(self, audio, frames, modality_mask):
+            a = torch.stack([audio.mean(dim=1), audio.abs().mean(dim=1), (audio * audio).mean(dim=1)], dim=1)
+            f = frames.to(torch.float32) / 255.0
+            v = torch.stack(
+                [f.mean(dim=(1, 2, 3, 4)), f[..., 0].mean(dim=(1, 2, 3)), f[..., 2].mean(dim=(1, 2, 3))], dim=1
+            )
+            am = modality_mask[:, 0:1]
+            vm = modality_mask[:, 1:2]
+            a = a * am
+            v = v * vm
+            gate = self.gate(torch.cat([a, v], dim=1))
+            # absent modalities get (almost) zero weight
+            gate = gate + (modality_mask - 1.0) * 1e4
+            weights = torch.softmax(gate, dim=1)
+            logits = weights[:, 0:1] * self.audio_head(a) + weights[:, 1:2] * self.video_head(v)
+            return torch.softmax(logits, dim=1), weights
+
+    return TinyEmotion().eval()
+
+
+def _tiny_example_inputs(geometry: WindowGeometry, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    s, f, size = geometry.window_samples, geometry.frames_per_window, geometry.face_size
+    return {
+        AUDIO: (0.3 * rng.standard_normal((batch, s))).astype(np.float32),
+        FRAMES: rng.integers(0, 256, size=(batch, f, size, size, 3), dtype=np.uint8),
+        MODALITY_MASK: np.ones((batch, 2), dtype=np.float32),
+    }
+
+
+def _export_tiny_onnx(path: Path, geometry: WindowGeometry, num_classes: int, seed: int = 0) -> Path:
+    """Export the tiny model with a dynamic batch dim to ONE self-contained ONNX file (dynamo, opset 18)."""
+    import onnx
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = _build_tiny_model(num_classes, seed)
+    ex = _tiny_example_inputs(geometry, batch=2, seed=seed)
+    args = tuple(torch.from_numpy(ex[k]) for k in (AUDIO, FRAMES, MODALITY_MASK))
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*axis name.*")
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            input_names=[AUDIO, FRAMES, MODALITY_MASK],
+            output_names=[PROBS, MODALITY_WEIGHTS],
+            dynamic_shapes={"audio": {0: batch}, "frames": {0: batch}, "modality_mask": {0: batch}},  # forward args
+            opset_version=18,
+            dynamo=True,
+            external_data=False,
+        )
+    # make sure the result is a single file, whatever the exporter did
+    proto = onnx.load(str(path), load_external_data=True)
+    onnx.save(proto, str(path), save_as_external_data=False)
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        data.unlink()
+    return path
+
+
+@pytest.fixture(scope="session")
+def export_tiny_onnx() -> Callable[..., Path]:
+    """``export_tiny_onnx(path, geometry, num_classes, seed=0) -> path``: a tiny contract-conforming ONNX
+    file (real serving signature, dynamic batch) whose export and inference take milliseconds."""
+    return _export_tiny_onnx
+
+
+@pytest.fixture(scope="session")
+def serving_labels() -> list[str]:
+    """The labels of the tiny served model (4 classes)."""
+    return list(EMOTIONS_4)
+
+
+@pytest.fixture(scope="session")
+def served_model_name() -> str:
+    """The served model's name (contract.endpoint.MODEL_NAME)."""
+    return MODEL_NAME
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory, export_tiny_onnx, geo, serving_labels) -> Path:
+    """The tiny model for ``geo`` and ``serving_labels``, exported once per session (read-only)."""
+    return export_tiny_onnx(tmp_path_factory.mktemp("tiny_onnx") / "tiny.onnx", geo, len(serving_labels))
+
+
+@pytest.fixture(scope="session")
+def triton_repository(tmp_path_factory, tiny_onnx, geo, serving_labels, served_model_name) -> Path:
+    """A Triton model repository holding the tiny ONNX model (written by ``write_model_repository``)."""
+    from avemo.export.triton_repo import write_model_repository
+
+    repo_dir = tmp_path_factory.mktemp("triton") / "model_repository"
+    write_model_repository(
+        repo_dir,
+        served_model_name,
+        tiny_onnx,
+        serving_labels,
+        geo,
+        max_batch_size=8,
+        preferred_batch_sizes=(2, 4),
+        extra_parameters={"fusion": "tiny-gated", "checkpoint_sha256": "abc123"},
+    )
+    return repo_dir
+
+
+# ----------------------------------------------------------------------------------- real Triton
+
+
+def _triton_skip_reason() -> str | None:
+    """Why this platform / environment cannot run the bundled tritonserver at all, or None if it should.
+
+    Skip conditions (anything else that keeps the server from starting is a test FAILURE):
+    - not Linux on x86_64 / aarch64 (nvidia-pytriton ships the server only for those);
+    - the nvidia-pytriton package is not installed (base install without the [serve] extra);
+    - the tritonserver binary is absent from the installed package;
+    - the wheel holds no Python-backend stub for this Python version;
+    - the system shared libpython3.X.so.1.0 that the stub links is not installed.
+    """
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64"):
+        here = f"{sys.platform} {platform.machine()}"
+        return f"the bundled tritonserver runs on Linux x86_64/aarch64 only (this is {here})"
+    if importlib.util.find_spec("pytriton") is None:
+        return "nvidia-pytriton is not installed in this environment (pip install -e '.[serve]')"
+    from avemo.serving import server
+
+    binary = server.pytriton_dir() / "tritonserver" / "bin" / "tritonserver"
+    if not binary.exists():
+        return f"the tritonserver binary is not installed (no {binary}; reinstall nvidia-pytriton)"
+    try:
+        server.find_stub()
+    except server.TritonServerError as exc:
+        return f"no Triton Python-backend stub for this Python: {exc}"
+    if server.find_libpython() is None:
+        tag = server.python_version_tag()
+        return f"libpython{tag}.so.1.0 (linked by the Triton Python stub) is missing: apt-get install libpython{tag}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def triton_runtime():
+    """The ``avemo.serving.server`` module, once the platform is known to be able to run tritonserver.
+
+    Skips (reason shown by ``-ra``) only for the conditions in ``_triton_skip_reason``; with
+    ``AVEMO_REQUIRE_TRITON=1`` those fail instead.
+    """
+    reason = _triton_skip_reason()
+    if reason is not None:
+        if os.environ.get("AVEMO_REQUIRE_TRITON") == "1":
+            pytest.fail(f"AVEMO_REQUIRE_TRITON=1 but the real Triton server cannot run here: {reason}")
+        pytest.skip(f"real Triton server not runnable here: {reason}")
+    from avemo.serving import server
+
+    server.find_tritonserver()  # present but not executable: a broken install, fail with the message
+    return server
+
+
+def _start_server(server_mod, repo: Path, log_file: Path, timeout: float = 120):
+    srv = server_mod.TritonServer(repo, server_mod.ServerPorts.free(), log_file=log_file)
+    try:
+        srv.start(timeout=timeout)
+        return srv
+    except Exception as exc:  # noqa: BLE001 - any start-up failure fails the test with the server's words
+        tail = "" if str(log_file) in str(exc) else f"\nlog ({log_file}) tail:\n{srv.log_tail(3000)}"
+        reason = f"the real Triton server should run here but did not start: {type(exc).__name__}: {exc}{tail}"
+    pytest.fail(reason, pytrace=False)  # outside the except block: no chained traceback
+
+
+@pytest.fixture(scope="session")
+def triton_server(triton_runtime, triton_repository, tmp_path_factory):
+    """ONE real tritonserver for the session, serving a copy of ``triton_repository`` on free local ports.
+
+    Do not stop it in a test (use ``launch_triton`` for a server of your own). A start-up failure is a
+    test failure carrying the server's error lines and log tail (cached: reported once per test, started once).
+    """
+    import shutil
+
+    # serve a copy: the Python backend writes __pycache__ next to model.py, and tests compare the
+    # repository with what write_model_repository wrote
+    work = tmp_path_factory.mktemp("triton_server")
+    served = shutil.copytree(triton_repository, work / "model_repository")
+    srv = _start_server(triton_runtime, served, work / "triton.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def launch_triton(triton_runtime, tmp_path):
+    """``launch_triton(repo) -> TritonServer``: a started server of the test's own (free ports),
+    stopped at teardown; fails the test with the server's log tail if it does not start."""
+    started = []
+
+    def launch(repo: Path, timeout: float = 120):
+        import shutil
+
+        # serve a copy, so the caller's repository stays as written (the backend adds __pycache__)
+        served = shutil.copytree(repo, tmp_path / f"served_repository{len(started)}")
+        srv = _start_server(triton_runtime, served, tmp_path / f"triton{len(started)}.log", timeout)
+        started.append(srv)
+        return srv
+
+    yield launch
+    for srv in started:
+        srv.stop()
