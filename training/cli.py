@@ -302,13 +302,8 @@ def evaluate_run(args: argparse.Namespace) -> int:
         cfg.data_root,
         cfg.cache_dir,
         WindowGeometry.from_dict(ckpt["geometry"]),
-        num_classes=cfg.num_classes,
-        split_mode=cfg.split_mode,
-        folds=cfg.folds,
-        fold=cfg.fold,
-        seed=cfg.seed,
-        face_crop=cfg.face_crop,
         progress=cfg.progress,
+        **cfg.data_options(),
     )
     ds = datasets[args.split]
     if len(ds) == 0:

@@ -38,7 +38,8 @@ def parse_fusions(text: str) -> list[str]:
 def comparable(config: dict) -> dict:
     """A run configuration without the fields that do not change its result."""
     d = {k: v for k, v in config.items() if k not in _IGNORED}
-    d.setdefault("face_crop", "auto")  # runs made before face_crop was a field used the "auto" crop
+    d.setdefault("face_crop", "auto")  # runs made before these fields existed used these values
+    d.setdefault("weight_decay_scope", "all")
     model = {k: v for k, v in dict(d.get("model", {})).items() if k not in _IGNORED_MODEL}
     model["num_classes"] = d.get("num_classes", model.get("num_classes"))
     d["model"] = model

@@ -20,6 +20,8 @@ from avemo.training.models.config import FUSIONS, UNIMODAL_FUSIONS, VIDEO_POOLIN
 from avemo.training.models.fusion import VARIATIONAL_FUSIONS
 from avemo.training.train.runtime import AMP_MODES, CHANNELS_LAST_MODES, DEVICES
 
+WEIGHT_DECAY_SCOPES = ("all", "matrices")  # see avemo.training.train.loop.make_optimizer
+
 # help sections, in the order ``avemo train --help`` shows them
 DATA = "data and split"
 OPTIMISATION = "optimisation"
@@ -56,8 +58,14 @@ class TrainConfig:
     epochs: int = field(default=20, metadata=_opt("max epochs", OPTIMISATION))
     batch_size: int = field(default=32, metadata=_opt("windows per step (per process under torchrun)", OPTIMISATION))
     lr: float = field(default=2e-3, metadata=_opt("AdamW learning rate", OPTIMISATION))
-    weight_decay: float = field(
-        default=1e-2, metadata=_opt("AdamW weight decay (conv and linear weights only)", OPTIMISATION)
+    weight_decay: float = field(default=1e-2, metadata=_opt("AdamW weight decay", OPTIMISATION))
+    weight_decay_scope: str = field(
+        default="all",
+        metadata=_opt(
+            "parameters weight decay applies to: all, or matrices (tensors of 2+ dims: no norms, biases, gate bias)",
+            OPTIMISATION,
+            choices=WEIGHT_DECAY_SCOPES,
+        ),
     )
     use_cosine_annealing: bool = field(default=True, metadata=_opt("cosine LR schedule", OPTIMISATION))
     early_stopping_patience: int = field(
@@ -107,6 +115,11 @@ class TrainConfig:
     progress: bool = field(default=True, metadata=_opt("no progress bars", RUN, flag="no_progress", negate=True))
     model: ModelConfig = field(default_factory=ModelConfig)
 
+    def data_options(self) -> dict:
+        """The keyword arguments of ``avemo.training.data.prepare.prepare_data`` this run decides."""
+        keys = ("num_classes", "split_mode", "folds", "fold", "seed", "face_crop")
+        return {k: getattr(self, k) for k in keys}
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["model"] = self.model.to_dict()
@@ -134,6 +147,7 @@ def check_config(cfg: TrainConfig) -> None:
         ("--channels_last", cfg.channels_last, CHANNELS_LAST_MODES),
         ("--fusion", m.fusion, FUSIONS),
         ("--video_pooling", m.video_pooling, VIDEO_POOLINGS),
+        ("--weight_decay_scope", cfg.weight_decay_scope, WEIGHT_DECAY_SCOPES),
     ):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))} (got {value!r})")
