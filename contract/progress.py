@@ -44,6 +44,17 @@ def _is_tty(file) -> bool:
         return False
 
 
+class _LogBar(tqdm):
+    """A tqdm whose ``set_postfix`` / ``set_description`` wait for the next timed redraw (a forced
+    redraw per call would print one line per training step in a log)."""
+
+    def set_postfix(self, ordered_dict=None, refresh=False, **kwargs):
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+    def set_description(self, desc=None, refresh=False):
+        super().set_description(desc, refresh=False)
+
+
 def progress(iterable=None, **tqdm_kwargs) -> tqdm:
     """``tqdm(iterable, **tqdm_kwargs)``; in a log (not a TTY) one line every ``LOG_INTERVAL`` s at most.
 
@@ -56,4 +67,5 @@ def progress(iterable=None, **tqdm_kwargs) -> tqdm:
         tqdm_kwargs.setdefault("mininterval", LOG_INTERVAL)
         tqdm_kwargs.setdefault("maxinterval", max(LOG_INTERVAL, tqdm_kwargs["mininterval"]))
         tqdm_kwargs.setdefault("ascii", True)
+        return _LogBar(iterable, **tqdm_kwargs)
     return tqdm(iterable, **tqdm_kwargs)
