@@ -2,7 +2,7 @@
 
 Each subcommand lives in its package's ``cli.py`` as ``add_arguments(parser)`` + ``run(args) -> int``;
 those modules import heavy libraries (torch, tritonclient) lazily, inside ``run``. Options are added
-with ``avemo.contract.options``; a ``run`` that raises ``avemo.contract.options.UsageError`` ends like an argparse error
+with ``avemo.contract.options``; a ``run`` that raises its ``UsageError`` ends like an argparse error
 ("avemo train: error: ...", exit status 2).
 """
 
@@ -14,42 +14,18 @@ import sys
 
 from avemo.contract.options import UsageError
 
+TRAINING = "avemo.training.cli"  # one module, five commands: <name>_arguments / <name>_run
 # name -> (module, add_arguments attr, run attr, one-line help)
 COMMANDS = {
-    "corpus": (
-        "avemo.training.cli",
-        "corpus_arguments",
-        "corpus_run",
-        "generate the synthetic RAVDESS-layout MP4 corpus",
-    ),
-    "cache": (
-        "avemo.training.cli",
-        "cache_arguments",
-        "cache_run",
-        "decode clips into the training cache (done by train too)",
-    ),
-    "train": ("avemo.training.cli", "train_arguments", "train_run", "train a fusion model or a unimodal baseline"),
-    "evaluate": ("avemo.training.cli", "evaluate_arguments", "evaluate_run", "metrics of a checkpoint on a split"),
-    "compare": (
-        "avemo.training.cli",
-        "compare_arguments",
-        "compare_run",
-        "train several fusions with one seed and split, tabulate test results",
-    ),
+    "corpus": (TRAINING, "corpus_arguments", "corpus_run", "generate the synthetic RAVDESS-layout MP4 corpus"),
+    "cache": (TRAINING, "cache_arguments", "cache_run", "decode clips into the training cache (done by train too)"),
+    "train": (TRAINING, "train_arguments", "train_run", "train a fusion model or a unimodal baseline"),
+    "evaluate": (TRAINING, "evaluate_arguments", "evaluate_run", "metrics of a checkpoint on a split"),
+    "compare": (TRAINING, "compare_arguments", "compare_run", "train several fusions with one seed and split"),
     "export": ("avemo.export.cli", "add_arguments", "run", "checkpoint -> ONNX in the Triton model repository"),
     "serve": ("avemo.serving.cli", "add_arguments", "run", "run the bundled Triton server on the model repository"),
-    "predict": (
-        "avemo.client.cli",
-        "add_arguments",
-        "run",
-        "stream clips through Triton over gRPC and print predictions",
-    ),
-    "demo": (
-        "avemo.demo",
-        "add_arguments",
-        "run",
-        "the main job: corpus -> train -> export -> Triton -> predict test clips",
-    ),
+    "predict": ("avemo.client.cli", "add_arguments", "run", "stream clips through Triton over gRPC, print predictions"),
+    "demo": ("avemo.demo", "add_arguments", "run", "the main job: corpus -> train -> export -> Triton -> predict"),
 }
 
 
