@@ -93,38 +93,14 @@ def tiny_corpus(tmp_path_factory) -> Path:
 
 
 def _write_clip(path: Path, seconds: float = 2.2, fps: int = 12, size: int = 96, sr: int = 16000) -> Path:
-    import av
+    """Grey frames brightening and a 330 Hz tone fading in, written by the corpus's own MP4 writer."""
+    from avemo.training.synthetic.corpus import write_mp4
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        vs = c.add_stream("libx264", rate=fps)
-        vs.width = vs.height = size
-        vs.pix_fmt = "yuv420p"
-        vs.options = {"preset": "ultrafast"}
-        a_s = c.add_stream("aac", rate=sr)
-        a_s.layout = "mono"
-        for i in range(int(seconds * fps)):
-            img = np.full((size, size, 3), (40 * i) % 256, np.uint8)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
-            for p in vs.encode(frame):
-                c.mux(p)
-        for p in vs.encode():
-            c.mux(p)
-        n = int(seconds * sr)
-        x = (0.4 * np.sin(2 * np.pi * 330 * np.arange(n) / sr) * np.linspace(0.1, 1, n)).astype(np.float32)
-        for s0 in range(0, n, 1024):
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(x[None, s0 : s0 + 1024]), format="fltp", layout="mono"
-            )
-            frame.sample_rate = sr
-            frame.pts = s0
-            for p in a_s.encode(frame):
-                c.mux(p)
-        for p in a_s.encode():
-            c.mux(p)
-    return path
+    frames = np.stack([np.full((size, size, 3), (40 * i) % 256, np.uint8) for i in range(int(seconds * fps))])
+    n = int(seconds * sr)
+    audio = (0.4 * np.sin(2 * np.pi * 330 * np.arange(n) / sr) * np.linspace(0.1, 1, n)).astype(np.float32)
+    write_mp4(Path(path), audio, frames, audio_rate=sr, fps=fps)
+    return Path(path)
 
 
 @pytest.fixture(scope="session")

@@ -124,16 +124,8 @@ def test_clip_name_and_parse():
 
 # ---------------------------------------------------------------------------------------- files
 def test_generate_tiny_corpus_writes_real_mp4(tmp_path):
-    files = syn.generate_corpus(
-        tmp_path,
-        n_actors=2,
-        seed=3,
-        emotions=[1, 5],
-        statements=(2,),
-        repetitions=(1,),
-        intensities=(1,),
-        progress=False,
-    )
+    tiny = dict(n_actors=2, seed=3, emotions=[1, 5], statements=(2,), repetitions=(1,), intensities=(1,))
+    files = syn.generate_corpus(tmp_path, **tiny, progress=False)
     assert [f.relative_to(tmp_path).as_posix() for f in files] == [
         "Actor_01/01-01-01-01-02-01-01.mp4",
         "Actor_01/01-01-05-01-02-01-01.mp4",
@@ -165,16 +157,7 @@ def test_generate_tiny_corpus_writes_real_mp4(tmp_path):
 
     # existing files are skipped (not rewritten) unless overwrite=True
     mtimes = [f.stat().st_mtime_ns for f in files]
-    syn.generate_corpus(
-        tmp_path,
-        n_actors=2,
-        seed=3,
-        emotions=[1, 5],
-        statements=(2,),
-        repetitions=(1,),
-        intensities=(1,),
-        progress=False,
-    )
+    syn.generate_corpus(tmp_path, **tiny, progress=False)
     assert [f.stat().st_mtime_ns for f in files] == mtimes
 
 
