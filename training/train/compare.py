@@ -14,8 +14,10 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+from avemo.training.models.checkpoint import load_checkpoint
 from avemo.training.models.config import FUSIONS
 from avemo.training.train.config import TrainConfig
+from avemo.training.train.loop import train
 
 # configuration fields that do not change the result of a run (ignored when deciding to reuse one)
 _IGNORED = ("out_dir", "cache_dir", "resume", "progress", "num_workers", "tensorboard", "wandb", "wandb_project")
@@ -70,8 +72,6 @@ def resumable(cfg: TrainConfig) -> bool:
     if not last.exists():
         return False
     try:
-        from avemo.training.models.checkpoint import load_checkpoint
-
         stored = json.loads(load_checkpoint(last).get("train_config_json") or "{}")
     except Exception:
         return False
@@ -82,8 +82,6 @@ def train_or_reuse(cfg: TrainConfig, retrain: bool = False, log=print, tag: str 
     """(metrics, reused) of the run ``cfg``: a finished run of exactly this configuration is reused and an
     interrupted one resumed, unless ``retrain``; otherwise it trains from scratch. ``tag`` prefixes the
     log lines (default ``[<fusion>]``)."""
-    from avemo.training.train.loop import train
-
     tag = tag or f"[{cfg.model.fusion}]"
     metrics = None if retrain else reusable(cfg)
     if metrics is not None:
