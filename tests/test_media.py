@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from avemo.contract import media
+from avemo.contract import faces, media
 from avemo.contract.geometry import DEFAULT_GEOMETRY as G
 from avemo.contract.media import (
     MediaError,
@@ -179,21 +179,23 @@ def test_crop_faces_center_and_fake_haar(monkeypatch):
             return np.array([[0, 0, 40, 40], [150, 60, 10, 10]]) if i in (1, 2) else ()
 
     frames[:, 0:40, 0:40] = (255, 0, 0)  # the "face" is red
-    monkeypatch.setattr(media, "_get_cascade", lambda: FakeCascade())
+    monkeypatch.setattr(faces, "_get_cascade", lambda: FakeCascade())
     crops, counts = crop_faces(frames, 64, "haar", detect_every=1)
-    assert counts == {"haar": 6, "center": 0} and crops.shape == (6, 64, 64, 3)
-    assert (crops[:, 24:40, 24:40, 0] > 200).all()  # crop centred on the red face, margin around it
+    # causal: frame 0 comes before the first detection (centre); later frames keep the latest box
+    assert counts == {"haar": 5, "center": 1} and crops.shape == (6, 64, 64, 3)
+    assert (crops[0, ..., 2] == 255).all()
+    assert (crops[1:, 24:40, 24:40, 0] > 200).all()  # crop centred on the red face, margin around it
     FakeCascade.calls = 0
     crops, counts = crop_faces(frames, 64, "auto", max_gap=1, detect_every=1)  # frames 4, 5 too far from a detection
-    assert counts == {"haar": 4, "center": 2}
-    assert media._crop_method(counts) == "mixed"
+    assert counts == {"haar": 3, "center": 3}
+    assert media.crop_method(counts) == "mixed"
     assert (crops[4:, ..., 2] == 255).all()
     assert crop_faces(np.zeros((0, 50, 50, 3), np.uint8))[0].shape == (0, 112, 112, 3)
     with pytest.raises(ValueError):
         crop_faces(frames, 64, "eyes")
 
 
-def test_detection_runs_on_every_kth_frame_and_last(monkeypatch):
+def test_detection_runs_on_every_kth_frame_only(monkeypatch):
     frames = np.zeros((10, 120, 120, 3), np.uint8)
     seen = []
 
@@ -202,10 +204,10 @@ def test_detection_runs_on_every_kth_frame_and_last(monkeypatch):
             seen.append(1)
             return np.array([[40, 40, 40, 40]])
 
-    monkeypatch.setattr(media, "_get_cascade", lambda: CountingCascade())
+    monkeypatch.setattr(faces, "_get_cascade", lambda: CountingCascade())
     _, counts = crop_faces(frames, 64, "auto", detect_every=4)
-    assert len(seen) == 4  # frames 0, 4, 8 and the last one (9)
-    assert counts == {"haar": 10, "center": 0}  # frames between detections reuse the nearest box
+    assert len(seen) == 3  # frames 0, 4 and 8 (causal: the last frame is not special)
+    assert counts == {"haar": 10, "center": 0}  # frames between detections reuse the latest box
 
 
 def test_real_haar_cascade_loads_and_finds_nothing_in_noise():
@@ -213,7 +215,7 @@ def test_real_haar_cascade_loads_and_finds_nothing_in_noise():
     frames = rng.integers(0, 255, (2, 240, 320, 3), dtype=np.uint8)
     _, counts = crop_faces(frames)
     assert counts["haar"] + counts["center"] == 2
-    assert media._get_cascade() is media._get_cascade()
+    assert faces._get_cascade() is faces._get_cascade()
 
 
 def test_errors_name_the_file(files, tmp_path):

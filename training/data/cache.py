@@ -26,7 +26,7 @@ from avemo.contract.progress import progress as progress_bar
 from avemo.contract import media
 from avemo.contract.geometry import WindowGeometry
 
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"  # 3: causal face tracking (contract.faces), windows cut by contract.stream
 
 
 @dataclass
