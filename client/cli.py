@@ -1,4 +1,6 @@
-"""`avemo predict CLIP [CLIP...]`: stream clips through the served model and print predictions."""
+"""`avemo predict CLIP [CLIP...]`: stream clips through the served model; each window is printed as its
+answer arrives, then the clip label. `--realtime` plays each file at 1x, like a live source, and reports
+the lag from each window's last media sample to its answer."""
 
 from __future__ import annotations
 
@@ -6,8 +8,10 @@ import argparse
 import json
 import sys
 
+from avemo.client.smoothing import DEFAULT_SMOOTHING, parse_smoothing
 from avemo.contract.endpoint import CLIENT_TIMEOUT, GRPC_URL, MODEL_NAME
 from avemo.contract.media import FACE_CROP_METHODS, MediaError
+from avemo.contract.options import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,13 +24,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--face-crop", default="auto", choices=FACE_CROP_METHODS, help="face crop method (default: %(default)s)"
     )
+    parser.add_argument(
+        "--realtime",
+        action="store_true",
+        help="play each file at 1x like a live source and report the lag from each window's last sample to its answer",
+    )
+    parser.add_argument(
+        "--smooth",
+        default=DEFAULT_SMOOTHING,
+        metavar="SPEC",
+        help='smoothing of window probabilities over time: "none", "ema:A" (0<A<=1) or "median:K" '
+        "(default: %(default)s); the clip label is the argmax of the mean of the smoothed probabilities",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON only (one object per clip, as a list)")
     parser.add_argument("--plot", metavar="OUT.png", help="also draw the prediction timelines to this PNG")
 
 
 def run(args: argparse.Namespace) -> int:
     from avemo.client.grpc_client import EmotionClient, EmotionClientError
-    from avemo.client.predict import format_prediction, plot_timelines, predict_clip
+    from avemo.client.predict import format_header, format_summary, format_window, plot_timelines, predict_clip
+
+    try:
+        parse_smoothing(args.smooth)
+    except ValueError as exc:
+        raise UsageError(f"--smooth: {exc}") from None
 
     client = EmotionClient(args.url, args.model, timeout=args.timeout)
     try:
@@ -44,8 +65,13 @@ def run(args: argparse.Namespace) -> int:
             )
         preds, failed = [], 0
         for clip in args.clips:
+            if not args.json:
+                print(f"{clip}{' (real time)' if args.realtime else ''}\n{format_header()}", flush=True)
+            on_window = None if args.json else lambda w: print(format_window(w), flush=True)
             try:
-                pred = predict_clip(client, clip, face_crop=args.face_crop)
+                pred = predict_clip(
+                    client, clip, args.face_crop, smoothing=args.smooth, realtime=args.realtime, on_window=on_window
+                )
             except (MediaError, FileNotFoundError, ValueError) as exc:
                 print(f"error: skipping {clip}: {exc}", file=sys.stderr)
                 failed += 1
@@ -60,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             preds.append(pred)
             if not args.json:
-                print(format_prediction(pred) + "\n", flush=True)
+                print(format_summary(pred) + "\n", flush=True)
         if args.json:
             print(json.dumps(preds, indent=2))
         if args.plot and preds:

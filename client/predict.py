@@ -1,118 +1,186 @@
-"""Predict emotions for clip files through the served model (decode -> windows -> gRPC stream).
+"""Predict emotions for clip files through the served model, window by window as answers arrive.
 
-The clip is decoded with the SERVED window geometry (read from the model config), cut into windows
-with the shared ``contract.media`` module, streamed over one gRPC stream, and summarised: the clip
-label is the argmax of the mean of the window probabilities.
+The clip is read by the shared incremental pipeline (``contract.stream.ClipStream``) with the SERVED
+window geometry (read from the model config): each window is sent over one gRPC stream as soon as its
+last sample and frame are decoded, so memory stays flat in clip length and the first answer comes
+after the first window, not after the whole file. ``realtime=True`` paces the file at 1x like a live
+source; each answer then carries its lag: the time from the window's last media sample to its answer.
+
+The clip label is the argmax of the mean of the (smoothed, see ``client.smoothing``) window probabilities.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from avemo.client.grpc_client import EmotionClient, WindowResult
-from avemo.contract import media
+from avemo.client.smoothing import Smoother
+from avemo.contract.stream import ClipStream
 
 
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, np.float64), q)) if values else 0.0
 
 
-def summarise(
-    path,
-    results: list[WindowResult],
-    labels: list[str],
-    window_seconds: float,
-    duration: float | None = None,
-    crop_method: str | None = None,
-) -> dict:
-    """The prediction dict for one clip from its window results."""
-    if not results:
-        raise ValueError(f"{path}: no windows were predicted")
-    probs = np.stack([r.probs for r in results]).astype(np.float64)
-    mean = probs.mean(axis=0)
-    timeline = []
-    for r in results:
-        k = int(np.argmax(r.probs))
-        end = r.start + window_seconds
-        if duration is not None and duration > 0:
-            end = min(end, max(duration, r.start))
-        timeline.append(
-            {
-                "start": round(float(r.start), 3),
-                "end": round(float(end), 3),
-                "label": labels[k],
-                "prob": float(r.probs[k]),
-                "probs": {lab: float(p) for lab, p in zip(labels, r.probs)},
-                "modality_weights": {"audio": float(r.modality_weights[0]), "video": float(r.modality_weights[1])},
-                "latency_ms": float(r.latency_ms),
-            }
-        )
-    lat = [r.latency_ms for r in results]
+def _stats(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    return {"p50": _percentile(values, 50), "p95": _percentile(values, 95), "max": float(np.max(values))}
+
+
+def window_entry(r: WindowResult, labels: list[str], window_seconds: float, smoothed=None) -> dict:
+    """One timeline row: the window's own answer, its smoothed probabilities and label, timings."""
+    entry = {
+        "index": int(r.index),
+        "start": round(float(r.start), 3),
+        "end": round(float(r.start) + window_seconds, 3),
+        "latency_ms": float(r.latency_ms),
+        "lag_ms": None if getattr(r, "lag_ms", None) is None else float(r.lag_ms),
+        "error": getattr(r, "error", None),
+    }
+    if entry["error"] is not None:
+        return {**entry, "label": None, "prob": None, "probs": None, "modality_weights": None, "smoothed": None}
+    k = int(np.argmax(r.probs))
+    s = np.asarray(r.probs if smoothed is None else smoothed, np.float64)
+    return {
+        **entry,
+        "label": labels[k],
+        "prob": float(r.probs[k]),
+        "probs": {lab: float(p) for lab, p in zip(labels, r.probs)},
+        "modality_weights": {"audio": float(r.modality_weights[0]), "video": float(r.modality_weights[1])},
+        "smoothed": {lab: float(p) for lab, p in zip(labels, s)},
+        "smoothed_label": labels[int(np.argmax(s))],
+    }
+
+
+def summarise(path, timeline: list[dict], labels: list[str], duration: float | None = None, **extra) -> dict:
+    """The prediction dict for one clip from its timeline rows (``window_entry``)."""
+    answered = [w for w in timeline if w["error"] is None]
+    if not answered:
+        reasons = "; ".join(sorted({w["error"] for w in timeline})) or "the clip gave no windows"
+        raise ValueError(f"{path}: no window was predicted ({reasons})")
+    if duration is not None and duration > 0:
+        for w in timeline:
+            w["end"] = round(min(w["end"], max(duration, w["start"])), 3)
+    mean = np.mean([[w["smoothed"][lab] for lab in labels] for w in answered], axis=0)
+    lat = [w["latency_ms"] for w in answered]
     return {
         "clip": str(path),
         "label": labels[int(np.argmax(mean))],
         "probs": {lab: float(p) for lab, p in zip(labels, mean)},
         "timeline": timeline,
-        "latency_ms": {"p50": _percentile(lat, 50), "p95": _percentile(lat, 95), "mean": float(np.mean(lat))},
-        "crop_method": crop_method,
+        "latency_ms": {**_stats(lat), "mean": float(np.mean(lat))},
+        "lag_ms": _stats([w["lag_ms"] for w in answered if w["lag_ms"] is not None]),
         "duration": float(duration) if duration is not None else None,
-        "windows": len(results),
+        "windows": len(timeline),
+        "refused": len(timeline) - len(answered),
+        **extra,
     }
 
 
-def predict_clip(client: EmotionClient, path, face_crop: str = "auto") -> dict:
-    """Decode ``path`` with the served geometry, stream its windows, return the prediction dict.
+def predict_clip(
+    client: EmotionClient,
+    path,
+    face_crop: str = "auto",
+    smoothing: str = "none",
+    realtime: bool = False,
+    on_window: Callable[[dict], None] | None = None,
+) -> dict:
+    """Stream ``path``'s windows through the served model; ``on_window(row)`` is called as each answer arrives.
 
+    Returns the prediction dict (clip label, probabilities, timeline, latency, lag in real-time mode,
+    ``first_answer_s``, ``wall_s``). A window the server refused is a timeline row with ``error`` set.
     Raises ``contract.media.MediaError`` for unreadable clips and ``EmotionClientError`` for server errors.
     """
     served = client.model()
-    clip = media.decode_clip(Path(path), served.geometry, face_crop=face_crop)
-    windows = media.make_windows(clip, served.geometry)
-    results = client.stream(windows)
-    out = summarise(
+    g = served.geometry
+    smoother = Smoother(smoothing)
+    stream = ClipStream(Path(path), g, face_crop, realtime=realtime)
+    t0 = time.perf_counter()
+    first = None
+    timeline = []
+    for r in client.stream_iter(stream):
+        if first is None:
+            first = time.perf_counter() - t0
+        smoothed = smoother.update(r.probs) if getattr(r, "error", None) is None else None
+        row = window_entry(r, served.labels, g.window_seconds, smoothed)
+        if not realtime:
+            row["lag_ms"] = None  # media came faster than real time: only the round trip means something
+        timeline.append(row)
+        if on_window is not None:
+            on_window(row)
+    wall = time.perf_counter() - t0
+    return summarise(
         path,
-        results,
+        timeline,
         served.labels,
-        served.geometry.window_seconds,
-        duration=clip.duration,
-        crop_method=clip.crop_method,
+        duration=stream.duration,
+        crop_method=stream.crop_method,
+        model={"name": served.name, "version": served.version},
+        modalities={"audio": bool(stream.has_audio), "video": bool(stream.has_video)},
+        smoothing=smoothing,
+        realtime=bool(realtime),
+        first_answer_s=float(first) if first is not None else None,
+        wall_s=float(wall),
+        realtime_factor=float(wall / stream.duration) if stream.duration else None,
     )
-    out["model"] = {"name": served.name, "version": served.version}
-    out["modalities"] = {"audio": bool(clip.has_audio), "video": bool(clip.has_video)}
-    return out
 
 
-def format_prediction(pred: dict) -> str:
-    """A readable per-window table plus the clip label and latency."""
-    lines = [f"{pred['clip']}"]
+def format_header() -> str:
+    return f"  {'time (s)':>15}  {'label':<10} {'prob':>6}  {'smoothed':<10}  {'audio':>6} {'video':>6}  {'ms':>7}"
+
+
+def format_window(w: dict) -> str:
+    """One printed line per answered (or refused) window."""
+    rng = f"{w['start']:.2f}-{w['end']:.2f}"
+    if w["error"] is not None:
+        return f"  {rng:>15}  refused by the server: {w['error']}"
+    mw = w["modality_weights"]
+    ms = w["lag_ms"] if w["lag_ms"] is not None else w["latency_ms"]
+    return (
+        f"  {rng:>15}  {w['label']:<10} {w['prob']:6.3f}  {w['smoothed_label']:<10}  {mw['audio']:6.3f} "
+        f"{mw['video']:6.3f}  {ms:7.1f}"
+    )
+
+
+def format_summary(pred: dict) -> str:
+    """The clip line after the windows: metadata, label, latency or lag."""
     meta = []
     if pred.get("duration") is not None:
         meta.append(f"{pred['duration']:.2f} s")
-    meta.append(f"{pred.get('windows', len(pred['timeline']))} windows")
+    meta.append(f"{pred['windows']} windows" + (f" ({pred['refused']} refused)" if pred.get("refused") else ""))
     if pred.get("crop_method"):
         meta.append(f"face crop: {pred['crop_method']}")
     mods = pred.get("modalities")
     if mods:
         meta.append("modalities: " + ("+".join(k for k, v in mods.items() if v) or "none"))
-    lines.append("  " + ", ".join(meta))
-    lines.append(f"  {'time (s)':>15}  {'label':<10} {'prob':>6}  {'audio':>6} {'video':>6}  {'ms':>7}")
-    for w in pred["timeline"]:
-        rng = f"{w['start']:.2f}-{w['end']:.2f}"
-        mw = w["modality_weights"]
-        lines.append(
-            f"  {rng:>15}  {w['label']:<10} {w['prob']:6.3f}  {mw['audio']:6.3f} {mw['video']:6.3f}  "
-            f"{w.get('latency_ms', 0.0):7.1f}"
-        )
+    if pred.get("first_answer_s") is not None:
+        rtf = pred.get("realtime_factor") or 0.0
+        meta.append(f"first answer after {pred['first_answer_s']:.2f} s, real-time factor {rtf:.2f}")
     top = sorted(pred["probs"].items(), key=lambda kv: -kv[1])[:3]
-    lat = pred["latency_ms"]
-    lines.append(
-        f"  clip label: {pred['label']} ({pred['probs'][pred['label']]:.3f}; "
-        + ", ".join(f"{k} {v:.3f}" for k, v in top[1:])
-        + f")   latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms"
+    lat, lag = pred["latency_ms"], pred.get("lag_ms")
+    timing = f"round trip p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms"
+    if lag:
+        timing = f"lag (last media sample -> answer) p50 {lag['p50']:.1f} ms, p95 {lag['p95']:.1f} ms; " + timing
+    return "\n".join(
+        [
+            "  " + ", ".join(meta),
+            f"  clip label: {pred['label']} ({pred['probs'][pred['label']]:.3f}; "
+            + ", ".join(f"{k} {v:.3f}" for k, v in top[1:])
+            + f"), smoothing {pred.get('smoothing', 'none')}",
+            f"  {timing}",
+        ]
     )
-    return "\n".join(lines)
+
+
+def format_prediction(pred: dict) -> str:
+    """The whole readable report of one clip (header, one line per window, summary)."""
+    lines = [str(pred["clip"]), format_header()] + [format_window(w) for w in pred["timeline"]]
+    return "\n".join(lines + [format_summary(pred)])
 
 
 def plot_timelines(preds: list[dict], out_path) -> Path:
@@ -127,9 +195,10 @@ def plot_timelines(preds: list[dict], out_path) -> Path:
     fig, axes = plt.subplots(n, 1, figsize=(10, 2.8 * n), squeeze=False)
     for ax, pred in zip(axes[:, 0], preds):
         labels = list(pred["probs"].keys())
-        mids = [(w["start"] + w["end"]) / 2 for w in pred["timeline"]]
+        rows = [w for w in pred["timeline"] if w["error"] is None]
+        mids = [(w["start"] + w["end"]) / 2 for w in rows]
         for lab in labels:
-            ys = [w["probs"][lab] for w in pred["timeline"]]
+            ys = [w["smoothed"][lab] for w in rows]
             ax.plot(mids, ys, marker="o", ms=3, label=lab, lw=2.5 if lab == pred["label"] else 1.0)
         ax.set_ylim(0, 1)
         ax.set_xlabel("time (s, window centre)")
