@@ -313,8 +313,11 @@ class WindowAssembler:
 
 
 def _packet_seconds(packet) -> float | None:
+    """When a live source could hand this packet over: its decode time plus its duration (all its media captured)."""
     ts = packet.dts if packet.dts is not None else packet.pts
-    return None if ts is None or packet.time_base is None else float(ts * packet.time_base)
+    if ts is None or packet.time_base is None:
+        return None
+    return float((ts + (packet.duration or 0)) * packet.time_base)
 
 
 class ClipStream:
@@ -366,8 +369,8 @@ class ClipStream:
                     origin=origin,
                     keep=self.keep,
                 )
-                pace = _Pacer(origin) if self.realtime else None
                 streams = [s for s in (astream, vstream) if s is not None]
+                pace = _Pacer(origin, streams) if self.realtime else None
                 for packet in container.demux(*streams):
                     if pace is not None:
                         pace.wait(packet)
@@ -393,10 +396,14 @@ class ClipStream:
 
 
 class _Pacer:
-    """Sleeps until each packet's timestamp (relative to the first) has come, measured from ``origin``."""
+    """Sleeps until each packet's media has been captured: media time t is released at ``origin + t``.
 
-    def __init__(self, origin: float, speed: float = 1.0):
-        self.origin, self.speed, self.t0 = origin, speed, None
+    Media time 0 is the earliest stream start (where the assembler's audio and video clocks start);
+    packets stamped before it (B-frame decode times, AAC priming) go at once."""
+
+    def __init__(self, origin: float, streams, speed: float = 1.0):
+        starts = [float(s.start_time * s.time_base) for s in streams if s.start_time is not None and s.time_base]
+        self.origin, self.speed, self.t0 = origin, speed, min(starts, default=None)
 
     def wait(self, packet) -> None:
         t = _packet_seconds(packet)
