@@ -6,44 +6,55 @@ comes from the server's model config -- the client keeps no copy of those number
     client = EmotionClient()                      # contract.endpoint's GRPC_URL and MODEL_NAME
     served = client.model()                       # labels + geometry from the served config
     for r in client.stream_iter(windows):         # ONE bidirectional gRPC stream, results in order
-        print(r.index, served.labels[r.probs.argmax()], r.latency_ms)
+        if r.error:                               # the server refused this window; the others go on
+            print(r.index, "refused:", r.error)
+        else:
+            print(r.index, served.labels[r.probs.argmax()], r.latency_ms)
 
-No torch here (client/ must stay importable without it).
+Failures: every unary call has a deadline (``timeout``). The stream survives a server restart
+(reconnect + resend, see ``avemo.client.grpc_stream``) and raises ``ServerUnavailable`` only when the
+server stays away for ``reconnect_timeout`` s; a window the server refuses is a ``WindowResult`` with
+``error`` set (``raise_on_refused=True`` raises ``WindowError`` instead). No torch here (client/ must
+stay importable without it).
 """
 
 from __future__ import annotations
 
-import queue
-import re
 import threading
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from avemo.client.grpc_stream import (
+    _REQUEST_ID_RE,  # noqa: F401 - re-exported: where the request-id tag format lives
+    CHANNEL_ARGS,
+    RECONNECT_TIMEOUT,
+    EmotionClientError,
+    ResilientStream,
+    ServerUnavailable,
+    WindowError,
+    WindowResult,
+)
 from avemo.contract.endpoint import CLIENT_TIMEOUT, GRPC_URL, MODEL_NAME
 from avemo.contract.geometry import FACE_SIZE, SAMPLE_RATE, VIDEO_FPS, WindowGeometry
 from avemo.contract.tensors import AUDIO, FRAMES, INPUTS, MODALITY_MASK, MODALITY_WEIGHTS, OUTPUTS, PROBS
 
+__all__ = [
+    "RECONNECT_TIMEOUT",
+    "EmotionClient",
+    "EmotionClientError",
+    "ServedModel",
+    "ServerUnavailable",
+    "WindowError",
+    "WindowResult",
+    "served_model_from_config",
+]
+
 _NUMPY_TO_TRITON = {np.dtype(np.float32): "FP32", np.dtype(np.uint8): "UINT8"}  # what _batch sends
 _MAX_MESSAGE = 256 * 1024 * 1024  # a full batch: max_batch_size windows of F frames (served config), tens of MB
-_REQUEST_ID_RE = re.compile(r"\[request[ _]id[:=] ?([^\]]*)\]")
-
-
-class EmotionClientError(RuntimeError):
-    """The server rejected a request or could not be reached."""
-
-
-class WindowError(EmotionClientError):
-    """The server returned an error for one streamed window."""
-
-    def __init__(self, index: int | None, start: float | None, message: str):
-        where = f"window {index} (start {start:.2f} s)" if index is not None and start is not None else "a window"
-        super().__init__(f"{where}: {message}")
-        self.index, self.start, self.server_message = index, start, message
 
 
 @dataclass
@@ -61,15 +72,6 @@ class ServedModel:
     @property
     def num_classes(self) -> int:
         return len(self.labels)
-
-
-@dataclass
-class WindowResult:
-    index: int
-    start: float
-    probs: np.ndarray  # float32 [C]
-    modality_weights: np.ndarray  # float32 [2] (audio, video)
-    latency_ms: float  # send -> response callback
 
 
 def _params(config: dict) -> dict[str, str]:
@@ -141,13 +143,27 @@ def served_model_from_config(config: dict, version: str = "") -> ServedModel:
 class EmotionClient:
     """Talks to one model on one Triton server over gRPC."""
 
-    def __init__(self, url: str = GRPC_URL, model_name: str = MODEL_NAME, timeout: float = CLIENT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        url: str = GRPC_URL,
+        model_name: str = MODEL_NAME,
+        timeout: float = CLIENT_TIMEOUT,
+        reconnect_timeout: float = RECONNECT_TIMEOUT,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        """``timeout``: deadline of every unary call, and the silence after which a stream with unanswered
+        windows is presumed dead. ``reconnect_timeout``: how long a stream waits for a lost server.
+        ``on_event``: gets one human-readable line per reconnect event (without it: logged as warnings)."""
         self.url = url
         self.model_name = model_name
         self.timeout = float(timeout)
+        self.reconnect_timeout = float(reconnect_timeout)
+        self.on_event = on_event
+        self.reconnects = 0  # streams reopened after a transport failure, over this client's life
         channel_args = [
             ("grpc.max_send_message_length", _MAX_MESSAGE),
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
+            *CHANNEL_ARGS,
         ]
         self._client = grpcclient.InferenceServerClient(url=url, channel_args=channel_args)
         self._served: ServedModel | None = None
@@ -157,7 +173,11 @@ class EmotionClient:
 
     def is_ready(self) -> bool:
         try:
-            return bool(self._client.is_server_ready() and self._client.is_model_ready(self.model_name))
+            t = self.timeout
+            return bool(
+                self._client.is_server_ready(client_timeout=t)
+                and self._client.is_model_ready(self.model_name, client_timeout=t)
+            )
         except InferenceServerException:
             return False
 
@@ -239,126 +259,48 @@ class EmotionClient:
             weights.append(result.as_numpy(MODALITY_WEIGHTS))
         return np.concatenate(probs), np.concatenate(weights)
 
-    def stream(self, windows: Iterable) -> list[WindowResult]:
-        """Stream windows over ONE bidirectional gRPC stream; results in window order."""
-        return list(self.stream_iter(windows))
+    def stream(self, windows: Iterable, **kwargs) -> list[WindowResult]:
+        """Stream windows over ONE bidirectional gRPC stream; results in window order (see ``stream_iter``)."""
+        return list(self.stream_iter(windows, **kwargs))
 
-    def stream_iter(self, windows: Iterable, max_in_flight: int = 64) -> Iterator[WindowResult]:
+    def stream_iter(
+        self,
+        windows: Iterable,
+        max_in_flight: int = 64,
+        *,
+        raise_on_refused: bool = False,
+        reconnect_timeout: float | None = None,
+        on_event: Callable[[str], None] | None = None,
+    ) -> Iterator[WindowResult]:
         """Send windows as they are produced (a generator is fine: webcam/mic) and yield results in order.
 
-        A sender thread pulls windows from ``windows`` and writes them to the stream, so a result is
-        yielded as soon as it and all earlier ones are back, even while the producer waits for the
-        next window. ``max_in_flight`` bounds the windows sent but not answered. A server error for a
-        window raises ``WindowError`` naming the window; the stream is closed on exit.
+        A sender thread pulls windows (``.start``, ``.audio``, ``.frames``, ``.mask``, optional
+        ``.ready_at``) from ``windows`` and writes them to the stream, so a result is yielded as soon as
+        it and all earlier ones are back, even while the producer waits for the next window.
+        ``max_in_flight`` bounds the windows sent but not yet yielded.
+
+        - A window the server refuses is yielded with ``error`` set (``probs`` None); with
+          ``raise_on_refused=True`` it raises ``WindowError`` (in order) instead.
+        - A transport failure (server restart, connection loss, ``timeout`` s of silence with windows
+          unanswered) reconnects and resends the unanswered windows -- none lost, none answered twice;
+          ``ServerUnavailable`` if the server is not back within ``reconnect_timeout`` s (default: the
+          client's). ``on_event`` (default: the client's) hears about it; ``self.reconnects`` counts it.
         """
         self.model()  # config first: fail early, and dims for validation
-        events: queue.Queue = queue.Queue()
-        sent: dict[str, tuple[int, float, float]] = {}  # request id -> (index, start, send time)
-        lock = threading.Lock()
-        stop = threading.Event()
-        slots = threading.Semaphore(max(1, int(max_in_flight)))
-
-        def callback(result=None, error=None):
-            events.put(("response", result, error, time.perf_counter()))
-
-        def sender():
-            count = 0
-            try:
-                for i, w in enumerate(windows):
-                    if stop.is_set():
-                        return
-                    audio, frames, mask, _ = self._batch(w.audio, w.frames, w.mask)
-                    while not slots.acquire(timeout=0.1):
-                        if stop.is_set():
-                            return
-                    rid = str(i)
-                    inputs = self._inputs(audio, frames, mask)
-                    with lock:
-                        sent[rid] = (i, float(w.start), time.perf_counter())
-                    self._client.async_stream_infer(self.model_name, inputs, request_id=rid, outputs=self._outputs())
-                    count = i + 1
-                events.put(("done", count))
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-                events.put(("fail", exc))
-
         if not self._stream_lock.acquire(blocking=False):
             raise EmotionClientError("this EmotionClient already has an open stream; use another client")
-        clean = False
         try:
-            self._client.start_stream(callback=callback)
-            thread = threading.Thread(target=sender, name="avemo-stream-sender", daemon=True)
-            thread.start()
-            done: dict[int, WindowResult] = {}
-            total = None
-            next_index = 0
-            last_event = time.monotonic()
-            try:
-                while total is None or next_index < total:
-                    try:
-                        event = events.get(timeout=0.5)
-                    except queue.Empty:  # nothing back yet: a timeout only while windows await answers
-                        with lock:
-                            waiting = len(sent)
-                        if waiting and time.monotonic() - last_event > self.timeout:
-                            raise EmotionClientError(
-                                f"no response for window {next_index} within {self.timeout:.0f} s "
-                                f"({waiting} window(s) awaiting responses)"
-                            ) from None
-                        continue
-                    last_event = time.monotonic()
-                    kind = event[0]
-                    if kind == "done":
-                        total = event[1]
-                    elif kind == "fail":
-                        raise event[1]
-                    else:
-                        _, result, error, t_recv = event
-                        slots.release()
-                        if error is not None:
-                            raise self._window_error(error, sent, lock)
-                        rid = result.get_response().id
-                        with lock:
-                            index, start, t_send = sent.pop(rid)
-                        done[index] = WindowResult(
-                            index=index,
-                            start=start,
-                            probs=result.as_numpy(PROBS)[0],
-                            modality_weights=result.as_numpy(MODALITY_WEIGHTS)[0],
-                            latency_ms=(t_recv - t_send) * 1000.0,
-                        )
-                    while next_index in done:
-                        yield done.pop(next_index)
-                        next_index += 1
-                clean = True
-            finally:
-                stop.set()
-                thread.join(timeout=1)
+            stream = ResilientStream(
+                self,
+                windows,
+                max_in_flight,
+                self.reconnect_timeout if reconnect_timeout is None else reconnect_timeout,
+                on_event or self.on_event,
+                raise_on_refused,
+            )
+            yield from stream.results()
         finally:
-            try:
-                if clean:
-                    self._client.stop_stream()
-                else:  # error or consumer stopped early: drop what is still in flight
-                    try:
-                        self._client.stop_stream(cancel_requests=True)
-                    except TypeError:  # older tritonclient without cancel_requests
-                        self._client.stop_stream()
-            except Exception:
-                pass
             self._stream_lock.release()
-
-    @staticmethod
-    def _window_error(error, sent, lock) -> WindowError:
-        msg = error.message() if isinstance(error, InferenceServerException) else str(error)
-        msg = msg or str(error)
-        m = _REQUEST_ID_RE.search(msg)
-        with lock:
-            if m and m.group(1) in sent:
-                index, start, _ = sent[m.group(1)]
-            elif sent:  # the server did not say which one: the oldest unanswered window
-                index, start, _ = min(sent.values())
-            else:
-                index = start = None
-        return WindowError(index, start, msg)
 
     def close(self) -> None:
         try:

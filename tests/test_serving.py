@@ -354,11 +354,15 @@ def test_malformed_requests_get_clear_errors_and_server_keeps_serving(triton_ser
     assert ok.as_numpy(PROBS).shape == (1, 4)
     assert np.isclose(ok.as_numpy(PROBS).sum(), 1.0, atol=1e-5)
 
-    # a bad window in a stream raises an error naming that window; the next stream works
+    # a bad window in a stream is reported as that window's error and the others are answered;
+    # raise_on_refused=True raises an error naming that window instead; the next stream works
     windows = _windows(geo, 3)
     windows[1].audio[:] = np.inf
+    results = client.stream(windows)
+    assert [r.index for r in results] == [0, 1, 2] and [r.error is None for r in results] == [True, False, True]
+    assert "non-finite" in results[1].error and results[1].probs is None and results[2].probs.shape == (4,)
     with pytest.raises(WindowError, match=r"window 1 \(start 0\.50 s\).*non-finite") as info:
-        client.stream(windows)
+        client.stream(windows, raise_on_refused=True)
     assert info.value.index == 1
     assert len(client.stream(_windows(geo, 2))) == 2
     # client-side shape check before anything is sent
@@ -391,12 +395,20 @@ def test_predict_cli_on_real_clip_and_corrupt_clip(triton_server, mp4_clip, serv
     assert set(pred["probs"]) == set(serving_labels) and abs(sum(pred["probs"].values()) - 1) < 1e-4
     starts = [w["start"] for w in pred["timeline"]]
     assert starts == geo.window_starts(pred["duration"])
-    mean = np.mean([[w["probs"][lab] for lab in serving_labels] for w in pred["timeline"]], axis=0)
-    assert pred["label"] == serving_labels[int(np.argmax(mean))]
+    # default smoothing ema:0.5 (causal); the clip label is the argmax of the mean of the smoothed probabilities
+    raw = np.array([[w["probs"][lab] for lab in serving_labels] for w in pred["timeline"]])
+    smoothed = np.array([[w["smoothed"][lab] for lab in serving_labels] for w in pred["timeline"]])
+    ema = [raw[0]]
+    for p in raw[1:]:
+        ema.append(0.5 * p + 0.5 * ema[-1])
+    np.testing.assert_allclose(smoothed, np.array(ema), atol=1e-6)
+    assert pred["smoothing"] == "ema:0.5"
+    assert pred["label"] == serving_labels[int(np.argmax(smoothed.mean(axis=0)))]
     for w in pred["timeline"]:
         assert w["end"] > w["start"] and w["label"] in serving_labels and 0 <= w["prob"] <= 1
         assert abs(w["modality_weights"]["audio"] + w["modality_weights"]["video"] - 1) < 1e-4
-    assert set(pred["latency_ms"]) == {"p50", "p95", "mean"} and pred["latency_ms"]["p50"] > 0
+    assert set(pred["latency_ms"]) == {"p50", "p95", "max", "mean"} and pred["latency_ms"]["p50"] > 0
+    assert pred["lag_ms"] is None and pred["first_answer_s"] > 0  # lag only in --realtime mode
     assert pred["crop_method"] in ("haar", "center", "mixed")
     assert (tmp_path / "t.png").stat().st_size > 1000
 

@@ -1,0 +1,363 @@
+"""The streaming client survives transport failures and keeps refused windows apart from them.
+
+Without a server: a scripted stand-in for tritonclient's InferenceServerClient drives the request-id /
+resend / dedupe logic (out-of-order answers, late answers from an abandoned stream, a silent stream,
+a server that never comes back). With the REAL embedded Triton: a server stopped and restarted on the
+same ports in the middle of a clip, a NaN window in a stream, and a server that is gone for good.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import types
+
+import numpy as np
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from avemo.client.grpc_client import EmotionClient, ServerUnavailable, WindowError
+from avemo.contract.media import Window
+from avemo.contract.tensors import MODALITY_WEIGHTS, PROBS
+
+# ------------------------------------------------------------------------------ scripted stand-in
+
+_FAKE_URL = "127.0.0.1:1"  # nothing listens there: any real network call would fail the test
+_FAKE_CONFIG = {
+    "name": "emotion",
+    "max_batch_size": 8,
+    "input": [
+        {"name": "audio", "dims": ["100"]},
+        {"name": "frames", "dims": ["2", "4", "4", "3"]},
+        {"name": "modality_mask", "dims": ["2"]},
+    ],
+    "output": [{"name": "probs", "dims": ["2"]}, {"name": "modality_weights", "dims": ["2"]}],
+    "parameters": {
+        k: {"string_value": v}
+        for k, v in {"sample_rate": "100", "video_fps": "2", "face_size": "4", "window_seconds": "1.0"}.items()
+    },
+}
+
+
+class _Result:
+    """An answer whose probs[0] is the value the window carried (so answers can be matched to windows)."""
+
+    def __init__(self, rid: str, value: float):
+        self.rid, self.value = rid, value
+
+    def get_response(self):
+        return types.SimpleNamespace(id=self.rid)
+
+    def as_numpy(self, name):
+        return {PROBS: np.array([[self.value, 1.0]], np.float32), MODALITY_WEIGHTS: np.full((1, 2), 0.5, np.float32)}[
+            name
+        ]
+
+
+class FakeTriton:
+    """Stands in for InferenceServerClient; ``handler(fake, stream_no, request_id, value)`` scripts the server."""
+
+    def __init__(self, handler, not_ready_polls: int = 0):
+        self.handler, self.not_ready_polls = handler, not_ready_polls
+        self.callbacks: list = []  # one per start_stream
+        self.dead: set[int] = set()
+        self.sent: list[tuple[int, str, float]] = []
+        self.polls = 0
+
+    def start_stream(self, callback):
+        self.callbacks.append(callback)
+
+    def stop_stream(self, cancel_requests=False):
+        if cancel_requests and self.callbacks:  # what tritonclient reports for a cancelled stream
+            err = InferenceServerException("Locally cancelled by application!", status="StatusCode.CANCELLED")
+            self.callbacks[-1](result=None, error=err)
+
+    def async_stream_infer(self, model_name, inputs, request_id="", outputs=None):
+        s = len(self.callbacks) - 1
+        if s in self.dead:
+            raise InferenceServerException("The stream is no longer in valid state")
+        value = float(np.frombuffer(inputs[0]._raw_content, np.float32)[0])
+        self.sent.append((s, request_id, value))
+        self.handler(self, s, request_id, value)
+
+    def answer(self, s: int, rid: str, value: float):
+        self.callbacks[s](result=_Result(rid, value), error=None)
+
+    def fail(self, s: int, status: str | None = "StatusCode.UNAVAILABLE", msg: str = "Socket closed"):
+        if status is not None:  # a gRPC status ends the stream; an error response does not
+            self.dead.add(s)
+        self.callbacks[s](result=None, error=InferenceServerException(msg, status=status))
+
+    def is_server_ready(self, client_timeout=None):
+        self.polls += 1
+        return self.polls > self.not_ready_polls
+
+    def is_model_ready(self, name, client_timeout=None):
+        return True
+
+    def get_model_config(self, name, as_json=True, client_timeout=None):
+        return {"config": _FAKE_CONFIG}
+
+    def get_model_metadata(self, name, as_json=True, client_timeout=None):
+        return {"versions": ["1"]}
+
+    def close(self):
+        pass
+
+
+def _fake_client(fake: FakeTriton, **kwargs) -> tuple[EmotionClient, list[str]]:
+    events: list[str] = []
+    client = EmotionClient(_FAKE_URL, "emotion", on_event=events.append, **kwargs)
+    client._client.close()
+    client._client = fake
+    return client, events
+
+
+def _fake_windows(n: int):
+    for i in range(n):
+        yield Window(
+            start=0.5 * i,
+            audio=np.full(100, i, np.float32),
+            frames=np.zeros((2, 4, 4, 3), np.uint8),
+            mask=np.ones(2, np.float32),
+            ready_at=time.perf_counter(),
+        )
+
+
+@pytest.mark.parametrize(
+    "status, message",
+    [
+        ("StatusCode.UNAVAILABLE", "Socket closed"),  # the connection broke
+        (None, "Request for unknown model: 'emotion' has no available versions"),  # server shutting down
+    ],
+)
+def test_resend_after_transport_failure_drops_late_answers(status, message):
+    held, late = [], []
+
+    def server(fake, s, rid, value):
+        i = int(value)
+        if s == 0 and i < 6:  # answers out of order: 1, 0, 3, 2, 5, 4
+            if i % 2 == 0:
+                held.append((rid, value))
+            else:
+                fake.answer(0, rid, value)
+                fake.answer(0, *held.pop())
+        elif s == 0 and i == 6:
+            late.append(rid)
+            fake.fail(0, status, message)
+        elif s == 0:
+            pass  # sent before the client noticed: never answered on the broken stream
+        else:
+            if late:  # window 6's answer from the abandoned stream turns up after all, wrongly valued
+                old = late.pop()
+                fake.callbacks[0](result=_Result(old, -1.0), error=None)
+                fake.callbacks[1](result=_Result(old, -1.0), error=None)
+            fake.answer(s, rid, value)
+
+    fake = FakeTriton(server, not_ready_polls=2)
+    client, events = _fake_client(fake, reconnect_timeout=5)
+    results = list(client.stream_iter(_fake_windows(12)))
+    assert [r.index for r in results] == list(range(12))
+    assert [float(r.probs[0]) for r in results] == list(range(12))  # each answer is its own window's
+    assert all(r.error is None and r.lag_ms is not None and r.lag_ms >= r.latency_ms for r in results)
+    assert client.reconnects == 1 and fake.polls == 3
+    assert ("6.0" in [rid for _, rid, _ in fake.sent]) and (1, "6.1", 6.0) in fake.sent  # resent with a new id
+    assert len(events) == 2, events
+    assert events[0].startswith(f"server unreachable ({status or 'an error naming no window'}: {message})")
+    assert events[0].endswith("; reconnecting...")
+    assert re.fullmatch(r"reconnected after \d+\.\d s; resending \d+ unanswered windows", events[1]), events[1]
+
+
+def test_silent_stream_hits_the_deadline_and_resends():
+    def server(fake, s, rid, value):
+        if not (s == 0 and value == 3):  # window 3 vanishes on the first stream: no answer, no error
+            fake.answer(s, rid, value)
+
+    fake = FakeTriton(server)
+    client, events = _fake_client(fake, timeout=0.4)
+    t0 = time.monotonic()
+    results = list(client.stream_iter(_fake_windows(6)))
+    assert [r.index for r in results] == list(range(6)) and [float(r.probs[0]) for r in results] == list(range(6))
+    assert client.reconnects == 1 and "DEADLINE_EXCEEDED" in events[0] and "window 3" in events[0]
+    assert time.monotonic() - t0 < 3
+
+
+def test_refused_window_is_yielded_in_order_without_reconnecting():
+    def server(fake, s, rid, value):
+        if value == 2:
+            err = f"[request_id={rid}] input 'audio' contains 100 non-finite values (NaN or Inf)"
+            fake.callbacks[s](result=None, error=InferenceServerException(err))
+        else:
+            fake.answer(s, rid, value)
+
+    fake = FakeTriton(server)
+    client, events = _fake_client(fake)
+    results = list(client.stream_iter(_fake_windows(5)))
+    assert [r.index for r in results] == [0, 1, 2, 3, 4]
+    assert "non-finite" in results[2].error and results[2].probs is None and results[2].modality_weights is None
+    assert all(r.error is None and r.probs is not None for i, r in enumerate(results) if i != 2)
+    assert client.reconnects == 0 and events == []
+    with pytest.raises(WindowError, match=r"window 2 \(start 1\.00 s\).*non-finite") as info:
+        list(client.stream_iter(_fake_windows(5), raise_on_refused=True))
+    assert info.value.index == 2
+
+
+def test_server_that_never_comes_back_raises_server_unavailable():
+    def server(fake, s, rid, value):
+        if value == 2:
+            fake.fail(s)
+        elif value < 2:
+            fake.answer(s, rid, value)
+
+    fake = FakeTriton(server, not_ready_polls=10**9)
+    client, events = _fake_client(fake, reconnect_timeout=0.5)
+    got = []
+    with pytest.raises(ServerUnavailable) as info:
+        for r in client.stream_iter(_fake_windows(5)):
+            got.append(r.index)
+    assert got == [0, 1]
+    msg = str(info.value)
+    assert _FAKE_URL in msg and "transport failure, not a bad window" in msg and "window(s) unanswered" in msg, msg
+    assert info.value.unanswered[0] == 2 and not isinstance(info.value, WindowError)
+    assert client.reconnects == 0 and len(events) == 1
+
+
+# ------------------------------------------------------------------------------------ real Triton
+
+
+def _windows(geo, n: int, seed: int = 3) -> list[Window]:
+    """Deterministic windows that the tiny model tells apart (loudness and brightness grow with the index)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        audio = ((0.05 + 0.03 * i) * rng.standard_normal(geo.window_samples)).astype(np.float32)
+        frames = rng.integers(0, 40 + 5 * (i % 40), size=(geo.frames_per_window, 112, 112, 3), dtype=np.uint8)
+        out.append(Window(start=i * geo.hop_seconds, audio=audio, frames=frames, mask=np.ones(2, np.float32)))
+    return out
+
+
+def _paced(windows, pause: float):
+    for w in windows:
+        yield Window(start=w.start, audio=w.audio, frames=w.frames, mask=w.mask, ready_at=time.perf_counter())
+        time.sleep(pause)
+
+
+class _Background:
+    """Runs ``fn`` in a thread; ``join()`` re-raises what it raised."""
+
+    def __init__(self, fn):
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn):
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            self.error = exc
+
+    def join(self, timeout: float = 120):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "background server action did not finish"
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])  # graceful: "unknown model" errors; killed: UNAVAILABLE
+def test_stream_survives_server_restart_mid_clip(launch_triton, triton_repository, triton_runtime, geo, tmp_path, how):
+    srv = launch_triton(triton_repository)
+    windows = _windows(geo, 40)
+    events: list[str] = []
+    client = EmotionClient(srv.url, timeout=10, reconnect_timeout=60, on_event=events.append)
+    restarted = []
+
+    def restart():  # independent of the client, as an operator's restart would be
+        if how == "sigkill":
+            srv.process.kill()
+        srv.stop(timeout=15)
+        new = triton_runtime.TritonServer(srv.model_repository, ports=srv.ports, log_file=tmp_path / "restarted.log")
+        restarted.append(new)
+        new.start(timeout=120)
+
+    action = None
+    results = []
+    t0 = time.monotonic()
+    try:
+        for r in client.stream_iter(_paced(windows, 0.1)):
+            results.append(r)
+            if len(results) == 10:
+                action = _Background(restart)
+        action.join()
+        ref, _ = client.infer(  # one-shot answers of the restarted server, window by window
+            np.stack([w.audio for w in windows]),
+            np.stack([w.frames for w in windows]),
+            np.stack([w.mask for w in windows]),
+        )
+    finally:
+        if action is not None:
+            action.thread.join(60)
+        for s in restarted:
+            s.stop()
+        client.close()
+    elapsed = time.monotonic() - t0
+    assert [r.index for r in results] == list(range(40))  # none lost, none twice, in order
+    assert [r.error for r in results] == [None] * 40
+    assert client.reconnects >= 1, events
+    assert any("reconnecting" in e for e in events) and any(e.startswith("reconnected after") for e in events), events
+    if how == "sigkill":  # the connection itself broke
+        assert "StatusCode.UNAVAILABLE" in events[0], events
+    got = np.stack([r.probs for r in results])
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)  # every answer belongs to its own window
+    assert np.abs(np.diff(ref, axis=0)).max(axis=1).min() > 1e-4  # ...and the windows are told apart
+    assert all(r.lag_ms is not None and r.lag_ms >= r.latency_ms - 1e-6 for r in results)
+    assert elapsed < 60
+
+
+@pytest.mark.slow
+def test_refused_window_reported_and_the_others_answered(triton_server, geo):
+    windows = _windows(geo, 9)
+    windows[4].audio[:] = np.nan
+    client = EmotionClient(triton_server.url, timeout=30)
+    try:
+        results = client.stream(_paced(windows, 0.0))
+        ok = [w for i, w in enumerate(windows) if i != 4]
+        ref, _ = client.infer(
+            np.stack([w.audio for w in ok]), np.stack([w.frames for w in ok]), np.stack([w.mask for w in ok])
+        )
+    finally:
+        client.close()
+    assert [r.index for r in results] == list(range(9))
+    bad = results[4]
+    assert bad.probs is None and bad.modality_weights is None and bad.start == windows[4].start
+    assert "'audio'" in bad.error and "non-finite" in bad.error, bad.error
+    others = [r for r in results if r.index != 4]
+    assert all(r.error is None for r in others)
+    np.testing.assert_allclose(np.stack([r.probs for r in others]), ref, atol=1e-5, rtol=0)
+    assert client.reconnects == 0
+
+
+@pytest.mark.slow
+def test_server_gone_for_good_raises_server_unavailable(launch_triton, triton_repository, geo):
+    srv = launch_triton(triton_repository)
+    events: list[str] = []
+    client = EmotionClient(srv.url, timeout=10, reconnect_timeout=3, on_event=events.append)
+    got, action = [], None
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(ServerUnavailable) as info:
+            for r in client.stream_iter(_paced(_windows(geo, 100), 0.1)):
+                got.append(r.index)
+                if len(got) == 5:
+                    action = _Background(lambda: srv.stop(timeout=15))
+        action.join()
+    finally:
+        client.close()
+    msg = str(info.value)
+    assert not isinstance(info.value, WindowError)
+    assert srv.url in msg and "unreachable" in msg and "transport failure, not a bad window" in msg, msg
+    assert "did not come back within 3 s" in msg and info.value.unanswered, msg
+    assert got == list(range(len(got))) and len(got) >= 5
+    assert any("reconnecting" in e for e in events) and client.reconnects == 0
+    assert time.monotonic() - t0 < 30
