@@ -22,7 +22,7 @@ METHODS = ("none", "ema", "median")
 
 
 def parse_smoothing(spec: str) -> tuple[str, float]:
-    """"ema:0.5" -> ("ema", 0.5); raises ValueError naming the accepted forms."""
+    """ "ema:0.5" -> ("ema", 0.5); raises ValueError naming the accepted forms."""
     spec = (spec or "none").strip().lower()
     method, _, arg = spec.partition(":")
     expected = 'expected "none", "ema:A" with 0 < A <= 1, or "median:K" with an integer K >= 1'
