@@ -3,8 +3,10 @@
 One ``FaceTracker`` is fed the sampled RGB frames of a clip or a live source in order and returns one
 crop per frame, looking only at the past: the Haar cascade runs on every ``detect_every``-th frame,
 frames in between reuse the latest detection, and the box is averaged over the last
-``SMOOTH_FRAMES`` frames. The training cache and the streaming client both crop through it, so a
-window's crops do not depend on whether the clip was decoded whole or streamed.
+``SMOOTH_FRAMES`` frames. Until the first face is found the cascade runs on every frame (search),
+so a face missed at the start costs one frame, not ``detect_every``. The training cache and the
+streaming client both crop through it, so a window's crops do not depend on whether the clip was
+decoded whole or streamed.
 
     tracker = FaceTracker(size=112)
     crop = tracker.push(frame)            # uint8 [H, W, 3] RGB -> uint8 [112, 112, 3]
@@ -110,7 +112,7 @@ class FaceTracker:
         h, w = frame.shape[:2]
         box = None
         if self.method != "center":
-            if i % self.detect_every == 0:
+            if i % self.detect_every == 0 or self._last is None:  # search every frame until a first face
                 found = _detect(frame)
                 if found is not None:
                     self._last = (i, found)

@@ -208,6 +208,17 @@ def test_detection_runs_on_every_kth_frame_only(monkeypatch):
     _, counts = crop_faces(frames, 64, "auto", detect_every=4)
     assert len(seen) == 3  # frames 0, 4 and 8 (causal: the last frame is not special)
     assert counts == {"haar": 10, "center": 0}  # frames between detections reuse the latest box
+    seen.clear()
+
+    class LateCascade:  # no face until frame 2: searched on every frame until then, then every 4th
+        def detectMultiScale(self, gray, **kw):
+            seen.append(1)
+            return np.array([[40, 40, 40, 40]]) if len(seen) >= 3 else ()
+
+    monkeypatch.setattr(faces, "_get_cascade", lambda: LateCascade())
+    _, counts = crop_faces(frames, 64, "auto", detect_every=4)
+    assert len(seen) == 3 + 2  # frames 0, 1, 2 (search), then 4 and 8
+    assert counts == {"haar": 8, "center": 2}
 
 
 def test_real_haar_cascade_loads_and_finds_nothing_in_noise():

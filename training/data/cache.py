@@ -26,7 +26,9 @@ from avemo.contract.progress import progress as progress_bar
 from avemo.contract import media
 from avemo.contract.geometry import WindowGeometry
 
-CACHE_VERSION = "3"  # 3: causal face tracking (contract.faces), windows cut by contract.stream
+CACHE_VERSION = (
+    "4"  # 4: causal face tracking with search until the first face (contract.faces), windows cut by contract.stream
+)
 
 
 @dataclass
