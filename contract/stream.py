@@ -121,7 +121,8 @@ class WindowAssembler:
 
     ``has_audio`` / ``has_video``: whether the source has that stream (a window waits for both).
     ``origin``: ``perf_counter()`` of media time 0 for a source paced in real time; a window's
-    ``ready_at`` is then origin + its media end (so lag includes decoding); otherwise the time it was cut.
+    ``ready_at`` is then origin + the media time of its last needed sample (its end with audio, its last
+    frame without), so lag includes decoding; otherwise the time it was cut.
     ``keep``: keep every sample and crop (``clip()`` returns the whole DecodedClip; the training cache).
     """
 
@@ -294,7 +295,10 @@ class WindowAssembler:
         frames = np.stack(self._frames) if self._frames else None
         a, f = window_arrays(audio, frames, self.g, start, self.a_off, self.f_off)
         mask = np.array([self.has_audio, self.has_video], np.float32)
-        ready = self.origin + end if self.origin is not None else time.perf_counter()
+        ready = time.perf_counter()
+        if self.origin is not None:  # when its last needed sample was captured: audio to the end, else the last frame
+            last = end if self.has_audio else min(end, start + (self.g.frames_per_window - 1) / self.g.video_fps)
+            ready = self.origin + last
         return Window(start=float(start), audio=a, frames=f, mask=mask, ready_at=ready, end=float(end))
 
     def _trim(self) -> None:
