@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from avemo.client.options import add_client_options
 from avemo.client.smoothing import DEFAULT_SMOOTHING
 from avemo.contract.endpoint import GRPC_URL, MODEL_NAME
 
@@ -46,8 +47,7 @@ IDS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=GRPC_URL, help="Triton gRPC address (default: %(default)s)")
-    parser.add_argument("--model", default=MODEL_NAME, help="served model name (default: %(default)s)")
+    add_client_options(parser, face_crop=False)
     parser.add_argument(
         "--host",
         default=DEFAULT_HOST,
@@ -68,12 +68,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--samples", metavar="DIR", help="folder of example clips offered on the upload tab (e.g. data/corpus)"
     )
-    parser.add_argument(
-        "--smooth",
-        default=DEFAULT_SMOOTHING,
-        help="smoothing of window probabilities over time: none, ema:ALPHA or median:K (default: %(default)s)",
-    )
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for Triton per request")
 
 
 def check_args(args: argparse.Namespace) -> None:

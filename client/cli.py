@@ -8,33 +8,17 @@ import argparse
 import json
 import sys
 
-from avemo.client.smoothing import DEFAULT_SMOOTHING, parse_smoothing
-from avemo.contract.endpoint import CLIENT_TIMEOUT, GRPC_URL, MODEL_NAME
-from avemo.contract.media import FACE_CROP_METHODS, MediaError
-from avemo.contract.options import UsageError
+from avemo.client.options import add_client_options
+from avemo.contract.media import MediaError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("clips", nargs="+", metavar="CLIP", help="audio/video files (.mp4, .wav, ...)")
-    parser.add_argument("--url", default=GRPC_URL, help="Triton gRPC address (default: %(default)s)")
-    parser.add_argument("--model", default=MODEL_NAME, help="served model name (default: %(default)s)")
-    parser.add_argument(
-        "--timeout", type=float, default=CLIENT_TIMEOUT, help="seconds to wait for the server (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--face-crop", default="auto", choices=FACE_CROP_METHODS, help="face crop method (default: %(default)s)"
-    )
+    add_client_options(parser)
     parser.add_argument(
         "--realtime",
         action="store_true",
         help="play each file at 1x like a live source and report the lag from each window's last sample to its answer",
-    )
-    parser.add_argument(
-        "--smooth",
-        default=DEFAULT_SMOOTHING,
-        metavar="SPEC",
-        help='smoothing of window probabilities over time: "none", "ema:A" (0<A<=1) or "median:K" '
-        "(default: %(default)s); the clip label is the argmax of the mean of the smoothed probabilities",
     )
     parser.add_argument("--json", action="store_true", help="print JSON only (one object per clip, as a list)")
     parser.add_argument("--plot", metavar="OUT.png", help="also draw the prediction timelines to this PNG")
@@ -43,11 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from avemo.client.grpc_client import EmotionClient, EmotionClientError
     from avemo.client.predict import format_header, format_summary, format_window, plot_timelines, predict_clip
-
-    try:
-        parse_smoothing(args.smooth)
-    except ValueError as exc:
-        raise UsageError(f"--smooth: {exc}") from None
 
     client = EmotionClient(args.url, args.model, timeout=args.timeout)
     try:

@@ -39,8 +39,7 @@ from avemo.client.live_sources import (
     open_first,
     parse_options,
 )
-from avemo.contract.endpoint import CLIENT_TIMEOUT, GRPC_URL, MODEL_NAME
-from avemo.contract.media import FACE_CROP_METHODS
+from avemo.client.options import add_client_options
 
 
 def _bar(p: float, width: int = 10) -> str:
@@ -107,7 +106,6 @@ def format_summary(summary: dict) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from avemo.client.smoothing import DEFAULT_SMOOTHING
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
@@ -129,21 +127,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--no-video", action="store_true", help="audio only")
     src.add_argument("--no-audio", action="store_true", help="video only")
     parser.add_argument("--seconds", type=float, help="stop after this much media (default: Ctrl-C or the end)")
-    parser.add_argument("--url", default=GRPC_URL, help="Triton gRPC address (default: %(default)s)")
-    parser.add_argument("--model", default=MODEL_NAME, help="served model name (default: %(default)s)")
-    parser.add_argument(
-        "--timeout", type=float, default=CLIENT_TIMEOUT, help="seconds to wait for the server (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--face-crop", default="auto", choices=FACE_CROP_METHODS, help="face crop method (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--smooth",
-        default=DEFAULT_SMOOTHING,
-        metavar="SPEC",
-        help='running label: smoothing of window probabilities over time, "none", "ema:A" (0<A<=1) or '
-        '"median:K" (default: %(default)s)',
-    )
+    add_client_options(parser)
     parser.add_argument("--json", action="store_true", help="print only the JSON summary (with the timeline)")
     parser.add_argument("--plot", metavar="OUT.png", help="also draw the timeline to this PNG")
 
@@ -193,14 +177,9 @@ def _interrupt_on_sigterm():
 def run(args: argparse.Namespace) -> int:
     from avemo.client.grpc_client import EmotionClient, EmotionClientError
     from avemo.client.predict import plot_timelines, window_entry
-    from avemo.client.smoothing import Smoother, parse_smoothing
-    from avemo.contract.options import UsageError
+    from avemo.client.smoothing import Smoother
 
     wanted = _sources_wanted(args)
-    try:
-        parse_smoothing(args.smooth)
-    except ValueError as exc:
-        raise UsageError(f"--smooth: {exc}") from None
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
 
     # 1. the devices first: which devices were tried, and why they failed, needs no server

@@ -153,6 +153,7 @@ def test_default_device_table(platform, video_format, audio_formats):
         (["--no-video", "--video", "x.mp4"], "contradict --no-video"),
         (["--seconds", "0"], "--seconds must be positive"),
         (["--video-option", "novalue"], "KEY=VALUE"),
+        (["--smooth", "mean:3"], "bad smoothing 'mean:3'"),
     ],
 )
 def test_live_usage_errors(argv, message, capsys):
