@@ -18,6 +18,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from avemo.contract.stream import Pacer, WindowAssembler
+
 # libavdevice capture formats: these deliver media in real time by themselves (never paced);
 # anything else (files, lavfi generators, network files) is paced to 1x by its timestamps
 CAPTURE_FORMATS = frozenset(
@@ -220,11 +222,10 @@ def no_device_message(failed: dict[str, tuple[list, str]]) -> str:
 class Capture:
     """Capture threads (one per opened container) feeding one assembler; windows come out of ``windows()``.
 
-    A paced source (a file) releases each packet when its media time (an audio packet: the end of its
-    samples) has passed on the wall clock since the capture started, as a live device would deliver it.
-    A window's ``ready_at`` is when the frame that completed it arrived: for a device, when its packet
-    was read; for a paced file, when a live source would have delivered it (capture start + its media
-    time; an audio frame's end). Its lag thus covers decoding (decoder delay included), face crop,
+    A paced source (a file) releases each packet through ``contract.stream.Pacer`` (when its media has
+    been captured on the wall clock since the capture started), as a live device would deliver it.
+    A window's ``ready_at`` is when the packet carrying the frame that completed it arrived (was read
+    from a device, or released by the pacer). Its lag thus covers decoding (decoder delay included), face crop,
     waiting for the other source and inference. ``seconds`` stops each source at that much media;
     ``stop()`` ends the threads early (Ctrl-C). Frames are pushed into the one assembler under a lock;
     the windows it cuts are queued for ``windows()``.
@@ -247,8 +248,6 @@ class Capture:
         self._finished = False
 
     def start(self) -> None:
-        from avemo.contract.stream import WindowAssembler
-
         video = next((s for s in self.sources if s.spec.kind == "video"), None)
         step = self._video_step(video) if video is not None else None
         self.t_start = time.perf_counter()
@@ -288,45 +287,19 @@ class Capture:
         for w in windows:
             self.queue.put(w)
 
-    def _wait_until(self, t_media: float) -> bool:
-        """Sleep until ``t_media`` seconds after the start; False if stopped meanwhile."""
-        while not self.stop_event.is_set():
-            delay = self.t_start + t_media - time.perf_counter()
-            if delay <= 0:
-                return True
-            self.stop_event.wait(min(delay, 0.1))
-        return False
-
-    def _arrival(self, src: OpenedSource, packet, first: list) -> float | None:
-        """When ``packet`` arrives (perf_counter): a device's packet now; a paced source's packet at its
-        media time (an audio packet when its last sample is due), after sleeping until then. None: stopped."""
-        if not src.paced or packet.time_base is None:
-            return time.perf_counter()
-        ts = packet.dts if packet.dts is not None else packet.pts
-        if ts is None:  # the flush packet at the end
-            return time.perf_counter()
-        t = float(ts * packet.time_base)
-        if not first:
-            first.append(t)
-        due = t - first[0]
-        if src.spec.kind == "audio" and packet.duration:
-            due += float(packet.duration * packet.time_base)
-        if not self._wait_until(due):
-            return None
-        return self.t_start + due
-
     def _run(self, src: OpenedSource) -> None:
         kind = src.spec.kind
         push = self.assembler.push_video_frame if kind == "video" else self.assembler.push_audio_frame
         step = self._video_step(src) if kind == "video" else None
-        t0, first = None, []
+        t0 = None
         arrivals: dict = {}  # packet pts -> its arrival: a decoder may output a frame packets later
+        pacer = Pacer(self.t_start, [src.stream], stop=self.stop_event) if src.paced else None
         try:
             for packet in src.container.demux(src.stream):
-                arrived = self._arrival(src, packet, first)
-                if arrived is None or self.stop_event.is_set():
+                if (pacer is not None and not pacer.wait(packet)) or self.stop_event.is_set():
                     return
-                if packet.pts is not None and not src.paced:
+                arrived = time.perf_counter()  # read from the device, or released by the pacer
+                if packet.pts is not None:
                     arrivals[packet.pts] = arrived
                     if len(arrivals) > 512:  # packets that gave no frame
                         for key in sorted(arrivals)[:256]:
@@ -341,11 +314,7 @@ class Capture:
                         windows = push(frame)
                     span = frame.samples / frame.sample_rate if kind == "audio" else (step or 0.0)
                     self.media_seconds[kind] = max(self.media_seconds[kind], t - t0 + span)
-                    if src.paced:  # delivered by a live source when its (last) sample was due
-                        ready = self.t_start + t - t0 + (span if kind == "audio" else 0.0)
-                    else:  # a device: when the packet carrying this frame was read
-                        ready = arrivals.pop(frame.pts, arrived)
-                    ready = min(ready, time.perf_counter())  # never later than the window was cut
+                    ready = arrivals.pop(frame.pts, arrived)  # when the packet carrying this frame arrived
                     for w in windows:  # completed by this frame: the window's last media arrived with it
                         w.ready_at = ready
                     self._emit(windows)

@@ -20,7 +20,7 @@ import numpy as np
 
 from avemo.contract.faces import FACE_CROP_METHODS, crop_faces, crop_method
 from avemo.contract.geometry import DEFAULT_GEOMETRY, WindowGeometry
-from avemo.contract.stream import ClipStream, FrameSampler, MediaError, open_media
+from avemo.contract.stream import ClipStream, FrameSampler, MediaError, open_media, pick_streams
 from avemo.contract.windows import DecodedClip, Window, make_windows, window_arrays
 
 __all__ = [
@@ -71,11 +71,10 @@ def decode_video_frames(path, fps: float = DEFAULT_GEOMETRY.video_fps) -> tuple[
     """
     frames: list[np.ndarray] = []
     with open_media(path) as container:
-        if not container.streams.video:
+        _, vstream, step = pick_streams(container, audio=False)
+        if vstream is None:
             return np.zeros((0, 0, 0, 3), np.uint8), 0.0
-        vstream = container.streams.video[0]
-        rate = vstream.average_rate or vstream.guessed_rate
-        sampler = FrameSampler(fps, 1.0 / float(rate) if rate else None)
+        sampler = FrameSampler(fps, step)
         try:
             for frame in container.decode(vstream):
                 frames.extend(sampler.push(frame.time, lambda frame=frame: frame.to_ndarray(format="rgb24")))

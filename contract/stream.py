@@ -16,8 +16,9 @@ needs: memory stays at a few windows whatever the clip length.
 from __future__ import annotations
 
 import math
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -316,6 +317,29 @@ class WindowAssembler:
         self.f_off = f_cut
 
 
+def pick_streams(container, audio: bool = True, video: bool = True):
+    """(first audio stream or None, first video stream or None, video frame duration in s or None);
+    the video decoder is set to use threads."""
+    astream = container.streams.audio[0] if audio and container.streams.audio else None
+    vstream = container.streams.video[0] if video and container.streams.video else None
+    step = None
+    if vstream is not None:
+        vstream.thread_type = "AUTO"
+        rate = vstream.average_rate or vstream.guessed_rate
+        step = 1.0 / float(rate) if rate else None
+    return astream, vstream, step
+
+
+def decoded_frames(container, astream, vstream, pace: Pacer | None = None) -> Iterator[tuple[bool, object]]:
+    """(is_audio, decoded PyAV frame) in demux order; with ``pace`` each packet waits until it is due."""
+    for packet in container.demux(*[s for s in (astream, vstream) if s is not None]):
+        if pace is not None:
+            pace.wait(packet)
+        is_audio = astream is not None and packet.stream.index == astream.index
+        for frame in packet.decode():
+            yield is_audio, frame
+
+
 def _packet_seconds(packet) -> float | None:
     """When a live source could hand this packet over: its decode time plus its duration (all its media captured)."""
     ts = packet.dts if packet.dts is not None else packet.pts
@@ -354,15 +378,9 @@ class ClipStream:
         container = open_media(self.path, self.format, self.options)
         try:
             with container:
-                astream = container.streams.audio[0] if self.use_audio and container.streams.audio else None
-                vstream = container.streams.video[0] if self.use_video and container.streams.video else None
+                astream, vstream, step = pick_streams(container, self.use_audio, self.use_video)
                 if astream is None and vstream is None:
                     raise MediaError(self.path, "no audio or video stream")
-                step = None
-                if vstream is not None:
-                    vstream.thread_type = "AUTO"
-                    rate = vstream.average_rate or vstream.guessed_rate
-                    step = 1.0 / float(rate) if rate else None
                 origin = time.perf_counter() if self.realtime else None
                 asm = self.assembler = WindowAssembler(
                     self.geometry,
@@ -373,15 +391,9 @@ class ClipStream:
                     origin=origin,
                     keep=self.keep,
                 )
-                streams = [s for s in (astream, vstream) if s is not None]
-                pace = _Pacer(origin, streams) if self.realtime else None
-                for packet in container.demux(*streams):
-                    if pace is not None:
-                        pace.wait(packet)
-                    is_audio = astream is not None and packet.stream.index == astream.index
-                    push = asm.push_audio_frame if is_audio else asm.push_video_frame
-                    for frame in packet.decode():
-                        yield from push(frame)
+                pace = Pacer(origin, [s for s in (astream, vstream) if s is not None]) if self.realtime else None
+                for is_audio, frame in decoded_frames(container, astream, vstream, pace):
+                    yield from asm.push_audio_frame(frame) if is_audio else asm.push_video_frame(frame)
                 tail = asm.finish()
         except MediaError:
             raise
@@ -399,49 +411,47 @@ class ClipStream:
         raise AttributeError(name)
 
 
-class _Pacer:
-    """Sleeps until each packet's media has been captured: media time t is released at ``origin + t``.
+class Pacer:
+    """Plays packets at 1x like a live source: sleeps until each packet's media has been captured
+    (media time t is released at ``origin + t``; a packet counts at its decode time plus its duration).
 
     Media time 0 is the earliest stream start (where the assembler's audio and video clocks start);
-    packets stamped before it (B-frame decode times, AAC priming) go at once."""
+    packets stamped before it (B-frame decode times, AAC priming) go at once. With ``stop`` (an Event)
+    the wait ends early when it is set."""
 
-    def __init__(self, origin: float, streams, speed: float = 1.0):
+    def __init__(self, origin: float, streams, speed: float = 1.0, stop: threading.Event | None = None):
         starts = [float(s.start_time * s.time_base) for s in streams if s.start_time is not None and s.time_base]
-        self.origin, self.speed, self.t0 = origin, speed, min(starts, default=None)
+        self.origin, self.speed, self.t0, self.stop = origin, speed, min(starts, default=None), stop
 
-    def wait(self, packet) -> None:
+    def wait(self, packet) -> bool:
+        """Sleep until ``packet`` is due; False if ``stop`` was set meanwhile."""
         t = _packet_seconds(packet)
         if t is None:
-            return
+            return True
         if self.t0 is None:
             self.t0 = t
-        delay = self.origin + max(0.0, t - self.t0) / self.speed - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
+        due = self.origin + max(0.0, t - self.t0) / self.speed
+        while (delay := due - time.perf_counter()) > 0:
+            if self.stop is None:
+                time.sleep(delay)
+            elif self.stop.wait(min(delay, 0.1)):
+                return False
+        return self.stop is None or not self.stop.is_set()
 
 
-def decode_only(path, geometry: WindowGeometry = DEFAULT_GEOMETRY, on_frame: Callable | None = None) -> dict:
+def decode_only(path, geometry: WindowGeometry = DEFAULT_GEOMETRY) -> dict:
     """Demux + decode + resample + sample frames to RGB, no face crop, no windows (a benchmark baseline).
 
     Returns {"seconds": wall time, "samples": audio samples at the geometry rate, "frames": sampled frames}."""
     t0 = time.perf_counter()
     samples = frames = 0
-    container = open_media(path)
-    with container:
-        astream = container.streams.audio[0] if container.streams.audio else None
-        vstream = container.streams.video[0] if container.streams.video else None
+    with open_media(path) as container:
+        astream, vstream, step = pick_streams(container)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=geometry.sample_rate)
-        sampler = FrameSampler(geometry.video_fps)
-        if vstream is not None:
-            vstream.thread_type = "AUTO"
-        for packet in container.demux(*[s for s in (astream, vstream) if s is not None]):
-            for frame in packet.decode():
-                if astream is not None and packet.stream.index == astream.index:
-                    samples += sum(f.samples for f in resampler.resample(frame))
-                else:
-                    images = sampler.push(frame.time, lambda frame=frame: frame.to_ndarray(format="rgb24"))
-                    frames += len(images)
-                    if on_frame is not None:
-                        for img in images:
-                            on_frame(img)
+        sampler = FrameSampler(geometry.video_fps, step)
+        for is_audio, frame in decoded_frames(container, astream, vstream):
+            if is_audio:
+                samples += sum(f.samples for f in resampler.resample(frame))
+            else:
+                frames += len(sampler.push(frame.time, lambda frame=frame: frame.to_ndarray(format="rgb24")))
     return {"seconds": time.perf_counter() - t0, "samples": samples, "frames": frames}
