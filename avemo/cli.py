@@ -22,6 +22,7 @@ COMMANDS = {
     "train": (TRAINING, "train_arguments", "train_run", "train a fusion model or a unimodal baseline"),
     "evaluate": (TRAINING, "evaluate_arguments", "evaluate_run", "metrics of a checkpoint on a split"),
     "compare": (TRAINING, "compare_arguments", "compare_run", "train several fusions with one seed and split"),
+    "search": ("avemo.training.search.cli", "add_arguments", "run", "loss-weight search: Optuna grid, many workers"),
     "export": ("avemo.export.cli", "add_arguments", "run", "checkpoint -> ONNX in the Triton model repository"),
     "serve": ("avemo.serving.cli", "add_arguments", "run", "run the bundled Triton server on the model repository"),
     "predict": ("avemo.client.cli", "add_arguments", "run", "stream clips through Triton over gRPC, print predictions"),
@@ -51,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    sub = parser.commands[args.command]
+    if extra and not getattr(sub, "accepts_extra", False):
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")  # what parse_args would have said
+    args.extra = extra  # a command with accepts_extra (avemo search) passes them on (train flags)
     module, _add, run, _help = COMMANDS[args.command]
     try:
         return int(getattr(importlib.import_module(module), run)(args) or 0)

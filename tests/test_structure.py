@@ -5,7 +5,7 @@ module loaded under a bare folder name. Parses every module with ``ast``: fast, 
 Rooms, left to right (a module imports only from its own room and rooms to its left):
 
     contract -> training.data -> training.models -> training.losses -> training.evaluation
-             -> training.train -> training.cli
+             -> training.train -> training.cli -> training.search
 
 ``training.synthetic`` uses contract and training.data; ``export`` uses contract and training.models;
 ``serving`` and ``client`` use contract only; the top package ``avemo`` (avemo/cli.py, avemo/demo.py, ...)
@@ -36,6 +36,8 @@ TRAINING_CHAIN = [
 ALLOWED: dict[str, set[str]] = {room: set(TRAINING_CHAIN[: i + 1]) for i, room in enumerate(TRAINING_CHAIN)}
 # the training CLI sits at the end of training: it drives every training room, the corpus generator included
 ALLOWED["training.cli"] |= {"training.synthetic"}
+# the loss-weight search drives `avemo train` (its parser and config) from the far right end
+ALLOWED["training.search"] = ALLOWED["training.cli"] | {"training.search"}
 ALLOWED["training.synthetic"] = {"contract", "training.data", "training.synthetic"}
 ALLOWED["export"] = {"contract", "training.models", "export"}
 ALLOWED["serving"] = {"contract", "serving"}

@@ -62,7 +62,8 @@ def plot_confusion(cm, labels: list[str], path: Path, title: str) -> None:
 
 
 def plot_history(history: list[dict], path: Path) -> None:
-    """Training loss curves per component (weights in force not drawn); train/val macro-F1 and accuracy per epoch."""
+    """Training loss curves per component (weights in force not drawn) and the validation cross-entropy;
+    train/val macro-F1 and accuracy per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,6 +75,8 @@ def plot_history(history: list[dict], path: Path) -> None:
         {k for h in history for k in h if k.startswith("train_loss_") and not k.startswith("train_loss_w_")}
     ):
         ax1.plot(epochs, [h.get(key, np.nan) for h in history], label=key.removeprefix("train_loss_"))
+    if any("val_loss" in h for h in history):
+        ax1.plot(epochs, [h.get("val_loss", np.nan) for h in history], "k--", label="val (window CE)")
     ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.set_title("loss")
     for key, style in (("train_macro_f1", "-"), ("val_macro_f1", "-"), ("train_accuracy", ":"), ("val_accuracy", ":")):
         ax2.plot(epochs, [h.get(key, np.nan) for h in history], style, label=key)

@@ -52,11 +52,20 @@ def clip_means(pred: dict[str, np.ndarray], key: str = "probs") -> tuple[np.ndar
     return clips, labels, mean
 
 
+def window_cross_entropy(pred: dict[str, np.ndarray]) -> float:
+    """Mean cross-entropy of the fused answer over the windows: mean of -log p[label] (no class weights,
+    no label smoothing; probabilities floored at 1e-12). The "validation loss" a search ranks by."""
+    p = pred["probs"][np.arange(len(pred["label"])), np.asarray(pred["label"], int)]
+    return float(-np.log(np.maximum(p, 1e-12)).mean())
+
+
 def evaluate_predictions(pred: dict[str, np.ndarray], labels: list[str]) -> dict:
-    """{"window": metrics, "clip": metrics, "mean_modality_weights": [audio, video]} of ``predict``'s output."""
+    """{"window": metrics + "loss" (``window_cross_entropy``), "clip": metrics,
+    "mean_modality_weights": [audio, video]} of ``predict``'s output."""
     _, y, mean = clip_means(pred)
     return {
-        "window": classification_metrics(pred["label"], pred["probs"].argmax(1), labels),
+        "window": classification_metrics(pred["label"], pred["probs"].argmax(1), labels)
+        | {"loss": window_cross_entropy(pred)},
         "clip": classification_metrics(y, mean.argmax(1), labels),
         "mean_modality_weights": pred["modality_weights"].mean(0).tolist(),
     }

@@ -20,7 +20,10 @@ from avemo.training.train.config import TrainConfig
 from avemo.training.train.loop import train
 
 # configuration fields that do not change the result of a run (ignored when deciding to reuse one)
-_IGNORED = ("out_dir", "cache_dir", "resume", "progress", "num_workers", "tensorboard", "wandb", "wandb_project")
+_IGNORED = (
+    *("out_dir", "cache_dir", "resume", "progress", "num_workers", "num_threads"),
+    *("tensorboard", "wandb", "wandb_project"),
+)
 _IGNORED_MODEL = ("logmel_mean", "logmel_std")  # set by train() from the training data
 
 # tiny encoders for tests and smoke runs (`--tiny`, hidden)

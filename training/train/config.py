@@ -108,6 +108,7 @@ class TrainConfig:
     )
     seed: int = field(default=0, metadata=_opt("random seed: split, initialisation, data order, noise", DATA))
     num_workers: int = 0  # DataLoader worker processes
+    num_threads: int = 0  # torch CPU threads; 0 = cores / processes (avemo search sets cores / workers)
     max_train_batches: int = field(
         default=0, metadata=_opt("0 = all; >0 caps batches per epoch (tests)", OPTIMISATION, hidden=True)
     )

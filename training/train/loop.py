@@ -135,7 +135,7 @@ def train(cfg: TrainConfig, geometry: WindowGeometry = DEFAULT_GEOMETRY) -> dict
 
 
 def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // rt.world_size))
+    torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // rt.world_size))
     seed_everything(cfg.seed)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -271,6 +271,9 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
                 "val_macro_f1": val_f1,
                 "val_accuracy": val["clip"]["accuracy"],
                 "val_window_macro_f1": val["window"]["macro_f1"],
+                "val_loss": val["window"]["loss"],  # mean window cross-entropy of the fused answer
+                "val_weight_audio": val["mean_modality_weights"][0],  # mean modality weights on val windows
+                "val_weight_video": val["mean_modality_weights"][1],
                 "seconds": time.time() - t0,
             }
             state["history"].append(record)

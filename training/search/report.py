@@ -1,0 +1,228 @@
+"""What a search writes into its folder, from the study alone (so any worker, on any machine, can write it):
+
+intermediate_results.json  every trial so far; rewritten after every trial
+results.json               the same at the end, with the best trial and the wall time
+results.md                 finished trials ranked by the objective, as a markdown table
+heatmap.png                the objective over two numeric parameters (quick and grid searches)
+best_config.txt            the `avemo train` command line of the best trial
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from avemo.training.search import study as st
+from avemo.training.search.space import Space
+
+OBJECTIVE_TEXT = {"val_loss": "best validation loss (lower is better)", "val_macro_f1": "best validation macro-F1"}
+
+
+def _clean(v):
+    """JSON-safe: NaN / inf -> None."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_clean(x) for x in v]
+    return v
+
+
+def trial_row(t: FrozenTrial, space: Space) -> dict:
+    point = st.trial_point(t, space)
+    u = t.user_attrs
+    row = {
+        "number": t.number,
+        "state": t.state.name,
+        "point": point,
+        "label": space.label(point) if point else None,
+        "flags": space.flags(point) if point else None,
+        "value": t.value,
+        **{
+            k: u.get(k)
+            for k in (
+                "best_val_loss",
+                "val_macro_f1",
+                "test_macro_f1",
+                "epochs_run",
+                "stopped_early",
+                "modality_weights",
+                "train_seconds",
+                "seconds",
+                "reused_finished_run",
+                "run_dir",
+                "train_argv",
+                "worker",
+            )
+        },
+        "retry_of": t.system_attrs.get("failed_trial"),
+        "duplicate_of": u.get("duplicate_of"),
+        "error": (u.get("error") or "its worker died or stopped answering") if t.state == TrialState.FAIL else None,
+    }
+    return _clean(row)
+
+
+def ranked(rows: list[dict], objective: str) -> list[dict]:
+    done = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
+    return sorted(done, key=lambda r: r["value"], reverse=objective == "val_macro_f1")
+
+
+def _fmt(v, spec: str = ".4f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def markdown(rows: list[dict], objective: str, title: str) -> str:
+    best = ranked(rows, objective)
+    lines = [
+        f"# {title}",
+        "",
+        f"Ranked by {OBJECTIVE_TEXT[objective]}. Validation loss = mean window cross-entropy of the fused answer; "
+        "macro-F1 at clip level (best validation epoch; test = the best checkpoint on the test split, "
+        "not used to rank).",
+        "",
+        "| rank | trial | parameters | val loss | val macro-F1 | test macro-F1 | epochs | stopped early "
+        "| weights audio / video | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(best, 1):
+        w = r.get("modality_weights") or [None, None]
+        lines.append(
+            f"| {i} | {r['number']} | {r['label']} | {_fmt(r['best_val_loss'])} | {_fmt(r['val_macro_f1'], '.3f')} "
+            f"| {_fmt(r['test_macro_f1'], '.3f')} | {r['epochs_run']} | {'yes' if r['stopped_early'] else 'no'} "
+            f"| {_fmt(w[0], '.2f')} / {_fmt(w[1], '.2f')} | {_fmt(r['seconds'], '.0f')} |"
+        )
+    failed = [r for r in rows if r["state"] == "FAIL"]
+    dups = [r for r in rows if r["duplicate_of"] is not None]
+    if failed or dups:
+        lines += [
+            "",
+            f"Also in the study: {len(failed)} failed trial(s) (retried or reported), {len(dups)} duplicate "
+            "claim(s) given up before training.",
+        ]
+        lines += [
+            f"- trial {r['number']} ({r['label']}): {r['error']}"
+            + (f"; retried as trial {r['retried_as']}" if r.get("retried_as") is not None else "")
+            for r in failed
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def heatmap_axes(rows: list[dict]) -> tuple[str, str] | None:
+    """The two numeric train flags the finished trials vary, else None."""
+    flags = [r["flags"] for r in rows if r["state"] == "COMPLETE" and r["flags"]]
+    if not flags:
+        return None
+    names = [n for n in flags[0] if all(isinstance(f.get(n), int | float) for f in flags)]
+    varying = [n for n in names if len({f[n] for f in flags}) > 1]
+    return (varying[0], varying[1]) if len(varying) == 2 else None
+
+
+def plot_heatmap(rows: list[dict], objective: str, path: Path, title: str) -> bool:
+    """Objective per cell of a two-parameter space (blank where no trial finished); False if not 2-D."""
+    axes = heatmap_axes(rows)
+    if axes is None:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_name, y_name = axes
+    done = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
+    xs = sorted({r["flags"][x_name] for r in done})
+    ys = sorted({r["flags"][y_name] for r in done})
+    grid = np.full((len(ys), len(xs)), np.nan)
+    for r in done:
+        grid[ys.index(r["flags"][y_name]), xs.index(r["flags"][x_name])] = r["value"]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(xs), 1.2 + 0.6 * len(ys)))
+    cmap = "viridis_r" if objective == "val_loss" else "viridis"
+    im = ax.imshow(grid, cmap=cmap, aspect="auto", origin="lower")
+    best = ranked(rows, objective)[0]
+    for (i, j), v in np.ndenumerate(grid):
+        if not np.isnan(v):
+            is_best = best["flags"][x_name] == xs[j] and best["flags"][y_name] == ys[i]
+            ax.text(
+                j,
+                i,
+                f"{v:.3f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="w",
+                fontweight="bold" if is_best else "normal",
+            )
+            if is_best:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
+    ax.set_xticks(range(len(xs)), [str(x) for x in xs])
+    ax.set_yticks(range(len(ys)), [str(y) for y in ys])
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label=objective)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def best_config_text(best: dict, objective: str, mode: str, n_done: int) -> str:
+    return (
+        f"# avemo search {mode}: best of {n_done} finished trial(s) by {OBJECTIVE_TEXT[objective]}\n"
+        f"# trial {best['number']}: {best['label']} -> val loss {_fmt(best['best_val_loss'])}, "
+        f"val macro-F1 {_fmt(best['val_macro_f1'], '.3f')}\n"
+        f"# the exact `avemo train` command of that trial (its run: {best['run_dir']}):\n"
+        f"{shlex.join(['avemo', 'train', *best['train_argv']])}\n"
+    )
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_reports(ctx, final: bool, extra: dict | None = None) -> dict:
+    """Read the study and (re)write the folder's reports; returns the results document."""
+    space = Space.from_dict(ctx.space)
+    storage = st.open_storage(ctx.storage, ctx.heartbeat, ctx.max_retry)
+    study = optuna.load_study(study_name=ctx.study, storage=storage)
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    rows = [trial_row(t, space) for t in trials]
+    for t, row in zip(trials, rows):  # where each failed trial went: the retry that copied it
+        row["retried_as"] = next(
+            (u.number for u in trials if t.number in u.system_attrs.get("retry_history", [])[-1:]), None
+        )
+    best = ranked(rows, ctx.objective)
+    spec = study.user_attrs.get(st.SPEC, {})
+    folder = Path(ctx.folder)
+    doc = {
+        "mode": spec.get("mode"),
+        "study": ctx.study,
+        "storage": st.redact(ctx.storage),
+        "objective": ctx.objective,
+        "direction": "minimize" if ctx.objective == "val_loss" else "maximize",
+        "space": space.to_dict(),
+        "train_argv": ctx.train_argv,
+        "finished": len(best),
+        "points": len(space.points()),
+        "best": best[0] if best else None,
+        "trials": rows,
+        **(extra or {}),
+    }
+    _atomic_write(folder / "intermediate_results.json", json.dumps(doc, indent=2))
+    if final:
+        _atomic_write(folder / "results.json", json.dumps(doc, indent=2))
+    title = f"avemo search {spec.get('mode', '')}: {len(best)}/{len(space.points())} trials finished ({folder.name})"
+    _atomic_write(folder / "results.md", markdown(rows, ctx.objective, title))
+    if best:
+        _atomic_write(folder / "best_config.txt", best_config_text(best[0], ctx.objective, spec.get("mode"), len(best)))
+        plot_heatmap(rows, ctx.objective, folder / "heatmap.png", title)
+    return doc
