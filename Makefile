@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint install browser clean
+.PHONY: demo test lint install system-deps clean
 
 $(BIN)/avemo: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,26 +20,35 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The app's browser tests drive Debian's Chromium with its chromedriver (tests/test_app_browser.py).
-# Installed with apt-get when missing (sudo only when not root); without apt-get this only warns, and
-# those tests then fail naming the missing program (AVEMO_SKIP_BROWSER=1 skips them instead).
+# System packages the tests need, from Debian: Chromium with its chromedriver for the app's browser tests
+# (tests/test_app_browser.py) and PostgreSQL for the search's shared Optuna storage
+# (tests/test_search_postgres.py, which starts its own throw-away server). Whichever are missing are
+# installed with apt-get (sudo only when not root); without apt-get this only warns, and those tests then
+# fail naming the missing program (AVEMO_SKIP_BROWSER=1 / AVEMO_SKIP_POSTGRES=1 skip them instead).
+# PostgreSQL counts as present when an initdb is in /usr/lib/postgresql/*/bin (Debian's place) or on PATH.
 BROWSER_PROGRAMS := chromium chromedriver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-browser:
-	@missing=""; for p in $(BROWSER_PROGRAMS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+system-deps:
+	@missing=""; packages=""; \
+	for p in $(BROWSER_PROGRAMS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then packages="chromium chromium-driver"; fi; \
+	if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+		missing="$$missing initdb"; packages="$$packages postgresql"; \
+	fi; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
+	packages="$${packages# }"; \
 	if command -v apt-get >/dev/null 2>&1; then \
-		echo "installing chromium chromium-driver (missing:$$missing)"; \
-		$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver \
-		|| echo "warning: could not install chromium chromium-driver: the browser tests will fail" >&2; \
+		echo "installing $$packages (missing:$$missing)"; \
+		$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$packages \
+		|| echo "warning: could not install $$packages: the tests needing them will fail" >&2; \
 	else \
-		echo "warning: no apt-get here: install Chromium and chromedriver ($$missing missing); the browser tests will fail" >&2; \
+		echo "warning: no apt-get here: install $$packages ($$missing missing); the tests needing them will fail" >&2; \
 	fi
 
 # $(BIN)/pytest, not `python -m pytest`: -m would put the repository root on sys.path, where the
 # folders could be imported by their bare names (`training`) beside their real ones (`avemo.training`).
-test: install browser
+test: install system-deps
 	$(BIN)/pytest -q
 
 clean:

@@ -95,6 +95,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from avemo.training.cli import progress_to_stderr
     from avemo.training.search.launcher import SearchRequest, run_search
     from avemo.training.search.report import OBJECTIVE_TEXT
     from avemo.training.search.space import build_space
@@ -117,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     try:
-        doc = run_search(req)
+        with progress_to_stderr(args.json):  # with --json, stdout carries only the results document
+            doc = run_search(req)
     except KeyboardInterrupt:
         print(
             f"interrupted; continue with the same command and --resume (or --dir {args.folder or '<folder>'})",

@@ -152,7 +152,7 @@ def run_search(req: SearchRequest) -> dict:
     storage = req.storage or str(folder / "study.journal")
     name = req.study or (MODES[req.mode].folder if st.is_url(storage) else folder.name)
     spec = {"mode": req.mode, "space": req.space.to_dict(), "train_argv": fixed, "objective": req.objective}
-    study = st.open_study(
+    study, created = st.open_study(
         st.open_storage(storage, req.heartbeat, req.max_retry), name, req.space, OBJECTIVES[req.objective], spec
     )
     (folder / SPEC_FILE).write_text(json.dumps(spec | {"storage": st.redact(storage), "study": name}, indent=2))
@@ -161,12 +161,12 @@ def run_search(req: SearchRequest) -> dict:
         file=sys.stderr,
     )
     print(f"[search] folder {folder}", file=sys.stderr)
+    st.prepare_queue(study, req.space, created)  # before the teachers: a second launcher waits for the queue
     if teachers:
         train_teachers(req, folder, fixed, teachers, parser)
     recovered = st.recover_stale(study, req.heartbeat, req.max_retry)
     if recovered:
         print(f"[search] trial(s) {recovered} lost their worker: queued again", file=sys.stderr)
-    st.enqueue_missing(study, req.space, retry_failed=True)
     done_before = len(st.progress_of(study, req.space).complete)
     if done_before:
         print(f"[search] resuming: {done_before} point(s) already finished are not trained again", file=sys.stderr)

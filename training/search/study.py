@@ -37,8 +37,10 @@ from avemo.training.search.space import Space, point_key
 OWNER = "avemo_owner"  # system attr: {"trial": number, "host": ..., "pid": ...} of the worker running it
 BEAT = "avemo_heartbeat"  # system attr on a journal storage: {"trial": number, "time": unix seconds}
 SPEC = "avemo_spec"  # study user attr: what the study searches (a second launcher must match it)
+ENQUEUED = "avemo_enqueued"  # study user attr: the creator has queued every point
 
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retry callback
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def is_url(storage: str) -> bool:
@@ -82,26 +84,48 @@ def grace_period(heartbeat: int) -> int:
     return 3 * heartbeat
 
 
-def open_study(storage, name: str, space: Space, direction: str, spec: dict) -> optuna.Study:
-    """Create the study or load it; a loaded study must search the same space the same way (``spec``)."""
+def _wait_for_attr(study: optuna.Study, key: str, seconds: float):
+    deadline = time.time() + seconds
+    while (value := study.user_attrs.get(key)) is None and time.time() < deadline:
+        time.sleep(0.2)
+    return value
+
+
+def open_study(storage, name: str, space: Space, direction: str, spec: dict) -> tuple[optuna.Study, bool]:
+    """(study, created): create the study, or load it; a loaded study must search the same space the same
+    way (``spec``). Creation is atomic in every storage, so exactly one launcher is the creator."""
     sampler = optuna.samplers.GridSampler(space.grid, seed=0)
-    study = optuna.create_study(
-        storage=storage, study_name=name, sampler=sampler, direction=direction, load_if_exists=True
-    )
-    stored = study.user_attrs.get(SPEC)
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, direction=direction)
+        study.set_user_attr(SPEC, spec)
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    stored = _wait_for_attr(study, SPEC, 30.0)  # the creator writes it right after creating the study
     if stored is None:
         study.set_user_attr(SPEC, spec)
     elif stored != spec:
-        diff = [
-            f"{k}: study has {stored.get(k)!r}, this command {spec.get(k)!r}" for k in spec if stored.get(k) != spec[k]
-        ]
+        diff = [f"{k}: study has {stored.get(k)!r}, this command {v!r}" for k, v in spec.items() if stored.get(k) != v]
         raise UsageError(
             f"study {name!r} already searches something else; use another --study or the same command line:\n  "
             + "\n  ".join(diff)
         )
     if study.direction.name.lower() != direction:
         raise UsageError(f"study {name!r} was created to {study.direction.name.lower()}, not {direction}")
-    return study
+    return study, False
+
+
+def prepare_queue(study: optuna.Study, space: Space, created: bool) -> list[dict]:
+    """Queue the points; returns those queued now.
+
+    The creator queues every point once. Any later launcher (another machine, or a restart) waits until
+    the creator has done so, then queues again only the points whose trials all failed (retry on
+    resume); so points are not queued twice by launchers starting together."""
+    if not created:
+        _wait_for_attr(study, ENQUEUED, 60.0)
+    added = enqueue_missing(study, space, retry_failed=not created)
+    study.set_user_attr(ENQUEUED, True)
+    return added
 
 
 def storage_of(study: optuna.Study):
@@ -180,9 +204,21 @@ def progress_of(study: optuna.Study, space: Space) -> Progress:
 
 
 def duplicate_of(study: optuna.Study, trial_number: int, point: dict, space: Space) -> int | None:
-    """Number of a trial that already holds ``point``: a COMPLETE one, or a RUNNING one with a lower number."""
+    """Number of a trial that already holds ``point``: a COMPLETE one, or a RUNNING one with a lower number.
+
+    Waiting trials are popped in number order, so a lower-numbered copy of a point is RUNNING before a
+    higher one is popped. A lower-numbered RUNNING trial whose point is not written yet (just asked) is
+    waited for, up to 10 s, so two trials asked at the same moment see each other."""
     key = point_key(point)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+    running = (TrialState.COMPLETE, TrialState.RUNNING)
+    deadline = time.time() + 10.0
+    trials = study.get_trials(deepcopy=False, states=running)
+    while time.time() < deadline and any(
+        t.state == TrialState.RUNNING and t.number < trial_number and trial_point(t, space) is None for t in trials
+    ):
+        time.sleep(0.05)
+        trials = study.get_trials(deepcopy=False, states=running)
+    for t in trials:
         if t.number == trial_number or (p := trial_point(t, space)) is None or point_key(p) != key:
             continue
         if t.state == TrialState.COMPLETE or t.number < trial_number:
