@@ -198,6 +198,39 @@ def test_a_study_refuses_another_search(tmp_path):
     assert st.redact("postgresql+psycopg://me:secret@db/avemo") == "postgresql+psycopg://me:***@db/avemo"
 
 
+def _row(number, flags, value, state="COMPLETE", label=None):
+    return {
+        "number": number, "state": state, "flags": flags, "value": value, "label": label or str(flags),
+        "best_val_loss": value, "val_macro_f1": None if value is None else 1 - value,
+        "test_macro_f1": 0.5, "epochs_run": 8,
+        "stopped_early": False, "modality_weights": [0.3, 0.7], "seconds": 10.0, "duplicate_of": None,
+        "error": None, "run_dir": "r", "train_argv": ["--delta_va", str(flags.get("delta_va"))],
+    }  # fmt: skip
+
+
+def test_reports_rank_by_the_objective_and_draw_two_parameter_spaces(tmp_path):
+    from avemo.training.search import report
+
+    rows = [
+        _row(0, {"delta_va": 0.3, "delta_nce": 0.001}, 0.9, label="default"),
+        _row(1, {"delta_va": 0.5, "delta_nce": 0.001}, 0.7, label="stronger_distillation"),
+        _row(2, {"delta_va": 0.3, "delta_nce": 0.01}, 0.8, label="stronger_alignment"),
+        _row(3, {"delta_va": 0.8, "delta_nce": 0.05}, None, state="FAIL", label="aggressive") | {"error": "boom"},
+    ]
+    assert [r["number"] for r in report.ranked(rows, "val_loss")] == [1, 2, 0]
+    assert [r["number"] for r in report.ranked(rows, "val_macro_f1")] == [0, 2, 1]  # value holds that objective
+    table = report.markdown(rows, "val_loss", "t")
+    assert table.index("stronger_distillation") < table.index("stronger_alignment") < table.index("| default")
+    assert "1 failed trial(s)" in table and "boom" in table
+    assert report.heatmap_axes(rows) == ("delta_va", "delta_nce")
+    assert report.plot_heatmap(rows, "val_loss", tmp_path / "h.png", "t")
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+    three = [_row(i, {"a": i, "b": i % 2, "c": i % 3}, float(i)) for i in range(6)]
+    assert report.heatmap_axes(three) is None and not report.plot_heatmap(three, "val_loss", tmp_path / "x.png", "t")
+    text = report.best_config_text(report.ranked(rows, "val_loss")[0], "val_loss", "quick", 3)
+    assert text.splitlines()[-1] == "avemo train --delta_va 0.5"
+
+
 # ------------------------------------------------------------------------------------ the real CLI
 def _search(tmp_path, corpus, *args, workers: int = 1, popen: bool = False, extra_env=None):
     cmd = [
@@ -291,3 +324,38 @@ def test_a_killed_search_resumes_without_redoing_finished_trials(tiny_corpus, tm
     doc = json.loads((folder / "results.json").read_text())
     failed = [t for t in doc["trials"] if t["state"] == "FAIL"]
     assert failed and all(t["retried_as"] in by_number for t in failed)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_is_replaced_and_its_trial_retried(tiny_corpus, tmp_path):
+    folder = tmp_path / "search"
+    proc = _search(
+        tmp_path, tiny_corpus, "--param", "lr=0.001,0.002,0.003", "--dir", str(folder), workers=2, popen=True
+    )
+    journal, killed = folder / "study.journal", None
+    deadline = time.time() + 300
+    try:
+        while killed is None and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            if not journal.exists():
+                continue
+            study = optuna.load_study(study_name="search", storage=st.open_storage(str(journal), 1, 3))
+            for t in study.get_trials(states=(TrialState.RUNNING,)):
+                owner = t.system_attrs.get(st.OWNER) or {}
+                if owner.get("trial") == t.number:  # training: kill that worker process only
+                    os.kill(owner["pid"], signal.SIGKILL)
+                    killed = (t.number, point_key(t.params))
+                    break
+        assert killed is not None, (tmp_path / "search.log").read_text()[-3000:]
+        assert proc.wait(timeout=300) == 0, (tmp_path / "search.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    doc = json.loads((folder / "results.json").read_text())
+    complete = [t for t in doc["trials"] if t["state"] == "COMPLETE"]
+    assert len(complete) == 3 and len({point_key(t["point"]) for t in complete}) == 3
+    lost = next(t for t in doc["trials"] if t["number"] == killed[0])
+    assert lost["state"] == "FAIL" and lost["retried_as"] is not None
+    retry = next(t for t in doc["trials"] if t["number"] == lost["retried_as"])
+    assert retry["state"] == "COMPLETE" and point_key(retry["point"]) == killed[1]
+    assert "died" in (tmp_path / "search.log").read_text()  # the launcher started a new worker

@@ -142,34 +142,33 @@ def plot_heatmap(rows: list[dict], objective: str, path: Path, title: str) -> bo
     grid = np.full((len(ys), len(xs)), np.nan)
     for r in done:
         grid[ys.index(r["flags"][y_name]), xs.index(r["flags"][x_name])] = r["value"]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(xs), 1.2 + 0.6 * len(ys)))
-    cmap = "viridis_r" if objective == "val_loss" else "viridis"
+    named = {(r["flags"][x_name], r["flags"][y_name]): r["label"] for r in done if "=" not in (r["label"] or "=")}
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 + 1.1 * len(xs)), max(3.5, 1.6 + 0.7 * len(ys))))
+    cmap = plt.get_cmap("viridis_r" if objective == "val_loss" else "viridis")
     im = ax.imshow(grid, cmap=cmap, aspect="auto", origin="lower")
     best = ranked(rows, objective)[0]
+    lo, hi = np.nanmin(grid), np.nanmax(grid)
     for (i, j), v in np.ndenumerate(grid):
-        if not np.isnan(v):
-            is_best = best["flags"][x_name] == xs[j] and best["flags"][y_name] == ys[i]
-            ax.text(
-                j,
-                i,
-                f"{v:.3f}",
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="w",
-                fontweight="bold" if is_best else "normal",
-            )
-            if is_best:
-                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
+        if np.isnan(v):
+            continue
+        shade = cmap((v - lo) / (hi - lo) if hi > lo else 0.5)
+        ink = "black" if 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] > 0.5 else "white"
+        is_best = best["flags"][x_name] == xs[j] and best["flags"][y_name] == ys[i]
+        text = f"{v:.4f}" + (f"\n{named[(xs[j], ys[i])]}" if (xs[j], ys[i]) in named else "")
+        ax.text(j, i, text, ha="center", va="center", fontsize=7, color=ink, fontweight="bold" if is_best else "normal")
+        if is_best:
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
     ax.set_xticks(range(len(xs)), [str(x) for x in xs])
     ax.set_yticks(range(len(ys)), [str(y) for y in ys])
     ax.set_xlabel(x_name)
     ax.set_ylabel(y_name)
     ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, label=objective)
+    fig.colorbar(im, ax=ax, label=OBJECTIVE_TEXT[objective])
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.png")  # workers may rewrite it at the same moment
+    fig.savefig(tmp, dpi=120)
     plt.close(fig)
+    os.replace(tmp, path)
     return True
 
 
@@ -220,8 +219,8 @@ def write_reports(ctx, final: bool, extra: dict | None = None) -> dict:
     _atomic_write(folder / "intermediate_results.json", json.dumps(doc, indent=2))
     if final:
         _atomic_write(folder / "results.json", json.dumps(doc, indent=2))
-    title = f"avemo search {spec.get('mode', '')}: {len(best)}/{len(space.points())} trials finished ({folder.name})"
-    _atomic_write(folder / "results.md", markdown(rows, ctx.objective, title))
+    title = f"avemo search {spec.get('mode', '')}: {len(best)}/{len(space.points())} trials finished\n{folder.name}"
+    _atomic_write(folder / "results.md", markdown(rows, ctx.objective, title.replace("\n", " (") + ")"))
     if best:
         _atomic_write(folder / "best_config.txt", best_config_text(best[0], ctx.objective, spec.get("mode"), len(best)))
         plot_heatmap(rows, ctx.objective, folder / "heatmap.png", title)
