@@ -119,8 +119,8 @@ def suggest(trial: optuna.Trial, space: Space) -> dict:
     return {name: trial.suggest_categorical(name, values) for name, values in space.grid.items()}
 
 
-def run_worker(ctx: WorkerContext, on_done=None, stop=None) -> int:
-    """Work until every point is settled (or ``stop()`` is true); returns the number of trials trained.
+def run_worker(ctx: WorkerContext, on_done=None) -> int:
+    """Work until every point is settled; returns the number of trials this worker trained.
 
     ``on_done(frozen_trial)`` is called after each trial this worker finished (reports rewrite there).
     """
@@ -132,7 +132,7 @@ def run_worker(ctx: WorkerContext, on_done=None, stop=None) -> int:
     keys = [point_key(p) for p in space.points()]
     parser = train_parser()
     trained = 0
-    while stop is None or not stop():
+    while True:
         st.recover_stale(study, ctx.heartbeat, ctx.max_retry)
         prog = st.progress_of(study, space)
         if prog.settled >= set(keys):
