@@ -79,6 +79,21 @@ def test_flag_argv_uses_the_train_parser():
         flag_argv({"variational": "maybe"}, parser)
 
 
+def test_fixed_flags_add_the_search_defaults_once_and_refuse_searched_ones(tmp_path):
+    from avemo.training.search.launcher import SearchRequest, fixed_train_argv
+
+    parser = search_worker.train_parser()
+    argv, teachers = fixed_train_argv(SearchRequest("quick", build_space("quick"), ["--epochs", "3"]), tmp_path, parser)
+    assert argv.count("--contrastive_proj_dim") == 1 and argv[:2] == ["--epochs", "3"] and "8" not in argv
+    assert teachers == ["audio", "video"] and str(tmp_path / "teachers/audio/best.pt") in argv
+    given_teacher = ["--teacher_audio", "a.pt"]
+    argv, teachers = fixed_train_argv(SearchRequest("grid", build_space("grid"), given_teacher), tmp_path, parser)
+    assert teachers == [] and "--teacher_video" not in argv
+    for bad, message in ((["--delta_va", "0.5"], "what this search varies"), (["--out_dir", "x"], "sets it per trial")):
+        with pytest.raises(UsageError, match=message):
+            fixed_train_argv(SearchRequest("quick", build_space("quick"), bad), tmp_path, parser)
+
+
 # ------------------------------------------------------------------------------- study logic (no training)
 def _study(tmp_path, space, storage: str | None = None, heartbeat: int = 1):
     storage = storage or str(tmp_path / "study.journal")

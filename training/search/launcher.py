@@ -64,12 +64,14 @@ def search_folder(req: SearchRequest) -> Path:
 
 
 def _with_defaults(argv: list[str], defaults: tuple[str, ...], parser) -> list[str]:
-    """``argv`` plus each ``--flag value`` pair of ``defaults`` whose flag ``argv`` does not give."""
-    have = given(parser.parse_args(argv))
+    """``argv`` plus each ``--flag value`` pair of ``defaults`` whose flag ``argv`` does not give (once each)."""
+    have = set(given(parser.parse_args(argv)))
     out = list(argv)
     for flag, value in zip(defaults[::2], defaults[1::2]):
-        if parser._option_string_actions[flag].dest not in have:
+        dest = parser._option_string_actions[flag].dest
+        if dest not in have:
             out += [flag, value]
+            have.add(dest)
     return out
 
 
