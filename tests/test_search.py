@@ -126,11 +126,20 @@ def test_parallel_workers_never_train_a_point_twice(tmp_path, monkeypatch):
     monkeypatch.setattr(search_worker, "run_trial", fake_trial)
     monkeypatch.setattr(search_worker, "train_parser", lambda: None)
     ctx = _ctx(tmp_path, storage, space)
-    threads = [threading.Thread(target=search_worker.run_worker, args=(ctx,)) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def work():
+        try:
+            search_worker.run_worker(ctx)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
+    assert not errors, errors  # e.g. GridSampler's study.stop() raising outside optimize
     assert sorted(trained) == sorted(point_key(p) for p in space.points())  # each exactly once
     trials = study.get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]

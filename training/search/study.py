@@ -63,16 +63,19 @@ def open_storage(storage: str, heartbeat: int, max_retry: int):
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
     if is_url(storage):
         engine_kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {"pool_pre_ping": True}
-        try:
-            return optuna.storages.RDBStorage(
-                storage,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat,
-                grace_period=grace_period(heartbeat),
-                heartbeat_stale_trial_callback=retry,
-            )
-        except Exception as e:  # noqa: BLE001 - driver errors come in many types
-            raise UsageError(f"--storage {redact(storage)}: cannot open it: {type(e).__name__}: {e}") from None
+        for attempt in range(5):  # launchers starting together on an empty database race to create the tables
+            try:
+                return optuna.storages.RDBStorage(
+                    storage,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat,
+                    grace_period=grace_period(heartbeat),
+                    heartbeat_stale_trial_callback=retry,
+                )
+            except Exception as e:  # noqa: BLE001 - driver errors come in many types
+                if attempt == 4:
+                    raise UsageError(f"--storage {redact(storage)}: cannot open it: {type(e).__name__}: {e}") from None
+                time.sleep(1.0 + attempt)
     path = Path(storage)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = optuna.storages.journal.JournalFileOpenLock(str(path))
@@ -91,10 +94,23 @@ def _wait_for_attr(study: optuna.Study, key: str, seconds: float):
     return value
 
 
+class QueueGridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler without its ``after_trial`` stop: once the grid is used up it calls
+    ``study.stop()``, which raises outside ``Study.optimize`` (the workers here ask and tell themselves,
+    and decide from the study when every point is settled)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
+def grid_sampler(space: Space) -> QueueGridSampler:
+    return QueueGridSampler(space.grid, seed=0)  # the same seed everywhere: one grid order for every process
+
+
 def open_study(storage, name: str, space: Space, direction: str, spec: dict) -> tuple[optuna.Study, bool]:
     """(study, created): create the study, or load it; a loaded study must search the same space the same
     way (``spec``). Creation is atomic in every storage, so exactly one launcher is the creator."""
-    sampler = optuna.samplers.GridSampler(space.grid, seed=0)
+    sampler = grid_sampler(space)
     try:
         study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, direction=direction)
         study.set_user_attr(SPEC, spec)
@@ -141,7 +157,7 @@ def trial_point(t: FrozenTrial, space: Space) -> dict | None:
     if fixed and all(n in fixed for n in names):
         return {n: fixed[n] for n in names}
     if "grid_id" in t.system_attrs:  # sampled, params not suggested yet: the sampler's own grid order
-        sampler = optuna.samplers.GridSampler(space.grid, seed=0)  # as open_study builds it
+        sampler = grid_sampler(space)
         gid = t.system_attrs["grid_id"]
         if 0 <= gid < len(sampler._all_grids):
             return dict(zip(sampler._param_names, sampler._all_grids[gid]))

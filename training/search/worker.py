@@ -126,9 +126,7 @@ def run_worker(ctx: WorkerContext, on_done=None) -> int:
     """
     space = Space.from_dict(ctx.space)
     storage = st.open_storage(ctx.storage, ctx.heartbeat, ctx.max_retry)
-    study = optuna.load_study(
-        study_name=ctx.study, storage=storage, sampler=optuna.samplers.GridSampler(space.grid, seed=0)
-    )
+    study = optuna.load_study(study_name=ctx.study, storage=storage, sampler=st.grid_sampler(space))
     keys = [point_key(p) for p in space.points()]
     parser = train_parser()
     trained = 0
