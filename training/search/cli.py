@@ -22,7 +22,7 @@ examples:
   avemo search grid --workers 2                           # 49 trials, two processes on this machine
   avemo search quick --resume                             # continue the newest quick search after a kill
   avemo search custom --param lr=0.001,0.002 --param batch_size=16,32
-  avemo search ablation --param ...                       # (ablation and quick/grid have fixed spaces)
+  avemo search ablation --epochs 12                       # the loss-analysis grid on the hierarchical fusion
   avemo search grid --storage postgresql+psycopg://user@db-host/avemo --study grid1 \\
       --teacher_audio /shared/audio.pt --teacher_video /shared/video.pt --workers 4   # same on every machine
 """
