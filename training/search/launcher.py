@@ -149,7 +149,7 @@ def run_search(req: SearchRequest) -> dict:
     folder = search_folder(req)
     fixed, teachers = fixed_train_argv(req, folder, parser)
     for p in req.space.points():  # every trial's flags are refused now, not after hours of training
-        trial_config(trial_argv(WorkerContext("", "", "", {}, fixed, "", 1, 1, 1), req.space, p, parser), parser)
+        trial_config(trial_argv(fixed, req.space, p, parser), parser)
     folder.mkdir(parents=True, exist_ok=True)
     storage = req.storage or str(folder / "study.journal")
     name = req.study or (MODES[req.mode].folder if st.is_url(storage) else folder.name)

@@ -54,19 +54,20 @@ class Mode:
     name: str
     folder: str  # results folder prefix: <folder>_YYYYMMDD_HHMMSS
     description: str
-    defaults: tuple[str, ...]  # train flags added unless given (after SEARCH_DEFAULTS)
+    defaults: tuple[str, ...]  # train flags added unless given (after SEARCH_DEFAULTS; INFONCE_DEFAULTS is
+    # added by the launcher whenever an INFONCE_FLAGS weight is searched)
 
 
 MODES: dict[str, Mode] = {
     m.name: m
     for m in (
-        Mode("quick", "quick_search", "the guide's 6 named (delta_va, delta_nce) combinations", INFONCE_DEFAULTS),
-        Mode("grid", "loss_weight_search", "delta_va x delta_nce, 7 x 7 = 49 trials", INFONCE_DEFAULTS),
+        Mode("quick", "quick_search", "the guide's 6 named (delta_va, delta_nce) combinations", ()),
+        Mode("grid", "loss_weight_search", "delta_va x delta_nce, 7 x 7 = 49 trials", ()),
         Mode(
             "ablation",
             "ablation_search",
             "encoder_loss_weight x cl_loss_weight x gate_reg_weight, 4 x 3 x 4 = 48 trials (hierarchical fusion)",
-            ("--fusion", "hierarchical", *INFONCE_DEFAULTS),
+            ("--fusion", "hierarchical"),
         ),
         Mode("custom", "custom_search", "the product of the --param NAME=v1,v2,... lists", ()),
     )

@@ -167,17 +167,14 @@ def trial_point(t: FrozenTrial, space: Space) -> dict | None:
 def enqueue_missing(study: optuna.Study, space: Space, retry_failed: bool) -> list[dict]:
     """Enqueue every point that has no trial yet (and, with ``retry_failed``, every point whose trials all
     failed); returns the points enqueued. Run by the launcher before its workers start."""
-    by_key: dict[str, list[FrozenTrial]] = {}
-    for t in study.get_trials(deepcopy=False):
-        p = trial_point(t, space)
-        if p is not None:
-            by_key.setdefault(point_key(p), []).append(t)
+    prog = progress_of(study, space)
+    keys = [point_key(p) for p in space.points()]
+    unstarted = set(prog.unstarted(keys))
+    failed = prog.settled - set(prog.complete) if retry_failed else set()  # failed, nothing left to retry them
     added = []
-    for p in space.points():
-        trials = by_key.get(point_key(p), [])
-        all_failed = trials and all(t.state == TrialState.FAIL for t in trials)
-        if not trials or (retry_failed and all_failed):
-            study.enqueue_trial(p, user_attrs={"retried_after_failure": bool(trials)})
+    for p, key in zip(space.points(), keys):
+        if key in unstarted or key in failed:
+            study.enqueue_trial(p, user_attrs={"retried_after_failure": key in failed})
             added.append(p)
     return added
 
@@ -190,7 +187,6 @@ class Progress:
     waiting: set[str] = field(default_factory=set)
     running: dict[str, list[FrozenTrial]] = field(default_factory=dict)
     failed: set[str] = field(default_factory=set)  # has a FAIL trial
-    total: int = 0
 
     @property
     def settled(self) -> set[str]:
@@ -202,7 +198,7 @@ class Progress:
 
 
 def progress_of(study: optuna.Study, space: Space) -> Progress:
-    prog = Progress(total=len(space.points()))
+    prog = Progress()
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         p = trial_point(t, space)
         if p is None:

@@ -57,9 +57,9 @@ def train_parser():
     return p
 
 
-def trial_argv(ctx: WorkerContext, space: Space, point: dict, parser=None) -> list[str]:
+def trial_argv(fixed: list[str], space: Space, point: dict, parser=None) -> list[str]:
     """The `avemo train` flags of one point: the fixed ones, then the point's."""
-    return [*ctx.train_argv, *flag_argv(space.flags(point), parser or train_parser())]
+    return [*fixed, *flag_argv(space.flags(point), parser or train_parser())]
 
 
 def trial_config(argv: list[str], parser=None):
@@ -95,7 +95,7 @@ def run_trial(ctx: WorkerContext, space: Space, trial: optuna.Trial, point: dict
     """Train one point and return its objective value (user attrs hold everything the report shows)."""
     from avemo.training.train.compare import train_or_reuse
 
-    argv = trial_argv(ctx, space, point, parser)
+    argv = trial_argv(ctx.train_argv, space, point, parser)
     run_dir = Path(ctx.folder) / "trials" / space.slug(point)
     trial.set_user_attr("label", space.label(point))
     trial.set_user_attr("flags", space.flags(point))
