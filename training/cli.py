@@ -245,15 +245,31 @@ def summary_line(results: dict) -> str:
 
 
 # ---------------------------------------------------------------- evaluate
-EVALUATE_FIELDS = ("data_root", "cache_dir", "face_crop", "split_mode", "fold", "folds", "seed", "progress")
+EVALUATE_FIELDS = ("cache_dir", "face_crop", "split_mode", "fold", "folds", "seed", "progress")
 
 
 def evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    from avemo.training.data.prepare import EVAL_SPLITS
     from avemo.training.train.config import TrainConfig
 
     p.add_argument("checkpoint", type=Path, help="checkpoint (best.pt)")
     add_option(
-        p, "split", choices=("train", "val", "test"), default="test", help="split to evaluate (default: %(default)s)"
+        p,
+        "data_root",
+        type=Path,
+        nargs="+",
+        default=[Path(TrainConfig.data_root)],
+        metavar="ROOT",
+        help="RAVDESS-layout folder(s); with several, each is evaluated and the mean ± std printed "
+        "(default: %(default)s)",
+    )
+    add_option(
+        p,
+        "split",
+        choices=EVAL_SPLITS,
+        default="test",
+        help="split to evaluate; all = every clip of the root, e.g. a corpus of people the model never saw "
+        "(default: %(default)s)",
     )
     add_option(
         p,
@@ -286,56 +302,76 @@ def evaluate_config_from_args(args: argparse.Namespace):
     checkpoint."""
     from avemo.training.train.config import TrainConfig
 
-    return _checked(config_from_args(TrainConfig, args), given(args))
+    roots = [str(r) for r in args.data_root]  # several roots: the config names the first
+    return _checked(config_from_args(TrainConfig, args, data_root=roots[0]), given(args))
 
 
 def evaluate_run(args: argparse.Namespace) -> int:
     from avemo.contract.geometry import WindowGeometry
-    from avemo.training.data.prepare import prepare_data
+    from avemo.training.data.prepare import prepare_split
     from avemo.training.evaluation.robustness import evaluate_condition
     from avemo.training.models.checkpoint import model_from_checkpoint
 
     cfg = evaluate_config_from_args(args)  # usage errors before loading anything
+    missing = [str(r) for r in args.data_root if not Path(r).is_dir()]
+    if missing:
+        raise UsageError(f"--data_root: no such folder {', '.join(missing)}")
+    if args.report_dir is not None and len(args.data_root) > 1:
+        raise UsageError("--report_dir takes one --data_root (the reports describe one set of clips)")
     model, ckpt = model_from_checkpoint(args.checkpoint)
     cfg = replace(cfg, num_classes=len(ckpt["labels"]))
-    datasets, _ = prepare_data(
-        cfg.data_root,
-        cfg.cache_dir,
-        WindowGeometry.from_dict(ckpt["geometry"]),
-        progress=cfg.progress,
-        **cfg.data_options(),
-    )
-    ds = datasets[args.split]
-    if len(ds) == 0:
-        raise SystemExit(f"the {args.split} split is empty")
-    res, pred = evaluate_condition(
-        model,
-        ds,
-        ckpt["labels"],
-        drop=args.drop,
-        noise_snr_db=args.noise,
-        seed=cfg.seed,
-        progress=cfg.progress,
-    )
-    res["split"] = args.split
-    res["checkpoint"] = str(args.checkpoint)
-    if args.report_dir is not None:
-        from avemo.training.evaluation.reports import write_reports
-
-        args.report_dir.mkdir(parents=True, exist_ok=True)
-        summary = write_reports(
-            pred,
-            ckpt["labels"],
-            args.report_dir,
-            [c.source for c in ds.clips],
-            res["clip"],
-            title=f"{args.split} split, {res['condition']['description']}",
+    results = []
+    for root in args.data_root:
+        ds, info = prepare_split(
+            root,
+            cfg.cache_dir,
+            WindowGeometry.from_dict(ckpt["geometry"]),
+            args.split,
+            progress=cfg.progress,
+            **cfg.data_options(),
         )
-        res["error_cases"] = summary["error_cases"]
-    if args.json:
-        print(json.dumps(res, indent=2))
+        if len(ds) == 0:
+            raise SystemExit(f"the {args.split} split of {root} is empty")
+        res, pred = evaluate_condition(
+            model,
+            ds,
+            ckpt["labels"],
+            drop=args.drop,
+            noise_snr_db=args.noise,
+            seed=cfg.seed,
+            progress=cfg.progress,
+        )
+        res["split"] = args.split
+        res["data_root"] = str(root)
+        res["actors"] = info["actors"]
+        res["checkpoint"] = str(args.checkpoint)
+        if args.report_dir is not None:
+            from avemo.training.evaluation.reports import write_reports
+
+            args.report_dir.mkdir(parents=True, exist_ok=True)
+            summary = write_reports(
+                pred,
+                ckpt["labels"],
+                args.report_dir,
+                [c.source for c in ds.clips],
+                res["clip"],
+                title=f"{args.split} split, {res['condition']['description']}",
+            )
+            res["error_cases"] = summary["error_cases"]
+        results.append(res)
+    if len(results) == 1:
+        doc, text = results[0], evaluate_summary(results[0])
     else:
-        print(evaluate_summary(res))
+        from avemo.training.train.generalisation import mean_std
+
+        mean = {m: mean_std(r["clip"][m] for r in results) for m in ("macro_f1", "accuracy")}
+        doc = {"roots": results, "mean": mean}
+        text = "\n\n".join(f"{r['data_root']}\n{evaluate_summary(r)}" for r in results)
+        text += (
+            f"\n\nover {len(results)} roots: macro-F1 {mean['macro_f1']['mean']:.3f} ± {mean['macro_f1']['std']:.3f}, "
+            f"accuracy {mean['accuracy']['mean']:.3f} ± {mean['accuracy']['std']:.3f} (mean ± std)"
+        )
+    print(json.dumps(doc, indent=2) if args.json else text)
     return 0
 
 
@@ -355,31 +391,14 @@ def evaluate_summary(res: dict) -> str:
 
 
 # ---------------------------------------------------------------- compare
-COMPARE_FIELDS = (
-    "data_root",
-    "cache_dir",
-    "face_crop",
-    "num_classes",
-    "split_mode",
-    "fold",
-    "folds",
-    "seed",
-    "epochs",
-    "batch_size",
-    "lr",
-    "early_stopping_patience",
-    "max_train_batches",
-    "tensorboard",
-    "wandb",
-    "progress",
-    "device",
-    "amp",
-    "channels_last",
-)
+# every `avemo train` option applies to every fusion of a comparison, except these (compare sets them)
+COMPARE_EXCLUDED = ("out_dir", "resume", "fold", "folds")
 
 
 def compare_arguments(p: argparse.ArgumentParser) -> None:
-    from avemo.training.train.config import TrainConfig
+    from avemo.training.losses.total import LossWeights
+    from avemo.training.models.config import ModelConfig
+    from avemo.training.train.config import LOSSES, TrainConfig
 
     add_option(
         p,
@@ -388,23 +407,96 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated fusions / baselines to train, one seed and split for all (default: %(default)s)",
     )
     add_option(
-        p, "out", type=Path, default=Path("runs/compare"), help="runs go to <out>/<fusion> (default: %(default)s)"
+        p,
+        "out",
+        type=Path,
+        default=Path("runs/compare"),
+        help="runs go to <out>/<fusion>, or <out>/fold-<k>/<fusion> with --folds (default: %(default)s)",
+    )
+    unseen = p.add_argument_group("unseen people (tables of mean ± std, missing-modality rows, generalisation.png)")
+    add_option(
+        unseen,
+        "folds",
+        dest="cv_folds",  # not TrainConfig.folds: compare sets that per fold
+        type=int,
+        default=0,
+        metavar="K",
+        help="actor k-fold: train every fusion K times, each actor in the test split once (default: 0 = the "
+        "--split_mode split only)",
+    )
+    add_option(
+        unseen,
+        "fresh_corpora",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also evaluate every trained model on all clips of N corpora generated with other seeds (every "
+        "identity new; needs a corpus made by `avemo corpus`; default: %(default)s)",
+    )
+    add_option(
+        unseen,
+        "fresh_root",
+        type=Path,
+        default=None,
+        help="where the fresh corpora are generated and reused, <fresh_root>/seed-<s> (default: a folder 'fresh' "
+        "beside --data_root)",
+    )
+    add_option(
+        unseen,
+        "unseen_eval",
+        action="store_true",
+        help="evaluate (also with each modality dropped) and tabulate mean ± std even without --folds / "
+        "--fresh_corpora",
     )
     add_option(
         p, "retrain", action="store_true", help="train again even when a finished run with the same config exists"
     )
     add_option(p, "tiny", action="store_true", help=argparse.SUPPRESS)  # tiny encoders (tests, smoke runs)
     add_option(p, "json", action="store_true", help="print the comparison as JSON")
-    add_fields(p, TrainConfig, COMPARE_FIELDS, groups=_sections(p))
+    sections = _sections(p)
+    add_fields(p, TrainConfig, exclude=COMPARE_EXCLUDED, groups=sections)
+    add_fields(p, ModelConfig, exclude=("fusion",), groups=sections)
+    add_fields(p, LossWeights, groups=sections)
+    add_option(
+        sections[LOSSES],
+        "delta_nce",
+        type=float,
+        default=None,
+        help="InfoNCE weight in the distillation setting; wins over --contrastive_weight when given (default: unset)",
+    )
 
 
-def compare_config_from_args(args: argparse.Namespace):
-    """The base TrainConfig of an `avemo compare` command line (each fusion changes model.fusion and out_dir)."""
+def compare_config_from_args(args: argparse.Namespace, fusions: list[str] | None = None):
+    """The base TrainConfig of an `avemo compare` command line (each fusion changes model.fusion and out_dir).
+
+    A given flag is refused when it applies to none of ``fusions`` (default: gated); values that cannot
+    work are refused for any of them.
+    """
+    from avemo.training.losses.total import LossWeights
     from avemo.training.models.config import ModelConfig
     from avemo.training.train.config import TrainConfig
 
-    cfg = config_from_args(TrainConfig, args, model=ModelConfig(num_classes=args.num_classes))
-    return _checked(cfg, given(args))
+    flags = given(args)
+    if args.cv_folds and "split_mode" in flags:
+        raise UsageError("--split_mode does not apply with --folds (every fold is an actor k-fold split)")
+    if args.cv_folds == 1 or args.cv_folds < 0:
+        raise UsageError(f"--folds must be 0 (off) or at least 2 (got {args.cv_folds})")
+    if args.fresh_corpora < 0:
+        raise UsageError(f"--fresh_corpora must be >= 0 (got {args.fresh_corpora})")
+    model = config_from_args(ModelConfig, args, num_classes=args.num_classes)
+    losses = config_from_args(LossWeights, args)
+    if args.delta_nce is not None:
+        losses = replace(losses, contrastive=args.delta_nce)
+    cfg = config_from_args(TrainConfig, args, losses=losses.to_dict(), model=model)
+    errors = []
+    for fusion in fusions or [model.fusion]:
+        try:
+            _checked(replace(cfg, model=replace(model, fusion=fusion)), flags)
+        except UsageError as e:
+            errors.append(e)
+    if fusions and len(errors) == len(fusions) or not fusions and errors:
+        raise errors[0]
+    return cfg
 
 
 def compare_run(args: argparse.Namespace) -> int:
@@ -414,13 +506,29 @@ def compare_run(args: argparse.Namespace) -> int:
         fusions = parse_fusions(args.fusions)
     except ValueError as e:
         raise UsageError(f"--fusions: {e}") from None
-    base = compare_config_from_args(args)
+    base = compare_config_from_args(args, fusions)
+    fresh_roots = []
     with progress_to_stderr(args.json):
+        if args.fresh_corpora:
+            from avemo.training.synthetic.fresh import fresh_corpora
+
+            where = args.fresh_root or Path(base.data_root).parent / "fresh"
+            try:
+                fresh_roots = fresh_corpora(base.data_root, args.fresh_corpora, where, progress=base.progress)
+            except ValueError as e:
+                raise UsageError(f"--fresh_corpora: {e}") from None
         result = compare(
-            fusions, base, args.out, retrain=args.retrain, model_overrides=TINY_MODEL if args.tiny else None
+            fusions,
+            base,
+            args.out,
+            retrain=args.retrain,
+            model_overrides=TINY_MODEL if args.tiny else None,
+            folds=args.cv_folds,
+            fresh_roots=fresh_roots,
+            evaluate_test=args.unseen_eval or None,
         )
     if args.json:
-        print(json.dumps({"rows": result["rows"], "config": result["config"]}, indent=2))
+        print(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2))
     else:
         print(result["markdown"], end="")
         print(f"written {args.out / 'comparison.md'} and {args.out / 'comparison.json'}")

@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from avemo.contract.progress import progress as progress_bar
-
 from avemo.contract import media
 from avemo.contract.geometry import WindowGeometry
+from avemo.contract.progress import progress as progress_bar
 
 CACHE_VERSION = (
     "4"  # 4: causal face tracking with search until the first face (contract.faces), windows cut by contract.stream

@@ -11,6 +11,7 @@
   from the window's own signal power (mean of squares); a silent window stays silent. The noise of
   window k depends only on (seed, k): deterministic and independent of batch size or order.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,7 +24,7 @@ MODALITIES = ("audio", "video")
 def noise_for_snr(signal: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
     """White Gaussian noise with power = signal power / 10^(snr_db / 10) (same shape, float32)."""
     signal = np.asarray(signal, dtype=np.float64)
-    power = float(np.mean(signal ** 2)) if signal.size else 0.0
+    power = float(np.mean(signal**2)) if signal.size else 0.0
     sigma = np.sqrt(power / (10.0 ** (snr_db / 10.0)))
     return (rng.standard_normal(signal.shape) * sigma).astype(np.float32)
 
@@ -38,7 +39,7 @@ def snr_db(clean: np.ndarray, noisy: np.ndarray) -> float:
     """Measured SNR in dB of ``noisy`` against ``clean``."""
     clean = np.asarray(clean, dtype=np.float64)
     noise = np.asarray(noisy, dtype=np.float64) - clean
-    return float(10.0 * np.log10(np.mean(clean ** 2) / max(np.mean(noise ** 2), 1e-30)))
+    return float(10.0 * np.log10(np.mean(clean**2) / max(np.mean(noise**2), 1e-30)))
 
 
 def describe(drop: str | None = None, noise_snr_db: float | None = None) -> str:

@@ -8,6 +8,7 @@ deeper as unpacked from the official zips (``Video_Speech_Actor_01/Actor_01/...`
 
 Scanning never decodes: unreadable files are found later by the cache, which records a ``Problem``.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,7 +44,7 @@ class RavdessName:
     actor: int
 
     @classmethod
-    def parse(cls, filename) -> "RavdessName":
+    def parse(cls, filename) -> RavdessName:
         """Parse ``01-01-03-02-01-01-12.mp4`` (a name or path; extension optional). ValueError says why."""
         name = Path(str(filename)).name
         stem = name.split(".", 1)[0]

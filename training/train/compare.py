@@ -45,6 +45,7 @@ def comparable(config: dict) -> dict:
     d = {k: v for k, v in config.items() if k not in _IGNORED}
     d.setdefault("face_crop", "auto")  # runs made before these fields existed used these values
     d.setdefault("weight_decay_scope", "all")
+    d.setdefault("video_augment", "basic")
     model = {k: v for k, v in dict(d.get("model", {})).items() if k not in _IGNORED_MODEL}
     model["num_classes"] = d.get("num_classes", model.get("num_classes"))
     d["model"] = model
@@ -129,6 +130,13 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fold_configs(base: TrainConfig, folds: int) -> list[tuple[int, TrainConfig, str]]:
+    """(fold, config, sub-folder) per fold: actor k-fold when ``folds`` > 0, else the configured split as fold 0."""
+    if folds <= 0:
+        return [(0, base, "")]
+    return [(k, replace(base, split_mode="kfold", folds=folds, fold=k), f"fold-{k}") for k in range(folds)]
+
+
 def compare(
     fusions: list[str],
     base: TrainConfig,
@@ -136,29 +144,62 @@ def compare(
     retrain: bool = False,
     model_overrides: dict | None = None,
     log=print,
+    folds: int = 0,
+    fresh_roots: list[Path] | tuple = (),
+    evaluate_test: bool | None = None,
 ) -> dict:
     """Train (or reuse) each fusion with ``base`` and write comparison.md / comparison.json in ``out``.
 
     ``model_overrides``: ModelConfig fields applied to every fusion (e.g. ``TINY_MODEL`` in tests).
-    Returns {"rows": [...], "config": ..., "markdown": ...}.
+    ``folds`` > 0: actor k-fold, runs in ``<out>/fold-<k>/<fusion>``, every actor tested once.
+    ``fresh_roots``: corpora of unseen people every trained model is also evaluated on (all clips).
+    With folds or fresh corpora (or ``evaluate_test``) the models are evaluated again, also with each
+    modality dropped (``avemo.training.train.generalisation``): tables of mean ± std, generalisation.png.
+    Returns {"rows": [...], "config": ..., "markdown": ..., "summary": ... (when evaluated)}.
     """
+    from avemo.training.train import generalisation as gen
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if model_overrides:
         base = replace(base, model=replace(base.model, **model_overrides))
-    rows = []
-    for fusion in fusions:
-        metrics, reused = train_or_reuse(fusion_config(base, fusion, out), retrain, log)
-        rows.append(row(fusion, metrics, reused))
-    table = markdown_table(rows)
+    rows, runs, corpora = [], {}, []
+    for fold, fold_cfg, sub in fold_configs(base, folds):
+        if folds:
+            log(f"[compare] fold {fold + 1}/{folds}")
+        for fusion in fusions:
+            metrics, reused = train_or_reuse(fusion_config(fold_cfg, fusion, out / sub), retrain, log)
+            rows.append(row(fusion, metrics, reused) | {"fold": fold})
+            runs[(fold, fusion)] = {"checkpoint": metrics["checkpoint"], "data": fold_cfg.data_options()}
+        corpora.append((f"test fold {fold}" if folds else "test", base.data_root, "test", fold))
+    corpora += [(Path(r).name, r, "all", -1) for r in fresh_roots]
     common = comparable(base.to_dict())
     common["model"].pop("fusion", None)
-    header = (
-        f"# Fusion comparison\n\nSame seed ({base.seed}) and {base.split_mode} split for every model; "
-        f"{base.num_classes} classes, at most {base.epochs} epoch(s); test metrics at clip level "
-        f"(argmax of the mean of window probabilities), best validation checkpoint. "
-        f"Trained with {', '.join(sorted({r['runtime'] for r in rows}))}.\n\n"
-    )
+    runtime = ", ".join(sorted({r["runtime"] for r in rows}))
+    result = {"rows": rows, "config": common, "folds": folds, "fresh_corpora": [str(r) for r in fresh_roots]}
+    if evaluate_test if evaluate_test is not None else (folds > 0 or len(fresh_roots) > 0):
+        records = gen.evaluate_runs(runs, corpora, base.cache_dir, base.face_crop, progress=base.progress, log=log)
+        result["records"] = records
+        result["summary"] = gen.summarise(records, fusions)
+        table = gen.markdown(result["summary"], folds, len(fresh_roots))
+        how = f"actor {folds}-fold (every actor tested once)" if folds else f"{base.split_mode} split"
+        fresh = f", and on every clip of {len(fresh_roots)} fresh corpora" if fresh_roots else ""
+        header = (
+            f"# Fusion comparison: unseen people\n\nSeed {base.seed}; {how}{fresh}; {base.num_classes} classes, "
+            f"at most {base.epochs} epoch(s); clip-level macro-F1 / accuracy (argmax of the mean of window "
+            f"probabilities) of the best validation checkpoint, mean ± std (population) over the evaluations. "
+            f"Dropped modality: that input zeroed and its mask entry 0; its difference is paired with the other "
+            f"modality's own model on the same fold and clips. Trained with {runtime}.\n\n"
+        )
+        gen.plot(result["summary"], out / "generalisation.png", f"{base.num_classes} classes, {how}{fresh}")
+    else:
+        table = markdown_table(rows)
+        header = (
+            f"# Fusion comparison\n\nSame seed ({base.seed}) and {base.split_mode} split for every model; "
+            f"{base.num_classes} classes, at most {base.epochs} epoch(s); test metrics at clip level "
+            f"(argmax of the mean of window probabilities), best validation checkpoint. "
+            f"Trained with {runtime}.\n\n"
+        )
     (out / "comparison.md").write_text(header + table)
-    (out / "comparison.json").write_text(json.dumps({"rows": rows, "config": common}, indent=2))
-    return {"rows": rows, "config": common, "markdown": table}
+    (out / "comparison.json").write_text(json.dumps(result, indent=2))
+    return result | {"markdown": table}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from avemo.contract.media import FACE_CROP_METHODS
+from avemo.training.data.dataset import VIDEO_AUGMENTS
 from avemo.training.data.ravdess import SPLIT_MODES
 from avemo.training.losses import total as losses_total
 from avemo.training.losses.total import LossWeights
@@ -47,6 +48,15 @@ class TrainConfig:
     out_dir: str = field(
         default="runs/gated",
         metadata=_opt("run folder: checkpoints, metrics.json, plots", RUN, default_text="runs/<fusion>"),
+    )
+    video_augment: str = field(
+        default="basic",
+        metadata=_opt(
+            "training-time frame augmentation: basic (flip, shift, brightness/contrast) or identity "
+            "(basic + any hue, saturation, grey, head scale/aspect/roll: what differs between people)",
+            DATA,
+            choices=VIDEO_AUGMENTS,
+        ),
     )
     num_classes: int = field(default=8, metadata=_opt("8 emotions or the 4-class mapping", DATA, choices=(4, 8)))
     split_mode: str = field(
@@ -118,7 +128,7 @@ class TrainConfig:
 
     def data_options(self) -> dict:
         """The keyword arguments of ``avemo.training.data.prepare.prepare_data`` this run decides."""
-        keys = ("num_classes", "split_mode", "folds", "fold", "seed", "face_crop")
+        keys = ("num_classes", "split_mode", "folds", "fold", "seed", "face_crop", "video_augment")
         return {k: getattr(self, k) for k in keys}
 
     def to_dict(self) -> dict:
@@ -141,6 +151,7 @@ def check_config(cfg: TrainConfig) -> None:
     for name, value, allowed in (
         ("--split_mode", cfg.split_mode, SPLIT_MODES),
         ("--face_crop", cfg.face_crop, FACE_CROP_METHODS),
+        ("--video_augment", cfg.video_augment, VIDEO_AUGMENTS),
         ("--num_classes", cfg.num_classes, (4, 8)),
         ("--loss_weighting", cfg.loss_weighting, MODES),
         ("--device", cfg.device, DEVICES),
