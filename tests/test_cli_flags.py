@@ -33,7 +33,8 @@ def test_no_flags_equal_the_dataclass_defaults():
     assert train_cfg() == TrainConfig(out_dir="runs/gated", losses=LossWeights().to_dict())
     assert train_cfg("--fusion", "late").out_dir == "runs/late"  # out_dir follows the fusion unless given
     assert train_cfg("--fusion", "late", "--out_dir", "x").out_dir == "x"
-    assert compare_config_from_args(parse("compare")) == TrainConfig()
+    # compare takes every train option (loss weights too), so its base config spells the loss weights out
+    assert compare_config_from_args(parse("compare")) == TrainConfig(losses=LossWeights().to_dict())
     assert evaluate_config_from_args(parse("evaluate", "best.pt")) == TrainConfig()
     args = parse("cache")
     assert config_from_args(TrainConfig, args) == TrainConfig() and args.jobs == 2
@@ -214,9 +215,13 @@ def test_usage_error_reads_like_argparse(capsys):
 def test_evaluate_and_compare_refuse_fold_outside_kfold():
     with pytest.raises(UsageError, match="--folds only applies to --split_mode kfold"):
         evaluate_config_from_args(parse("evaluate", "best.pt", "--folds", "3"))
-    with pytest.raises(UsageError, match="--fold only applies to --split_mode kfold"):
+    # compare's --folds K runs all K folds (it sets fold / folds itself) and refuses another split mode
+    args = parse("compare", "--folds", "3")
+    assert args.cv_folds == 3 and compare_config_from_args(args).folds == TrainConfig().folds
+    with pytest.raises(UsageError, match="--split_mode does not apply with --folds"):
+        compare_config_from_args(parse("compare", "--folds", "3", "--split-mode", "kfold"))
+    with pytest.raises(UsageError, match="--folds must be 0 .off. or at least 2"):  # argparse reads --fold as --folds
         compare_config_from_args(parse("compare", "--fold", "1"))
-    assert compare_config_from_args(parse("compare", "--split-mode", "kfold", "--fold", "1")).fold == 1
 
 
 def test_check_config_values_and_train_refuses_before_work(tmp_path):
