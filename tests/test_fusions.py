@@ -400,3 +400,21 @@ def test_checkpoint_round_trip_of_an_extended_model(cfg, inputs, geo):
     rebuilt, _ = model_from_checkpoint(make_checkpoint(model, c, [str(i) for i in range(C)], geo))
     x = inputs(2)
     torch.testing.assert_close(rebuilt(*x)["logits"], model(*x)["logits"])
+
+
+# ---------------------------------------------------------------- several masks, one encoder pass
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_forward_dropping_equals_forward_with_the_modality_removed(fusion, cfg, inputs, geo):
+    """What `compare --folds/--fresh-corpora` evaluates: one encoder pass, then each mask; it must give
+    what `evaluate --drop` gives (the dropped input zeroed, its mask entry 0) for every fusion."""
+    torch.manual_seed(0)
+    model = build_model(cfg(fusion, contrastive_proj_dim=8), geo).eval()
+    audio, frames, mask = inputs(3)
+    keeps = [(1.0, 1.0), (0.0, 1.0), (1.0, 0.0)]
+    got = model.forward_dropping(audio, frames, mask, keeps)
+    for (keep_a, keep_v), out in zip(keeps, got):
+        with torch.no_grad():
+            want = model(audio * keep_a, frames * int(keep_v), mask * torch.tensor([keep_a, keep_v]))
+        assert set(out) == set(want)
+        for key in want:
+            torch.testing.assert_close(out[key], want[key], atol=ATOL, rtol=0, msg=f"{fusion} {keep_a, keep_v} {key}")

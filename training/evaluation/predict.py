@@ -44,6 +44,32 @@ def predict(
     return {k: np.concatenate(v) for k, v in out.items() if v}
 
 
+KEEPS = {"full": (1.0, 1.0), "no_audio": (0.0, 1.0), "no_video": (1.0, 0.0)}  # condition -> (audio, video) kept
+
+
+@torch.no_grad()
+def predict_conditions(
+    model: torch.nn.Module, ds, conditions: list[str], batch_size: int = 64
+) -> dict[str, dict[str, np.ndarray]]:
+    """``predict`` under several ``KEEPS`` conditions with one encoder pass per batch
+    (``FusionModel.forward_dropping``): {condition: the arrays ``predict`` returns}. A dropped
+    modality is exactly what ``PerturbedDataset(drop=...)`` gives: no content, mask entry 0."""
+    model.eval()
+    device = next(model.parameters(), torch.empty(0)).device
+    keeps = [KEEPS[c] for c in conditions]
+    out = {c: {"probs": [], "modality_weights": [], "clip": [], "label": []} for c in conditions}
+    for batch in DataLoader(ds, batch_size=batch_size):
+        outs = model.forward_dropping(
+            batch["audio"].to(device), batch["frames"].to(device), batch["mask"].to(device), keeps
+        )
+        for c, o in zip(conditions, outs):
+            out[c]["probs"].append(torch.softmax(o["logits"].float(), -1).cpu().numpy())
+            out[c]["modality_weights"].append(o["modality_weights"].float().cpu().numpy())
+            out[c]["clip"].append(batch["clip"].numpy())
+            out[c]["label"].append(np.asarray(batch["label"]))
+    return {c: {k: np.concatenate(v) for k, v in arrays.items()} for c, arrays in out.items()}
+
+
 def clip_means(pred: dict[str, np.ndarray], key: str = "probs") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per clip: (clip ids [K], true labels [K], mean of ``pred[key]`` over the clip's windows [K, C])."""
     clips = np.unique(pred["clip"])

@@ -105,6 +105,10 @@ class FusionModel(nn.Module):
             and self.video_encoder is not None
         ):
             mask = modality_dropout(mask, self.modality_dropout)
+        return self._fuse(*self._encode(audio, frames, mask), mask)
+
+    def _encode(self, audio: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor):
+        """Masked embeddings h_a, h_v [B, D] (None for a missing encoder), fusion ctx, extra outputs."""
         h_a = h_v = None
         ctx: dict[str, torch.Tensor] = {}
         extra: dict[str, torch.Tensor] = {}
@@ -116,6 +120,9 @@ class FusionModel(nn.Module):
             h_v = self._embed(
                 self.video_encoder, self.video_norm, self.video_variational, frames, mask[:, 1:2], "video", ctx, extra
             )
+        return h_a, h_v, ctx, extra
+
+    def _fuse(self, h_a, h_v, ctx: dict, extra: dict, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         result = self.fusion(h_a, h_v, mask, ctx)
         out = {"logits": result[0], "modality_weights": result[1]}
         if self.audio_aux is not None:
@@ -128,6 +135,32 @@ class FusionModel(nn.Module):
         if len(result) > 2:
             out.update(result[2])
         return out
+
+    @torch.no_grad()
+    def forward_dropping(
+        self, audio: torch.Tensor, frames: torch.Tensor, modality_mask: torch.Tensor, keeps: list[tuple[float, float]]
+    ) -> list[dict[str, torch.Tensor]]:
+        """Evaluation outputs under several masks at the cost of one encoder pass: one output dict per
+        ``keeps`` entry (audio keep, video keep), each equal to ``forward`` with the dropped modality's
+        input zeroed and its mask entry 0 (everything an encoder gives is multiplied by its mask)."""
+        h_a, h_v, ctx, extra = self._encode(audio, frames, modality_mask)
+        outs = []
+        for keep_a, keep_v in keeps:
+            keep = modality_mask.new_tensor([keep_a, keep_v])  # [2]
+            mask = modality_mask * keep
+            k = {"audio": keep[0], "video": keep[1]}
+            ctx_k = {name: t * k[name.split("_")[-1]] for name, t in ctx.items()}
+            extra_k = {name: t * k[name.split("_")[-1]] for name, t in extra.items()}
+            outs.append(
+                self._fuse(
+                    None if h_a is None else h_a * keep[0],
+                    None if h_v is None else h_v * keep[1],
+                    ctx_k,
+                    extra_k,
+                    mask,
+                )
+            )
+        return outs
 
 
 def build_model(cfg: ModelConfig, geometry: WindowGeometry) -> FusionModel:

@@ -23,11 +23,11 @@ import numpy as np
 
 from avemo.contract.progress import progress as progress_bar
 from avemo.training.data.prepare import prepare_split
-from avemo.training.evaluation.robustness import evaluate_condition
+from avemo.training.evaluation.predict import KEEPS, evaluate_predictions, predict_conditions
 from avemo.training.models.checkpoint import model_from_checkpoint
 from avemo.training.models.config import UNIMODAL_FUSIONS
 
-CONDITIONS = {"full": None, "no_audio": "audio", "no_video": "video"}  # condition -> modality dropped
+CONDITIONS = tuple(KEEPS)  # full, no_audio, no_video (a dropped modality: input zeroed, mask entry 0)
 OTHER = {"no_audio": "video", "no_video": "audio"}  # condition -> the unimodal model it is measured against
 
 
@@ -69,24 +69,24 @@ def evaluate_runs(
         data = dict(runs[keys[0]]["data"], num_classes=len(ckpt0["labels"]), face_crop=face_crop)
         ds, info = prepare_split(root, cache_dir, _geometry(ckpt0), split, progress=progress, **data)
         log(f"[generalisation] {name}: {info['clips']} clips of actors {info['actors']}")
-        jobs = [(k, c) for k in keys for c in conditions_of(k[1])]
-        for (fold, fusion), cond in progress_bar(jobs, desc=f"evaluate {name}", unit="run", disable=not progress):
+        for fold, fusion in progress_bar(keys, desc=f"evaluate {name}", unit="model", disable=not progress):
             model, ckpt = models[(fold, fusion)]
-            res, _ = evaluate_condition(model, ds, ckpt["labels"], drop=CONDITIONS[cond], seed=0)
-            clip = res["clip"]
-            records.append(
-                {
-                    "fold": fold,
-                    "fusion": fusion,
-                    "corpus": name,
-                    "kind": "test" if split != "all" else "fresh",
-                    "condition": cond,
-                    "macro_f1": clip["macro_f1"],
-                    "accuracy": clip["accuracy"],
-                    "clips": clip["n"],
-                    "modality_weights": res["mean_modality_weights"],
-                }
-            )
+            conds = conditions_of(fusion)
+            for cond, pred in predict_conditions(model, ds, conds).items():
+                res = evaluate_predictions(pred, ckpt["labels"])
+                records.append(
+                    {
+                        "fold": fold,
+                        "fusion": fusion,
+                        "corpus": name,
+                        "kind": "test" if split != "all" else "fresh",
+                        "condition": cond,
+                        "macro_f1": res["clip"]["macro_f1"],
+                        "accuracy": res["clip"]["accuracy"],
+                        "clips": res["clip"]["n"],
+                        "modality_weights": res["mean_modality_weights"],
+                    }
+                )
     return records
 
 
