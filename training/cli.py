@@ -110,7 +110,9 @@ def corpus_arguments(p: argparse.ArgumentParser) -> None:
     from avemo.contract.labels import EMOTIONS_8
 
     add_option(p, "out", "root", type=Path, default=Path("data/corpus"), help="output folder (default: %(default)s)")
-    add_option(p, "actors", type=int, default=10, help="number of actors, 60 clips each (default: %(default)s)")
+    add_option(
+        p, "actors", type=int, default=10, help="actors, 60 clips each (30 with one repetition) (default: %(default)s)"
+    )
     add_option(p, "seed", type=int, default=0, help="corpus seed (default: %(default)s)")
     add_option(p, "jobs", type=int, default=2, help="worker processes (default: %(default)s)")
     codes = ", ".join(f"{i} {name}" for i, name in enumerate(EMOTIONS_8, 1))
@@ -124,6 +126,16 @@ def corpus_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help=f"render only these emotion codes ({codes}; default: all)",
     )
+    add_option(
+        p,
+        "repetitions",
+        type=int,
+        nargs="+",
+        choices=(1, 2),
+        metavar="REP",
+        default=[1, 2],
+        help="repetitions to render, 1 and/or 2 (default: 1 2; the demo corpus uses 1: more people, same clip count)",
+    )
     add_option(p, "overwrite", action="store_true", help="re-render clips that already exist")
     add_option(p, "no_progress", action="store_true", help="no progress bar")
 
@@ -136,6 +148,7 @@ def corpus_run(args: argparse.Namespace) -> int:
         n_actors=args.actors,
         seed=args.seed,
         emotions=args.emotions,
+        repetitions=tuple(args.repetitions),
         jobs=args.jobs,
         progress=not args.no_progress,
         overwrite=args.overwrite,

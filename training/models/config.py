@@ -39,6 +39,14 @@ class ModelConfig:
         default=0.2,
         metadata={"help": "per-modality probability of dropping a modality in training", "group": HELP_SECTION},
     )
+    unimodal_fallback: bool = field(
+        default=False,
+        metadata={
+            "help": "a window with one modality missing is answered by the present modality's own auxiliary head "
+            "(fusion models only)",
+            "group": HELP_SECTION,
+        },
+    )
     gate_init_audio: float = 0.3  # initial audio share of the gate (video favoured at start)
     logmel_mean: float = -6.0  # log-mel normalisation, overwritten from training data statistics
     logmel_std: float = 4.0

@@ -53,6 +53,7 @@ class FusionModel(nn.Module):
         variational: bool = False,
         contrastive_proj_dim: int = 0,
         sequence: bool = False,
+        unimodal_fallback: bool = False,
     ):
         super().__init__()
         self.audio_encoder, self.video_encoder, self.fusion = audio_encoder, video_encoder, fusion
@@ -62,6 +63,7 @@ class FusionModel(nn.Module):
         self.audio_aux = nn.Linear(embed_dim, num_classes) if both else None
         self.video_aux = nn.Linear(embed_dim, num_classes) if both else None
         self.modality_dropout = modality_dropout
+        self.unimodal_fallback = unimodal_fallback and both
         # optional parts, created after the original ones (same init order for the default model)
         self.sequence = sequence
         self.audio_variational = VariationalHead(embed_dim) if variational and audio_encoder is not None else None
@@ -128,6 +130,11 @@ class FusionModel(nn.Module):
         if self.audio_aux is not None:
             out["audio_logits"] = self.audio_aux(h_a)
             out["video_logits"] = self.video_aux(h_v)
+            if self.unimodal_fallback:  # one modality missing: that window is answered by the other's own head
+                m_a, m_v = mask[:, 0:1], mask[:, 1:2]  # [B, 1] each, 0 or 1
+                only_a, only_v = m_a * (1.0 - m_v), m_v * (1.0 - m_a)
+                fused = (1.0 - only_a - only_v) * out["logits"]
+                out["logits"] = fused + only_a * out["audio_logits"] + only_v * out["video_logits"]
         if self.audio_proj is not None:
             out["z_audio"] = self.audio_proj(h_a)
             out["z_video"] = self.video_proj(h_v)
@@ -197,6 +204,7 @@ def build_model(cfg: ModelConfig, geometry: WindowGeometry) -> FusionModel:
         variational=cfg.variational or cfg.fusion in VARIATIONAL_FUSIONS,
         contrastive_proj_dim=cfg.contrastive_proj_dim,
         sequence=seq_dim > 0,
+        unimodal_fallback=cfg.unimodal_fallback,
     )
 
 

@@ -50,6 +50,7 @@ def comparable(config: dict) -> dict:
     d["losses"] = LossWeights.from_dict(d.get("losses") or {}).to_dict()  # {} means the defaults
     model = {k: v for k, v in dict(d.get("model", {})).items() if k not in _IGNORED_MODEL}
     model["num_classes"] = d.get("num_classes", model.get("num_classes"))
+    model.setdefault("unimodal_fallback", False)
     d["model"] = model
     return json.loads(json.dumps(d))  # tuples -> lists, as stored in metrics.json
 
