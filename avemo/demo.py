@@ -19,7 +19,9 @@ from avemo.contract.endpoint import HOST, MODEL_NAME, MODEL_REPOSITORY
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", type=Path, default=Path("data/corpus"), help="corpus folder (default: %(default)s)")
-    p.add_argument("--actors", type=int, default=10, help="actors in the generated corpus (default: %(default)s)")
+    p.add_argument(
+        "--actors", type=int, default=24, help="actors in the generated corpus, 30 clips each (default: %(default)s)"
+    )
     p.add_argument("--cache-dir", type=Path, default=Path("cache"), help="decoded-clip cache (default: %(default)s)")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="run folders (default: %(default)s)")
     p.add_argument(
@@ -76,12 +78,13 @@ def _run(args: argparse.Namespace, out) -> int:
     from avemo.training.cli import summary_line
     from avemo.training.data import ravdess
     from avemo.training.evaluation.metrics import classification_metrics
-    from avemo.training.synthetic.corpus import corpus_plan, generate_corpus
+    from avemo.training.synthetic.corpus import DEFAULT_REPETITIONS, corpus_plan, generate_corpus
 
     t0 = time.time()
     fusions = [f.strip() for f in args.fusions.split(",") if f.strip()]
-    print(f"[demo] 1/5 corpus: {args.actors} actors x {len(corpus_plan(1))} clips -> {args.data_root}")
-    generate_corpus(args.data_root, n_actors=args.actors, seed=args.seed, jobs=2)
+    per_actor = len(corpus_plan(1, repetitions=DEFAULT_REPETITIONS))
+    print(f"[demo] 1/5 corpus: {args.actors} actors x {per_actor} clips -> {args.data_root}")
+    generate_corpus(args.data_root, n_actors=args.actors, seed=args.seed, repetitions=DEFAULT_REPETITIONS, jobs=2)
     results = {}
     for i, fusion in enumerate(fusions):
         print(f"[demo] 2/5 training {fusion} ({i + 1}/{len(fusions)})")

@@ -251,6 +251,9 @@ def test_corpus_flags_reach_generate_corpus(monkeypatch, tmp_path, capsys):
     assert main(argv) == 0
     assert seen["emotions"] == [1, 5] and seen["progress"] is False and seen["n_actors"] == 2
     assert seen["root"] == tmp_path and seen["jobs"] == 2 and seen["overwrite"] is False
+    assert seen["repetitions"] == (1,)  # the default corpus: one repetition
+    main(argv + ["--repetitions", "1", "2"])
+    assert seen["repetitions"] == (1, 2)
     with pytest.raises(SystemExit):
         parse("corpus", "--emotions", "9")
 

@@ -206,7 +206,7 @@ ONNX_CASES = [
     pytest.param("video", dict(video_pooling="mean"), id="video-meanpool"),
     pytest.param("late", dict(spec_augment=True), id="late-specaug"),  # SpecAugment must vanish from the export
     pytest.param("concat", dict(video_pooling="attention"), id="concat-attnpool"),
-    pytest.param("xattn", dict(unimodal_fallback=True), id="xattn-fallback"),
+    pytest.param("xattn", dict(unimodal_fallback=False), id="xattn-no-fallback"),  # fallback is the default
     pytest.param("uncertainty", {}, id="uncertainty"),
     pytest.param("gated_uncertainty", dict(gate_alpha=0.3), id="gated_uncertainty"),
     pytest.param("hierarchical", dict(contrastive_proj_dim=8), id="hierarchical-proj"),
@@ -423,7 +423,7 @@ def test_forward_dropping_equals_forward_with_the_modality_removed(fusion, cfg, 
 @pytest.mark.parametrize("fusion", ["gated", "hierarchical"])
 def test_unimodal_fallback_answers_a_lone_modality_with_its_own_head(fusion, cfg, inputs, geo):
     torch.manual_seed(0)
-    plain = build_model(cfg(fusion), geo).eval()
+    plain = build_model(cfg(fusion, unimodal_fallback=False), geo).eval()
     torch.manual_seed(0)
     model = build_model(cfg(fusion, unimodal_fallback=True), geo).eval()
     audio, frames, _ = inputs(3)
@@ -433,5 +433,5 @@ def test_unimodal_fallback_answers_a_lone_modality_with_its_own_head(fusion, cfg
     torch.testing.assert_close(out["logits"][0], ref["logits"][0])  # both present: the fused answer
     torch.testing.assert_close(out["logits"][1], out["audio_logits"][1])
     torch.testing.assert_close(out["logits"][2], out["video_logits"][2])
-    assert not torch.allclose(ref["logits"][1], ref["audio_logits"][1])  # without the option: the fused head
+    assert not torch.allclose(ref["logits"][1], ref["audio_logits"][1])  # option off: the fused head answers
     assert build_model(cfg("audio", unimodal_fallback=True), geo).unimodal_fallback is False  # no aux heads

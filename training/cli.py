@@ -108,10 +108,11 @@ def refuse_inapplicable(cfg, given_flags: dict[str, str]) -> None:
 # ---------------------------------------------------------------- corpus
 def corpus_arguments(p: argparse.ArgumentParser) -> None:
     from avemo.contract.labels import EMOTIONS_8
+    from avemo.training.synthetic.corpus import DEFAULT_ACTORS, DEFAULT_REPETITIONS
 
     add_option(p, "out", "root", type=Path, default=Path("data/corpus"), help="output folder (default: %(default)s)")
     add_option(
-        p, "actors", type=int, default=10, help="actors, 60 clips each (30 with one repetition) (default: %(default)s)"
+        p, "actors", type=int, default=DEFAULT_ACTORS, help="actors, 30 clips per repetition (default: %(default)s)"
     )
     add_option(p, "seed", type=int, default=0, help="corpus seed (default: %(default)s)")
     add_option(p, "jobs", type=int, default=2, help="worker processes (default: %(default)s)")
@@ -133,8 +134,8 @@ def corpus_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=(1, 2),
         metavar="REP",
-        default=[1, 2],
-        help="repetitions to render, 1 and/or 2 (default: 1 2; the demo corpus uses 1: more people, same clip count)",
+        default=list(DEFAULT_REPETITIONS),
+        help="repetitions to render, 1 and/or 2 (default: %(default)s: more people rather than more takes)",
     )
     add_option(p, "overwrite", action="store_true", help="re-render clips that already exist")
     add_option(p, "no_progress", action="store_true", help="no progress bar")

@@ -40,10 +40,10 @@ class ModelConfig:
         metadata={"help": "per-modality probability of dropping a modality in training", "group": HELP_SECTION},
     )
     unimodal_fallback: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "a window with one modality missing is answered by the present modality's own auxiliary head "
-            "(fusion models only)",
+            "(fusion models only; --no-unimodal_fallback: the fused head with that input zeroed)",
             "group": HELP_SECTION,
         },
     )

@@ -50,7 +50,7 @@ class TrainConfig:
         metadata=_opt("run folder: checkpoints, metrics.json, plots", RUN, default_text="runs/<fusion>"),
     )
     video_augment: str = field(
-        default="basic",
+        default="identity",
         metadata=_opt(
             "training-time frame augmentation: basic (flip, shift, brightness/contrast) or identity "
             "(basic + any hue, saturation, grey, head scale/aspect/roll: what differs between people)",
