@@ -72,8 +72,8 @@ def identity_augment(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray
     out = np.empty_like(frames)
     for k in range(n):
         cv2.warpAffine(frames[k], warp, (w, h), out[k], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    mixed = out.reshape(-1, 3).astype(np.float32) @ colour.T  # [F*H*W, 3]
-    return np.clip(mixed, 0.0, 255.0).astype(np.uint8).reshape(frames.shape)
+    # every pixel times the 3x3 colour matrix, rounded and saturated to uint8 (rows of all frames at once)
+    return cv2.transform(out.reshape(n * h, w, 3), colour).reshape(frames.shape)
 
 
 class WindowDataset(Dataset):
