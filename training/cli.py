@@ -195,14 +195,15 @@ def cache_run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- train
-def train_arguments(p: argparse.ArgumentParser) -> None:
+def run_options(p: argparse.ArgumentParser, exclude_train=(), exclude_model=()) -> None:
+    """The options of one run: TrainConfig, ModelConfig and LossWeights fields, and --delta_nce."""
     from avemo.training.losses.total import LossWeights
     from avemo.training.models.config import ModelConfig
     from avemo.training.train.config import LOSSES, TrainConfig
 
     sections = _sections(p)
-    add_fields(p, TrainConfig, groups=sections)
-    add_fields(p, ModelConfig, groups=sections)
+    add_fields(p, TrainConfig, exclude=exclude_train, groups=sections)
+    add_fields(p, ModelConfig, exclude=exclude_model, groups=sections)
     add_fields(p, LossWeights, groups=sections)
     add_option(
         sections[LOSSES],
@@ -211,13 +212,24 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="InfoNCE weight in the distillation setting; wins over --contrastive_weight when given (default: unset)",
     )
+
+
+def losses_from_args(args: argparse.Namespace):
+    """LossWeights of a command line (--delta_nce, the InfoNCE weight of the distillation setting, wins)."""
+    from avemo.training.losses.total import LossWeights
+
+    losses = config_from_args(LossWeights, args)
+    return replace(losses, contrastive=args.delta_nce) if args.delta_nce is not None else losses
+
+
+def train_arguments(p: argparse.ArgumentParser) -> None:
+    run_options(p)
     add_option(p, "tiny", action="store_true", help=argparse.SUPPRESS)  # tiny encoders (tests, smoke runs)
     add_option(p, "json", action="store_true", help="print the final metrics as JSON")
 
 
 def train_config_from_args(args: argparse.Namespace):
     """The TrainConfig of an `avemo train` command line (UsageError for flags that would do nothing)."""
-    from avemo.training.losses.total import LossWeights
     from avemo.training.models.config import ModelConfig
     from avemo.training.train.compare import TINY_MODEL
     from avemo.training.train.config import TrainConfig
@@ -226,9 +238,7 @@ def train_config_from_args(args: argparse.Namespace):
     model = config_from_args(ModelConfig, args, num_classes=args.num_classes)
     if args.tiny:
         model = replace(model, **TINY_MODEL)
-    losses = config_from_args(LossWeights, args)
-    if args.delta_nce is not None:  # InfoNCE weight in the distillation setting wins
-        losses = replace(losses, contrastive=args.delta_nce)
+    losses = losses_from_args(args)
     out_dir = args.out_dir if "out_dir" in flags else f"runs/{model.fusion}"
     cfg = config_from_args(TrainConfig, args, out_dir=out_dir, losses=losses.to_dict(), model=model)
     return _checked(cfg, flags)
@@ -410,10 +420,6 @@ COMPARE_EXCLUDED = ("out_dir", "resume", "fold", "folds")
 
 
 def compare_arguments(p: argparse.ArgumentParser) -> None:
-    from avemo.training.losses.total import LossWeights
-    from avemo.training.models.config import ModelConfig
-    from avemo.training.train.config import LOSSES, TrainConfig
-
     add_option(
         p,
         "fusions",
@@ -467,17 +473,7 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_option(p, "tiny", action="store_true", help=argparse.SUPPRESS)  # tiny encoders (tests, smoke runs)
     add_option(p, "json", action="store_true", help="print the comparison as JSON")
-    sections = _sections(p)
-    add_fields(p, TrainConfig, exclude=COMPARE_EXCLUDED, groups=sections)
-    add_fields(p, ModelConfig, exclude=("fusion",), groups=sections)
-    add_fields(p, LossWeights, groups=sections)
-    add_option(
-        sections[LOSSES],
-        "delta_nce",
-        type=float,
-        default=None,
-        help="InfoNCE weight in the distillation setting; wins over --contrastive_weight when given (default: unset)",
-    )
+    run_options(p, exclude_train=COMPARE_EXCLUDED, exclude_model=("fusion",))
 
 
 def compare_config_from_args(args: argparse.Namespace, fusions: list[str] | None = None):
@@ -486,7 +482,6 @@ def compare_config_from_args(args: argparse.Namespace, fusions: list[str] | None
     A given flag is refused when it applies to none of ``fusions`` (default: gated); values that cannot
     work are refused for any of them.
     """
-    from avemo.training.losses.total import LossWeights
     from avemo.training.models.config import ModelConfig
     from avemo.training.train.config import TrainConfig
 
@@ -498,10 +493,7 @@ def compare_config_from_args(args: argparse.Namespace, fusions: list[str] | None
     if args.fresh_corpora < 0:
         raise UsageError(f"--fresh_corpora must be >= 0 (got {args.fresh_corpora})")
     model = config_from_args(ModelConfig, args, num_classes=args.num_classes)
-    losses = config_from_args(LossWeights, args)
-    if args.delta_nce is not None:
-        losses = replace(losses, contrastive=args.delta_nce)
-    cfg = config_from_args(TrainConfig, args, losses=losses.to_dict(), model=model)
+    cfg = config_from_args(TrainConfig, args, losses=losses_from_args(args).to_dict(), model=model)
     errors = []
     for fusion in fusions or [model.fusion]:
         try:
