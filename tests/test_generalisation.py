@@ -171,7 +171,10 @@ def test_compare_folds_and_fresh_corpora_end_to_end(tiny_corpus, tmp_path, capsy
     for k in range(3):
         for fusion in ("audio", "video", "gated"):
             assert (out / f"fold-{k}" / fusion / "best.pt").exists()
-    assert (out / "generalisation.png").stat().st_size > 1000 and (out / "comparison.md").exists()
+    assert (out / "generalisation.png").stat().st_size > 1000
+    md = (out / "comparison.md").read_text()
+    assert "| fold | fusion | test macro-F1 |" in md and md.count("\n| 2 | ") == 3  # one line per run
+    assert "| gated, audio dropped (vs video-only) |" in md
     # 3 folds x (audio, video: full; gated: full, no_audio, no_video) x (own test actors, 1 fresh corpus)
     records = doc["records"]
     assert len(records) == 3 * 5 * 2

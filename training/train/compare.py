@@ -4,7 +4,9 @@ Each fusion trains into ``<out>/<fusion>/`` through ``avemo.training.train.loop.
 ``TrainConfig`` (only ``model.fusion`` and ``out_dir`` differ). A finished run (``metrics.json``)
 made with the same configuration is reused unless ``retrain``; an interrupted one with the same
 configuration (``last.pt``) is resumed (``train_or_reuse``, which ``avemo demo`` uses too). Writes
-``comparison.md`` and ``comparison.json`` in ``<out>``.
+``comparison.md`` and ``comparison.json`` in ``<out>``. With ``folds`` (actor k-fold, runs in
+``<out>/fold-<k>/<fusion>``) or fresh corpora, every model is evaluated again on its test actors and
+the fresh corpora, also with each modality dropped (``generalisation.py``), and the tables give mean ± std.
 """
 
 from __future__ import annotations
@@ -123,11 +125,15 @@ def _fmt(v, spec: str) -> str:
     return format(v, spec)
 
 
-def markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def markdown_table(rows: list[dict], folds: bool = False) -> str:
+    """One line per run (with a fold column when ``folds``)."""
+    cols = ("fold",) * folds + COLUMNS
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append(
-            f"| {r['fusion']} | {_fmt(r['test_macro_f1'], '.3f')} | {_fmt(r['test_accuracy'], '.3f')} | "
+            "| "
+            + f"{r.get('fold', 0)} | " * folds
+            + f"{r['fusion']} | {_fmt(r['test_macro_f1'], '.3f')} | {_fmt(r['test_accuracy'], '.3f')} | "
             f"{_fmt(r['params'], ',')} | {_fmt(r['train_seconds'], '.1f')} | {_fmt(r['epochs_run'], 'd')} |"
         )
     return "\n".join(lines) + "\n"
@@ -185,6 +191,7 @@ def compare(
         result["records"] = records
         result["summary"] = gen.summarise(records, fusions)
         table = gen.markdown(result["summary"], folds, len(fresh_roots))
+        table += "\nThe runs (test = each run's own test actors):\n\n" + markdown_table(rows, folds=folds > 0)
         how = f"actor {folds}-fold (every actor tested once)" if folds else f"{base.split_mode} split"
         fresh = f", and on every clip of {len(fresh_roots)} fresh corpora" if fresh_roots else ""
         header = (

@@ -211,7 +211,7 @@ def plot(summary: dict, path: Path, title: str) -> None:
     ax.set_ylim(0, 1)
     ax.set_ylabel("clip macro-F1")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
