@@ -371,7 +371,8 @@ def test_config_old_dicts_load_and_new_fields_round_trip(cfg, geo):
         "logmel_std",
     }
     old = {k: v for k, v in ModelConfig().to_dict().items() if k in original}
-    assert ModelConfig.from_dict(old) == ModelConfig()  # an old checkpoint's config: missing keys -> defaults
+    # an old checkpoint's config: missing keys -> defaults, except the fallback, which old models did not have
+    assert ModelConfig.from_dict(old) == ModelConfig(unimodal_fallback=False)
     new = ModelConfig(
         fusion="xattn",
         use_resnet_audio=True,

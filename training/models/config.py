@@ -105,6 +105,7 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> ModelConfig:
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
+        kw.setdefault("unimodal_fallback", False)  # checkpoints from before the option answered with the fused head
         for k in ("audio_channels", "video_channels"):
             if k in kw:
                 kw[k] = tuple(int(x) for x in kw[k])

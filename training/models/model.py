@@ -38,6 +38,8 @@ class FusionModel(nn.Module):
         a missing modality has mu = logvar = 0, i.e. zero KL)
       z_audio, z_video [B, P]  ``contrastive_proj_dim`` = P > 0, both encoders present
       whatever the fusion adds (hierarchical: recon*, target_*, gate; gated_uncertainty: gate).
+    ``unimodal_fallback``: a window with exactly one modality present gets that modality's auxiliary
+    logits as its ``logits`` (fusion models only).
     ``sequence``: the encoders return token sequences too (``forward_with_sequence``), passed to
     the fusion as ctx["seq_audio"] / ctx["seq_video"] (masked).
     """
