@@ -330,7 +330,9 @@ def generate_corpus(
         if jobs > 1 and len(todo) > 1:
             import multiprocessing as mp
 
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            # never fork: the caller may have threads (torch, gRPC, a server) holding locks, and a forked
+            # child would wait on them for ever (it did, in `compare --fresh-corpora` under pytest)
+            ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
             with ctx.Pool(min(jobs, len(todo)), initializer=_worker_init) as pool:
                 for _ in pool.imap_unordered(_make_one, todo, chunksize=2):
                     bar.update(1)
