@@ -216,6 +216,9 @@ def test_compare_and_evaluate_usage_errors(tmp_path):
     with pytest.raises(SystemExit) as e:  # applies to none of the fusions
         main(["compare", "--fusions", "audio,gated", "--gate_alpha", "0.3"])
     assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:  # a value one fusion cannot take: refused before any training
+        main(["compare", "--fusions", "audio,gated", "--teacher_audio", "t.pt", "--delta_va", "0.3"])
+    assert e.value.code == 2
     with pytest.raises(SystemExit) as e:
         main(["evaluate", "best.pt", "--data_root", str(tmp_path / "nope")])
     assert e.value.code == 2

@@ -494,14 +494,17 @@ def compare_config_from_args(args: argparse.Namespace, fusions: list[str] | None
         raise UsageError(f"--fresh_corpora must be >= 0 (got {args.fresh_corpora})")
     model = config_from_args(ModelConfig, args, num_classes=args.num_classes)
     cfg = config_from_args(TrainConfig, args, losses=losses_from_args(args).to_dict(), model=model)
-    errors = []
-    for fusion in fusions or [model.fusion]:
+    per_fusion = [replace(cfg, model=replace(model, fusion=f)) for f in fusions or [model.fusion]]
+    inapplicable = []
+    for fusion_cfg in per_fusion:
         try:
-            _checked(replace(cfg, model=replace(model, fusion=fusion)), flags)
+            refuse_inapplicable(fusion_cfg, flags)
         except UsageError as e:
-            errors.append(e)
-    if fusions and len(errors) == len(fusions) or not fusions and errors:
-        raise errors[0]
+            inapplicable.append(e)
+    if len(inapplicable) == len(per_fusion):
+        raise inapplicable[0]
+    for fusion_cfg in per_fusion:  # a value that cannot work for one fusion would stop the comparison there
+        _checked(fusion_cfg, {})
     return cfg
 
 

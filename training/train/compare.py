@@ -187,7 +187,7 @@ def compare(
     runtime = ", ".join(sorted({r["runtime"] for r in rows}))
     result = {"rows": rows, "config": common, "folds": folds, "fresh_corpora": [str(r) for r in fresh_roots]}
     if evaluate_test if evaluate_test is not None else (folds > 0 or len(fresh_roots) > 0):
-        records = gen.evaluate_runs(runs, corpora, base.cache_dir, base.face_crop, progress=base.progress, log=log)
+        records = gen.evaluate_runs(runs, corpora, base.cache_dir, progress=base.progress, log=log)
         result["records"] = records
         result["summary"] = gen.summarise(records, fusions)
         table = gen.markdown(result["summary"], folds, len(fresh_roots))

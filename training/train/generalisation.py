@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avemo.contract.geometry import WindowGeometry
 from avemo.contract.progress import progress as progress_bar
 from avemo.training.data.prepare import prepare_split
 from avemo.training.evaluation.predict import KEEPS, evaluate_predictions, predict_conditions
@@ -48,7 +49,6 @@ def evaluate_runs(
     runs: dict[tuple[int, str], dict],
     corpora: list[tuple[str, str | Path, str, dict]],
     cache_dir: str | Path,
-    face_crop: str = "auto",
     progress: bool = True,
     log=print,
 ) -> list[dict]:
@@ -65,9 +65,10 @@ def evaluate_runs(
         keys = [k for k in runs if only_fold in (-1, k[0])]
         if not keys:
             continue
-        model0, ckpt0 = models[keys[0]]
-        data = dict(runs[keys[0]]["data"], num_classes=len(ckpt0["labels"]), face_crop=face_crop)
-        ds, info = prepare_split(root, cache_dir, _geometry(ckpt0), split, progress=progress, **data)
+        _, ckpt0 = models[keys[0]]
+        data = dict(runs[keys[0]]["data"], num_classes=len(ckpt0["labels"]))  # the runs' split and face crop
+        geometry = WindowGeometry.from_dict(ckpt0["geometry"])
+        ds, info = prepare_split(root, cache_dir, geometry, split, progress=progress, **data)
         log(f"[generalisation] {name}: {info['clips']} clips of actors {info['actors']}")
         for fold, fusion in progress_bar(keys, desc=f"evaluate {name}", unit="model", disable=not progress):
             model, ckpt = models[(fold, fusion)]
@@ -88,12 +89,6 @@ def evaluate_runs(
                     }
                 )
     return records
-
-
-def _geometry(ckpt: dict):
-    from avemo.contract.geometry import WindowGeometry
-
-    return WindowGeometry.from_dict(ckpt["geometry"])
 
 
 def _index(records: list[dict]) -> dict[tuple, dict]:
