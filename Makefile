@@ -16,9 +16,17 @@ install: $(BIN)/avemo
 demo: install
 	$(BIN)/avemo demo
 
+# The production image and its Kubernetes manifests are linted offline (no Docker, no cluster): hadolint, and
+# kubernetes-validate against the schemas it bundles for K8S_VERSION (--strict: unknown fields are errors).
+# K8S_VERSION: older than the tool's default (1.37) so that clusters a few releases behind accept the
+# manifests (their newest field, startupProbe, is GA since 1.20). tests/test_deploy.py reads it from here.
+K8S_VERSION := 1.33.0
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/kubernetes-validate --strict --kubernetes-version $(K8S_VERSION) deploy/k8s/*.yaml
 
 # System packages the tests need, from Debian: Chromium with its chromedriver for the app's browser tests
 # (tests/test_app_browser.py) and PostgreSQL for the search's shared Optuna storage

@@ -73,7 +73,7 @@ def _run(args: argparse.Namespace, out) -> int:
     from avemo.client.grpc_client import EmotionClient
     from avemo.client.predict import predict_clip
     from avemo.contract.progress import progress
-    from avemo.export.onnx_export import export_checkpoint
+    from avemo.export.pipeline import export_checkpoint
     from avemo.serving.server import ServerPorts, TritonServer
     from avemo.training.cli import summary_line
     from avemo.training.data import ravdess

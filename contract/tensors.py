@@ -35,6 +35,13 @@ OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec(MODALITY_WEIGHTS, "FP32", (2,), "how much audio / video drove this prediction"),
 )
 
+# Audio is PCM: it belongs in [-1, 1]. The exported graph clips it to [-AUDIO_CLIP, AUDIO_CLIP] (resampler
+# overshoot is harmless); the Python backend refuses a window with |sample| > AUDIO_REFUSE_ABOVE (INVALID_ARG
+# naming this range): such a window is not audio (int16 counts sent as float, or garbage), and answering it
+# would be a confident guess about nothing.
+AUDIO_CLIP = 1.0
+AUDIO_REFUSE_ABOVE = 4.0
+
 TRITON_PBTXT_DTYPES = {"FP32": "TYPE_FP32", "UINT8": "TYPE_UINT8", "INT64": "TYPE_INT64"}
 
 

@@ -1,4 +1,9 @@
-"""`avemo export CHECKPOINT`: checkpoint -> ONNX in the Triton model repository."""
+"""`avemo export CHECKPOINT`: checkpoint -> ONNX / TorchScript in the Triton model repository.
+
+avemo export runs/gated/best.pt                          # python flavour (the embedded server's)
+avemo export runs/gated/best.pt --backend all            # + native onnxruntime and pytorch_libtorch
+avemo export runs/gated/best.pt --version 2 --version-policy latest:2   # keep v1, serve both
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,21 @@ import sys
 from pathlib import Path
 
 from avemo.contract.endpoint import MODEL_NAME, MODEL_REPOSITORY
-from avemo.export.onnx_export import MIN_OPSET, OPSET, PARITY_ATOL, ParityError, export_checkpoint
-from avemo.export.triton_repo import MAX_BATCH_SIZE
+from avemo.export.config_check import ConfigError
+from avemo.export.onnx_export import MIN_OPSET, OPSET, PARITY_ATOL, ParityError
+from avemo.export.pipeline import BACKENDS, FORMATS, export_checkpoint
+from avemo.export.triton_config import MAX_BATCH_SIZE, parse_version_policy
+
+
+def _choices(allowed: tuple[str, ...], what: str):
+    def parse(text: str) -> list[str]:
+        items = list(allowed) if text == "all" else [x.strip() for x in text.split(",") if x.strip()]
+        bad = [x for x in items if x not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"unknown {what} {bad or text!r}; expected {'|'.join(allowed)}|all")
+        return items
+
+    return parse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,15 +38,49 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="Triton model repository (default: %(default)s)",
     )
     p.add_argument(
-        "--model-name", default=MODEL_NAME, help="model folder name in the repository (default: %(default)s)"
+        "--model-name",
+        default=MODEL_NAME,
+        help="model name; native flavours get a suffix: <name>_onnx, <name>_libtorch (default: %(default)s)",
     )
-    p.add_argument("--version", type=int, default=1, help="model version folder (default: %(default)s)")
+    p.add_argument(
+        "--backend",
+        type=_choices(BACKENDS, "backend"),
+        default=["python"],
+        help="Triton flavours to write, comma-separated or all: python (runs in the embedded server), "
+        "onnxruntime, libtorch (native backends of the production image) (default: python)",
+    )
+    p.add_argument(
+        "--format",
+        type=_choices(FORMATS, "format"),
+        default=None,
+        help="files to export and check against eager PyTorch: onnx, torchscript or all "
+        "(default: what the backends serve; one no flavour serves is kept next to the first flavour's file)",
+    )
+    p.add_argument(
+        "--version", type=int, default=1, help="version folder to write; others are kept (default: %(default)s)"
+    )
+    p.add_argument(
+        "--version-policy",
+        default="latest:1",
+        help="which versions Triton serves: latest:N, all, specific:1,2 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("gpu", "cpu"),
+        default="gpu",
+        help="instance kind of the native flavours (the python flavour is always KIND_CPU) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tensorrt",
+        action="store_true",
+        help="onnxruntime flavour: TensorRT accelerator with FP16 on the GPU (CUDA execution provider otherwise)",
+    )
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, >= {MIN_OPSET} (default: %(default)s)")
     p.add_argument(
         "--atol",
         type=float,
         default=PARITY_ATOL,
-        help="parity tolerance, onnxruntime vs PyTorch (default: %(default)s)",
+        help="parity tolerance, exported vs eager PyTorch (default: %(default)s)",
     )
     p.add_argument(
         "--max-batch-size", type=int, default=MAX_BATCH_SIZE, help="Triton max_batch_size (default: %(default)s)"
@@ -42,6 +94,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --opset must be >= {MIN_OPSET}, got {args.opset}", file=sys.stderr)
         return 2
     try:
+        parse_version_policy(args.version_policy)
+    except ValueError as e:
+        print(f"error: --version-policy: {e}", file=sys.stderr)
+        return 2
+    try:
         report = export_checkpoint(
             args.checkpoint,
             args.model_repository,
@@ -51,9 +108,17 @@ def run(args: argparse.Namespace) -> int:
             args.atol,
             args.max_batch_size,
             args.instances,
+            backends=args.backend,
+            formats=args.format,
+            version_policy=args.version_policy,
+            device=args.device,
+            tensorrt=args.tensorrt,
         )
     except ParityError as e:
         print(f"error: export failed the parity check: {e}", file=sys.stderr)
+        return 1
+    except ConfigError as e:
+        print(f"error: a generated config.pbtxt failed the schema check: {e}", file=sys.stderr)
         return 1
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -63,7 +128,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         diffs = ", ".join(f"{k} {v:.2g}" for k, v in report.max_abs_diff.items())
         print(
-            f"exported {report.fusion} model to {report.model_dir} (opset {report.opset}); "
-            f"parity max|diff| {diffs} (atol {report.atol}); smoke run {report.smoke_ms:.1f} ms"
+            f"exported {report.fusion} model ({', '.join(report.formats)}); "
+            f"parity max|diff| {diffs} (atol {report.atol})"
         )
+        for m in report.models:
+            print(f"  {m.flavour:<12} {m.name:<18} version {m.version}  {m.file}")
+        if report.onnx_path:
+            print(f"onnxruntime smoke run {report.smoke_ms:.1f} ms (opset {report.opset})")
     return 0

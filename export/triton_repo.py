@@ -1,16 +1,17 @@
-"""The ONE Triton model repository writer.
+"""The ONE Triton model repository writer (every flavour, every version).
 
-Layout written for a model ``<model>`` (``contract.endpoint.MODEL_NAME`` by default), version 1::
+Layout written for a model ``<name>`` of flavour ``python`` (see ``export.triton_config`` for the others)::
 
-    <repo>/<model>/config.pbtxt      backend "python", tensors generated from contract.tensors
-    <repo>/<model>/labels.txt        one label per line (``label_filename`` of the probs output)
-    <repo>/<model>/1/model.onnx      the exported graph (single self-contained file)
-    <repo>/<model>/1/model.py        copy of serving/backend_model.py (runs the ONNX with onnxruntime)
+    <repo>/<name>/config.pbtxt          generated from contract.tensors (+ geometry/labels parameters)
+    <repo>/<name>/labels.txt            one label per line (``label_filename`` of the probs output)
+    <repo>/<name>/warmup/<input>        one sample window per input, raw row-major (``model_warmup``)
+    <repo>/<name>/<version>/model.onnx  the exported graph (single self-contained file)
+    <repo>/<name>/<version>/model.py    copy of serving/backend_model.py (runs the ONNX with onnxruntime)
 
-The served config is the contract the client reads: window geometry and labels travel as config
-``parameters``; window dims are the input dims. The model directory is assembled in a temporary
-directory next to the repository and then renamed into place, so a running server never sees a
-half-written model.
+Writing version N keeps the other version folders (the config's ``version_policy`` says which are
+served; ``latest:1`` by default, so rolling back is ``--version-policy specific:1``). The model directory
+is assembled in a temporary directory next to the repository and renamed into place, so a running
+server never sees a half-written model.
 """
 
 from __future__ import annotations
@@ -23,143 +24,29 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from avemo.contract.geometry import WindowGeometry
-from avemo.contract.tensors import INPUTS, OUTPUTS, PROBS, TRITON_PBTXT_DTYPES, TensorSpec, resolve_dims
+from avemo.contract.tensors import INPUTS, OUTPUTS
+from avemo.export.triton_config import (
+    FLAVOURS,
+    LABELS_FILENAME,
+    MAX_BATCH_SIZE,
+    MAX_QUEUE_DELAY_US,
+    PREFERRED_BATCH_SIZES,
+    WARMUP_DIRNAME,
+    render_config_pbtxt,
+    validate_labels,
+    warmup_samples,
+)
 
 BACKEND_MODEL_SOURCE = Path(__file__).resolve().parents[1] / "serving" / "backend_model.py"
-LABELS_FILENAME = "labels.txt"
-ONNX_FILENAME = "model.onnx"
+ONNX_FILENAME = FLAVOURS["python"].filename
 
-# batching defaults of config.pbtxt
-MAX_BATCH_SIZE = 32
-PREFERRED_BATCH_SIZES = (4, 8, 16)
-MAX_QUEUE_DELAY_US = 2000
-
-# parameters the writer owns; extra_parameters may not override them
-GEOMETRY_PARAMETER_KEYS = ("sample_rate", "video_fps", "face_size", "window_seconds", "hop_seconds")
+__all__ = ["LABELS_FILENAME", "MAX_BATCH_SIZE", "ONNX_FILENAME", "write_model_repository", "version_folders"]
 
 
-def _pbtxt_str(value: str) -> str:
-    """A quoted protobuf text-format string."""
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
-
-
-def _fmt_float(x: float) -> str:
-    return repr(float(x))
-
-
-def _tensor_block(spec: TensorSpec, dims: tuple[int, ...], label_filename: str | None = None) -> str:
-    lines = [
-        "  {",
-        f"    name: {_pbtxt_str(spec.name)}",
-        f"    data_type: {TRITON_PBTXT_DTYPES[spec.dtype]}",
-        f"    dims: [ {', '.join(str(int(d)) for d in dims)} ]",
-    ]
-    if label_filename:
-        lines.append(f"    label_filename: {_pbtxt_str(label_filename)}")
-    lines.append("  }")
-    return "\n".join(lines)
-
-
-def _validate_labels(labels: Sequence[str]) -> list[str]:
-    labels = [str(x) for x in labels]
-    if not labels:
-        raise ValueError("labels must not be empty")
-    for lab in labels:
-        if not lab or lab != lab.strip() or "," in lab or "\n" in lab:
-            raise ValueError(f"invalid label {lab!r}: labels must be non-empty, unpadded and contain no ',' or newline")
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"duplicate labels: {labels}")
-    return labels
-
-
-def config_parameters(
-    labels: Sequence[str], geometry: WindowGeometry, extra_parameters: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """The string parameters stored in config.pbtxt (what the client reads back over gRPC)."""
-    labels = _validate_labels(labels)
-    params: dict[str, str] = {
-        "sample_rate": str(int(geometry.sample_rate)),
-        "video_fps": str(int(geometry.video_fps)),
-        "face_size": str(int(geometry.face_size)),
-        "window_seconds": _fmt_float(geometry.window_seconds),
-        "hop_seconds": _fmt_float(geometry.hop_seconds),
-        "window_samples": str(geometry.window_samples),
-        "frames_per_window": str(geometry.frames_per_window),
-        "labels": ",".join(labels),
-        "num_classes": str(len(labels)),
-        # onnxruntime execution provider inside the Python backend:
-        #   auto = CUDA EP when onnxruntime-gpu is installed (GPU server), else CPU
-        #   cpu | cuda | tensorrt force one; env AVEMO_ORT_PROVIDER overrides at serve time
-        "execution_provider": "auto",
-        # onnxruntime intra-op threads per instance; 0 = cpu_count // instance_count
-        "intra_op_threads": "0",
-    }
-    for k, v in (extra_parameters or {}).items():
-        k = str(k)
-        if k in GEOMETRY_PARAMETER_KEYS or k in ("labels", "num_classes", "window_samples", "frames_per_window"):
-            raise ValueError(f"extra parameter {k!r} would override a parameter written from the geometry/labels")
-        params[k] = str(v)
-    return params
-
-
-def render_config_pbtxt(
-    model_name: str,
-    labels: Sequence[str],
-    geometry: WindowGeometry,
-    *,
-    max_batch_size: int = MAX_BATCH_SIZE,
-    preferred_batch_sizes: Sequence[int] = PREFERRED_BATCH_SIZES,
-    max_queue_delay_us: int = MAX_QUEUE_DELAY_US,
-    instance_count: int = 1,
-    extra_parameters: Mapping[str, str] | None = None,
-) -> str:
-    """config.pbtxt text for the Python-backend model (inputs/outputs from contract.tensors)."""
-    labels = _validate_labels(labels)
-    if not model_name or any(c in model_name for c in "/\\ \n\t") or model_name.startswith("."):
-        raise ValueError(f"invalid model name {model_name!r}")
-    if max_batch_size < 1:
-        raise ValueError("max_batch_size must be >= 1 (the contract tensors are batch-first)")
-    if instance_count < 1:
-        raise ValueError("instance_count must be >= 1")
-    preferred = sorted({int(b) for b in preferred_batch_sizes if 1 <= int(b) <= max_batch_size})
-    num_classes = len(labels)
-    params = config_parameters(labels, geometry, extra_parameters)
-
-    inputs = ",\n".join(_tensor_block(s, resolve_dims(s, geometry, num_classes)) for s in INPUTS)
-    outputs = ",\n".join(
-        _tensor_block(s, resolve_dims(s, geometry, num_classes), LABELS_FILENAME if s.name == PROBS else None)
-        for s in OUTPUTS
-    )
-    batching = ["dynamic_batching {"]
-    if preferred:
-        batching.append(f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]")
-    batching.append(f"  max_queue_delay_microseconds: {int(max_queue_delay_us)}")
-    batching.append("}")
-    param_blocks = "\n".join(
-        f"parameters: {{\n  key: {_pbtxt_str(k)}\n  value: {{ string_value: {_pbtxt_str(v)} }}\n}}"
-        for k, v in params.items()
-    )
-    return (
-        f"# Generated by export/triton_repo.py -- do not edit; re-run `avemo export`.\n"
-        f"name: {_pbtxt_str(model_name)}\n"
-        f'backend: "python"\n'
-        f"max_batch_size: {int(max_batch_size)}\n"
-        f"input [\n{inputs}\n]\n"
-        f"output [\n{outputs}\n]\n" + "\n".join(batching) + "\n"
-        "# KIND_CPU: the Python backend instance is a CPU process; on a GPU server onnxruntime inside it\n"
-        "# still runs the graph on the CUDA execution provider (parameter execution_provider = auto).\n"
-        f"instance_group [\n  {{\n    count: {int(instance_count)}\n    kind: KIND_CPU\n  }}\n]\n"
-        f"{param_blocks}\n"
-    )
-
-
-def _check_onnx(onnx_path: Path) -> None:
+def check_onnx_file(onnx_path: Path) -> None:
     """Fail early on an ONNX file that would not serve: external data or wrong tensor names."""
-    try:
-        import onnx
-    except ImportError:  # pragma: no cover - onnx is an export dependency
-        return
+    import onnx  # export dependency; the writer is only called by export
+
     model = onnx.load(str(onnx_path), load_external_data=False)
     for init in model.graph.initializer:
         if init.data_location == onnx.TensorProto.EXTERNAL:
@@ -178,7 +65,7 @@ def _check_onnx(onnx_path: Path) -> None:
         )
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -186,41 +73,62 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def version_folders(model_dir: Path) -> list[int]:
+    """The numeric version folders of a model directory, ascending."""
+    if not Path(model_dir).is_dir():
+        return []
+    return sorted(int(p.name) for p in Path(model_dir).iterdir() if p.is_dir() and p.name.isdigit())
+
+
 def write_model_repository(
     repo_dir: Path,
     model_name: str,
-    onnx_path: Path,
+    artefact_path: Path,
     labels: Sequence[str],
     geometry: WindowGeometry,
     *,
+    flavour: str = "python",
     version: int = 1,
+    version_policy: str = "latest:1",
     max_batch_size: int = MAX_BATCH_SIZE,
     preferred_batch_sizes: Sequence[int] = PREFERRED_BATCH_SIZES,
     max_queue_delay_us: int = MAX_QUEUE_DELAY_US,
     instance_count: int = 1,
-    extra_parameters: dict[str, str] | None = None,
+    device: str = "gpu",
+    tensorrt: bool = False,
+    extra_parameters: Mapping[str, str] | None = None,
+    extra_files: Sequence[Path] = (),
 ) -> Path:
-    """Write (or replace) ``<repo_dir>/<model_name>`` for the Python backend; returns the model dir."""
-    repo_dir = Path(repo_dir)
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
+    """Write (or replace) version ``version`` of ``<repo_dir>/<model_name>`` for one flavour; returns the
+    model dir. ``artefact_path`` is the exported file the flavour serves (ONNX, or TorchScript for libtorch);
+    ``extra_files`` are copied next to it (an export format no written flavour serves)."""
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown flavour {flavour!r}; expected one of {sorted(FLAVOURS)}")
+    fl = FLAVOURS[flavour]
+    repo_dir, artefact_path = Path(repo_dir), Path(artefact_path)
+    if not artefact_path.is_file():
+        raise FileNotFoundError(f"{fl.artefact} model not found: {artefact_path}")
     if int(version) < 1:
         raise ValueError("version must be >= 1")
-    if not BACKEND_MODEL_SOURCE.is_file():
+    if fl.artefact == "onnx":
+        check_onnx_file(artefact_path)
+    if flavour == "python" and not BACKEND_MODEL_SOURCE.is_file():
         raise FileNotFoundError(f"backend model source missing: {BACKEND_MODEL_SOURCE}")
-    _check_onnx(onnx_path)
 
     extra = dict(extra_parameters or {})
-    extra.setdefault("onnx_sha256", _sha256(onnx_path))
+    extra.setdefault(f"{fl.artefact}_sha256", sha256(artefact_path))
     config = render_config_pbtxt(
         model_name,
         labels,
         geometry,
+        flavour=flavour,
         max_batch_size=max_batch_size,
         preferred_batch_sizes=preferred_batch_sizes,
         max_queue_delay_us=max_queue_delay_us,
         instance_count=instance_count,
+        device=device,
+        tensorrt=tensorrt,
+        version_policy=version_policy,
         extra_parameters=extra,
     )
 
@@ -231,11 +139,20 @@ def write_model_repository(
     tmp = Path(tempfile.mkdtemp(prefix=f".{repo_dir.name}-{model_name}.tmp-", dir=staging_parent))
     try:
         (tmp / "config.pbtxt").write_text(config)
-        (tmp / LABELS_FILENAME).write_text("\n".join(_validate_labels(labels)) + "\n")
+        (tmp / LABELS_FILENAME).write_text("\n".join(validate_labels(labels)) + "\n")
+        (tmp / WARMUP_DIRNAME).mkdir()
+        for name, sample in warmup_samples(geometry).items():
+            (tmp / WARMUP_DIRNAME / name).write_bytes(sample.tobytes(order="C"))
+        for kept in version_folders(model_dir):
+            if kept != int(version):  # earlier (and later) versions stay; hard links cost no space
+                shutil.copytree(model_dir / str(kept), tmp / str(kept), copy_function=_link_or_copy)
         vdir = tmp / str(int(version))
         vdir.mkdir()
-        shutil.copyfile(onnx_path, vdir / ONNX_FILENAME)
-        shutil.copyfile(BACKEND_MODEL_SOURCE, vdir / "model.py")
+        shutil.copyfile(artefact_path, vdir / fl.filename)
+        for extra_file in extra_files:
+            shutil.copyfile(extra_file, vdir / Path(extra_file).name)
+        if flavour == "python":
+            shutil.copyfile(BACKEND_MODEL_SOURCE, vdir / "model.py")
         os.chmod(tmp, 0o755)
         old = None
         if model_dir.exists() or model_dir.is_symlink():
@@ -252,3 +169,10 @@ def write_model_repository(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return model_dir
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

@@ -5,10 +5,12 @@ Python backend stub, so it is self-contained: numpy, onnxruntime and triton_pyth
 (never torch, never this project's packages -- the production container does not have them).
 
 Per ``execute`` call: every request is validated (inputs present, dtype, shape [batch, *dims], finite
-FP32 values); invalid requests get an INVALID_ARG error response naming the input and the expected
-value; the valid ones are concatenated (grouped by shape) and run in ONE onnxruntime call per group,
-then split back per request. An onnxruntime failure becomes an error response for the requests of
-that group; the model keeps serving.
+FP32 values, audio PCM within +-``audio_abs_max`` of the config, default 4: PCM belongs in [-1, 1], and a
+1e19 sample used to come back as NaN probabilities); invalid requests get an INVALID_ARG error response
+naming the input and the expected value; the valid ones are concatenated (grouped by shape) and run in
+ONE onnxruntime call per group (a lone request's arrays are passed as they are, no copy), then split
+back per request (views of the batch output, no copy). An onnxruntime failure becomes an error
+response for the requests of that group; the model keeps serving.
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ class TritonPythonModel:
             dtype = str(out["data_type"]).replace("TYPE_", "")
             self.outputs.append((out["name"], _TRITON_TO_NP.get(dtype, np.float32)))
         self.hints = self._shape_hints(config)
+        self.audio_abs_max = float(_param(config, "audio_abs_max", "4.0"))
 
         # ---- onnxruntime session
         instance_kind = str(args.get("model_instance_kind", "CPU")).upper()
@@ -228,6 +231,13 @@ class TritonPythonModel:
             if arr.dtype.kind == "f" and not np.isfinite(arr).all():
                 bad = int(arr.size - np.isfinite(arr).sum())
                 raise ValueError(f"input '{name}' contains {bad} non-finite values (NaN or Inf)")
+            if name == "audio" and arr.size:
+                peak = float(np.abs(arr).max())
+                if peak > self.audio_abs_max:
+                    raise ValueError(
+                        f"input 'audio' has a sample of magnitude {peak:.3g}; PCM audio belongs in [-1, 1] "
+                        f"(refused beyond +-{self.audio_abs_max:g}; int16 PCM must be divided by 32768)"
+                    )
             arrays[name] = arr
         return arrays, (batch if batch is not None else 1)
 

@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
             return 1
         for name, version in server.ready_models():
             print(f"  model ready: {name} (version {version})")
+        for name, backend in server.skipped_models.items():
+            print(f"  model skipped: {name} (backend {backend!r} is not in the embedded server; see docs/deploy.md)")
         print(f"gRPC: {server.url}   HTTP: {server.http_url}   metrics: {server.client_host}:{server.ports.metrics}")
         print(f"log: {server.log_file}")
         print("serving; Ctrl-C to stop", flush=True)

@@ -17,6 +17,7 @@ import atexit
 import ctypes.util
 import importlib.util
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -183,6 +184,29 @@ def models_in_repository(repo: Path) -> list[str]:
     return sorted(p.name for p in repo.iterdir() if p.is_dir() and (p / "config.pbtxt").is_file())
 
 
+_BACKEND_RE = re.compile(r'^\s*backend\s*:\s*"([^"]+)"', re.M)
+
+
+def model_backend(model_dir: Path) -> str:
+    """The ``backend`` a model's config.pbtxt names ("" when it names none)."""
+    m = _BACKEND_RE.search((Path(model_dir) / "config.pbtxt").read_text())
+    return m.group(1) if m else ""
+
+
+def split_loadable(repo: Path, backend_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """(models whose backend is in ``backend_dir``, {model: backend} of the others). The embedded server
+    has only the Python backend; the native flavours written by ``avemo export --backend all`` are for
+    the production image, and loading them here would stop the server with exit-on-error."""
+    loadable, skipped = [], {}
+    for name in models_in_repository(repo):
+        backend = model_backend(repo / name)
+        if backend and (Path(backend_dir) / backend).is_dir():
+            loadable.append(name)
+        else:
+            skipped[name] = backend or "?"
+    return loadable, skipped
+
+
 # ---------------------------------------------------------------------------------------- server
 
 _RUNNING: set[TritonServer] = set()  # strong refs: a forgotten server is still stopped at exit
@@ -224,6 +248,7 @@ class TritonServer:
         self.process: subprocess.Popen | None = None
         self.command: list[str] = []
         self.models: list[str] = []
+        self.skipped_models: dict[str, str] = {}  # model -> backend this server lacks (not loaded)
         self._log_handle = None
         self._own_log = False
         self.delete_own_log = True  # a temp log created by start() is removed by a clean stop()
@@ -276,7 +301,13 @@ class TritonServer:
             ]
         else:
             cmd += ["--allow-metrics=false"]
-        if self.model_control == "explicit" and not any(a.startswith("--load-model") for a in self.extra_args):
+        explicit_loads = any(a.startswith("--load-model") for a in self.extra_args)
+        loadable, self.skipped_models = split_loadable(self.model_repository, backend_dir)
+        if self.skipped_models and not explicit_loads:
+            # load only what this server's backends can run (explicit mode + one --load-model each)
+            cmd[cmd.index(f"--model-control-mode={self.model_control}")] = "--model-control-mode=explicit"
+            cmd += [f"--load-model={name}" for name in loadable]
+        elif self.model_control == "explicit" and not explicit_loads:
             cmd.append("--load-model=*")
         # a distinct shared-memory prefix so several servers on one machine never collide
         cmd.append(f"--backend-config=python,shm-region-prefix-name=avemo{os.getpid()}_{self.ports.grpc}_")
@@ -360,6 +391,13 @@ class TritonServer:
 
         backend_dir = prepare_backends(self.backend_cache_dir)
         self.command = self.build_command(backend_dir)
+        self.models = [m for m in self.models if m not in self.skipped_models]
+        if not self.models:
+            raise TritonServerError(
+                f"no model in {self.model_repository} runs on this server's backends "
+                f"({', '.join(f'{m}: {b}' for m, b in self.skipped_models.items())}); the embedded server has the "
+                "Python backend only: `avemo export --backend python` (the native flavours need the Docker image)"
+            )
         if self.log_file is None:
             fd, path = tempfile.mkstemp(prefix="avemo-triton-", suffix=".log")
             os.close(fd)

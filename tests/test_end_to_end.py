@@ -56,7 +56,7 @@ def test_train_resume_export_serve_stream(tiny_corpus, triton_runtime, launch_tr
     assert 0.0 <= metrics["test"]["clip"]["macro_f1"] <= 1.0
 
     # export
-    from avemo.export.onnx_export import export_checkpoint
+    from avemo.export.pipeline import export_checkpoint
 
     repo = tmp_path / "repo"
     report = export_checkpoint(run / "best.pt", repo, served_model_name)

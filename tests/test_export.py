@@ -10,7 +10,7 @@ import torch
 
 from avemo.contract import tensors
 from avemo.export import cli as export_cli
-from avemo.export import onnx_export
+from avemo.export import onnx_export, pipeline
 from avemo.training.models.checkpoint import atomic_torch_save, make_checkpoint
 from avemo.training.models.config import ModelConfig
 from avemo.training.models.model import ExportWrapper, build_model
@@ -29,7 +29,7 @@ def checkpoint(tmp_path_factory, geo, tiny_dims):
 
 
 def test_export_writes_repository_and_matches_eager(checkpoint, geo, tmp_path):
-    report = onnx_export.export_checkpoint(checkpoint, tmp_path / "repo", "emo")
+    report = pipeline.export_checkpoint(checkpoint, tmp_path / "repo", "emo")
     onnx_file = tmp_path / "repo" / "emo" / "1" / "model.onnx"
     assert onnx_file.is_file() and not list(onnx_file.parent.glob("*.data")), "ONNX must be one self-contained file"
     graph = onnx.load(str(onnx_file))
@@ -54,7 +54,7 @@ def test_export_writes_repository_and_matches_eager(checkpoint, geo, tmp_path):
 
 
 def test_export_cli_fails_clearly_on_parity_mismatch(checkpoint, served_model_name, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(onnx_export, "parity", lambda *a, **k: {"probs": 0.25, "modality_weights": 0.0})
+    monkeypatch.setattr(pipeline, "parity", lambda *a, **k: {"probs": 0.25, "modality_weights": 0.0})
     import argparse
 
     p = argparse.ArgumentParser()

@@ -47,7 +47,7 @@ def _windows(geo, n: int = 3):
     out = []
     for i in range(n):
         amp = [0.05, 0.6, 1.0, 0.3][i % 4]
-        audio = (amp * rng.standard_normal(geo.window_samples)).astype(np.float32)
+        audio = np.clip(amp * rng.standard_normal(geo.window_samples), -1, 1).astype(np.float32)  # PCM range
         frames = rng.integers(0, 60 + 60 * i, size=(geo.frames_per_window, 112, 112, 3), dtype=np.uint8)
         out.append(
             Window(start=i * geo.hop_seconds, audio=audio, frames=frames, mask=np.array(masks[i % 4], np.float32))
@@ -77,7 +77,7 @@ def test_config_pbtxt_follows_contract_and_schema(
     from tritonclient.grpc import model_config_pb2
 
     model_dir = triton_repository / served_model_name
-    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "config.pbtxt", "labels.txt"]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "config.pbtxt", "labels.txt", "warmup"]
     assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.onnx", "model.py"]
     assert (model_dir / "1" / "model.onnx").read_bytes() == tiny_onnx.read_bytes()
     assert (model_dir / "1" / "model.py").read_text() == (repo_root / "serving" / "backend_model.py").read_text()
@@ -96,7 +96,7 @@ def test_config_pbtxt_follows_contract_and_schema(
         (MODALITY_WEIGHTS, "TYPE_FP32", [2], ""),
     ]
     assert list(cfg.dynamic_batching.preferred_batch_size) == [2, 4]
-    assert cfg.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 0  # a lone request does not wait for company
     assert [(g.count, model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind)) for g in cfg.instance_group] == [
         (1, "KIND_CPU")
     ]
@@ -115,7 +115,14 @@ def test_rewrite_replaces_model_dir_atomically(tmp_path, tiny_onnx, geo, serving
     write_model_repository(repo_dir, served_model_name, tiny_onnx, serving_labels, geo)
     (repo_dir / served_model_name / "stale.txt").write_text("old")
     write_model_repository(repo_dir, served_model_name, tiny_onnx, serving_labels, geo, version=2, instance_count=2)
-    assert sorted(p.name for p in (repo_dir / served_model_name).iterdir()) == ["2", "config.pbtxt", "labels.txt"]
+    # the new version joins the earlier one (kept for roll-back); stray files are not carried over
+    assert sorted(p.name for p in (repo_dir / served_model_name).iterdir()) == [
+        "1",
+        "2",
+        "config.pbtxt",
+        "labels.txt",
+        "warmup",
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # no staging/backup dirs left
     assert sorted(p.name for p in repo_dir.iterdir()) == [served_model_name]
     with pytest.raises(ValueError, match="label"):
@@ -213,6 +220,7 @@ def test_backend_model_validates_batches_and_survives_errors(
         pb.FakeRequest({AUDIO: a[1:], FRAMES: f[1:], MODALITY_MASK: m[1:]}, "r4"),
         pb.FakeRequest({AUDIO: a[:1], FRAMES: f[:1], MODALITY_MASK: np.full((1, 2), np.nan, np.float32)}, "r5"),
         pb.FakeRequest({AUDIO: a[:2], FRAMES: f[:1], MODALITY_MASK: m[:2]}, "r6"),
+        pb.FakeRequest({AUDIO: np.full_like(a[:1], 1e19), FRAMES: f[:1], MODALITY_MASK: m[:1]}, "r7"),
     ]
     calls = []
     real_run = model.session.run
@@ -232,7 +240,7 @@ def test_backend_model_validates_batches_and_survives_errors(
         got = {t.name(): t.as_numpy() for t in out[i].output_tensors}
         np.testing.assert_allclose(got[PROBS], ref_p[rows], atol=1e-6)
         np.testing.assert_allclose(got[MODALITY_WEIGHTS], ref_w[rows], atol=1e-6)
-    errs = {i: out[i].error for i in (1, 2, 3, 5, 6)}
+    errs = {i: out[i].error for i in (1, 2, 3, 5, 6, 7)}
     assert all(e is not None and e.code == pb.TritonError.INVALID_ARG for e in errs.values())
     assert (
         "[request_id=r1] input 'audio' has shape [3, 100], expected [-1, 16000] "
@@ -242,6 +250,7 @@ def test_backend_model_validates_batches_and_survives_errors(
     assert "missing input 'frames'" in errs[3].msg and "[-1, 8, 112, 112, 3]" in errs[3].msg
     assert "input 'modality_mask' contains 2 non-finite values" in errs[5].msg
     assert "batch size" in errs[6].msg
+    assert "magnitude 1e+19" in errs[7].msg and "[-1, 1]" in errs[7].msg  # finite but absurd: refused
 
     class BrokenSession:
         def run(self, names, feed):

@@ -231,7 +231,7 @@ def _windows(geo, n: int, seed: int = 3) -> list[Window]:
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        audio = ((0.05 + 0.03 * i) * rng.standard_normal(geo.window_samples)).astype(np.float32)
+        audio = np.clip((0.05 + 0.03 * i) * rng.standard_normal(geo.window_samples), -1, 1).astype(np.float32)  # PCM
         frames = rng.integers(0, 40 + 5 * (i % 40), size=(geo.frames_per_window, 112, 112, 3), dtype=np.uint8)
         out.append(Window(start=i * geo.hop_seconds, audio=audio, frames=frames, mask=np.ones(2, np.float32)))
     return out

