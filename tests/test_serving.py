@@ -464,3 +464,37 @@ def test_start_failure_raises_with_the_server_log(triton_runtime, triton_reposit
     msg = str(info.value)
     assert model_dir.name in msg and "log (" in msg and str(tmp_path / "triton.log") in msg, msg
     assert not server.is_running()
+
+
+@pytest.mark.slow
+def test_embedded_server_serves_the_python_flavour_and_skips_native_ones(
+    launch_triton, tmp_path, tiny_onnx, geo, serving_labels, served_model_name
+):
+    """A repository written with --backend all holds native flavours the embedded server cannot load:
+    it loads the Python-backend model, reports the others as skipped, and the warm-up has run."""
+    from avemo.export.triton_repo import write_model_repository
+
+    repo = tmp_path / "repo"
+    write_model_repository(repo, served_model_name, tiny_onnx, serving_labels, geo, max_batch_size=8)
+    write_model_repository(repo, served_model_name + "_onnx", tiny_onnx, serving_labels, geo, flavour="onnxruntime")
+    srv = launch_triton(repo)
+    assert srv.ready_models() == [(served_model_name, "1")]
+    assert srv.skipped_models == {served_model_name + "_onnx": "onnxruntime"}
+    assert f"--load-model={served_model_name}" in srv.command
+
+
+@pytest.mark.slow
+def test_warmup_runs_at_load_time(triton_runtime, triton_repository, served_model_name, tmp_path):
+    """Triton runs model_warmup while loading: a warm-up sample of the wrong size fails the load (so the
+    repository's good samples are really run before the first user request)."""
+    import shutil
+
+    from avemo.serving.server import ServerPorts, TritonServer, TritonServerError
+
+    broken = tmp_path / "repo"
+    shutil.copytree(triton_repository, broken)
+    (broken / served_model_name / "warmup" / "audio").write_bytes(b"\0" * 12)
+    srv = TritonServer(broken, ServerPorts.free(), log_file=tmp_path / "triton.log")
+    with pytest.raises(TritonServerError):
+        srv.start(timeout=60)
+    assert "warmup" in (tmp_path / "triton.log").read_text().lower()
