@@ -27,6 +27,7 @@ COMMANDS = {
     "serve": ("avemo.serving.cli", "add_arguments", "run", "run the bundled Triton server on the model repository"),
     "predict": ("avemo.client.cli", "add_arguments", "run", "stream clips through Triton over gRPC, print predictions"),
     "live": ("avemo.client.live", "add_arguments", "run", "webcam + microphone through Triton, running label"),
+    "loadgen": ("avemo.client.loadgen_cli", "add_arguments", "run", "load on a running Triton: concurrency, streams"),
     "app": ("avemo.client.app", "add_arguments", "run", "the Gradio web demo (upload and live tabs) on Triton"),
     "demo": ("avemo.demo", "add_arguments", "run", "the main job: corpus -> train -> export -> Triton -> predict"),
 }

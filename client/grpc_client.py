@@ -11,6 +11,12 @@ comes from the server's model config -- the client keeps no copy of those number
         else:
             print(r.index, served.labels[r.probs.argmax()], r.latency_ms)
 
+Same-host clients can pass tensors through Triton's SYSTEM shared memory instead of the gRPC message:
+
+    client = EmotionClient(url, shared_memory=True)   # one-shot ``infer`` only; streams send bytes
+    probs, weights = client.infer(audio, frames, mask)
+    client.close()                                    # unregisters and destroys the regions
+
 Failures: every unary call has a deadline (``timeout``). The stream survives a server restart
 (reconnect + resend, see ``avemo.client.grpc_stream``) and raises ``ServerUnavailable`` only when the
 server stays away for ``reconnect_timeout`` s; a window the server refuses is a ``WindowResult`` with
@@ -20,12 +26,15 @@ stay importable without it).
 
 from __future__ import annotations
 
+import itertools
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+import tritonclient.utils.shared_memory as sysshm
 from tritonclient.utils import InferenceServerException
 
 from avemo.client.grpc_stream import (
@@ -40,7 +49,16 @@ from avemo.client.grpc_stream import (
 )
 from avemo.contract.endpoint import CLIENT_TIMEOUT, GRPC_URL, MODEL_NAME
 from avemo.contract.geometry import FACE_SIZE, SAMPLE_RATE, VIDEO_FPS, WindowGeometry
-from avemo.contract.tensors import AUDIO, FRAMES, INPUTS, MODALITY_MASK, MODALITY_WEIGHTS, OUTPUTS, PROBS
+from avemo.contract.tensors import (
+    AUDIO,
+    FRAMES,
+    INPUTS,
+    MODALITY_MASK,
+    MODALITY_WEIGHTS,
+    OUTPUTS,
+    PROBS,
+    resolve_dims,
+)
 
 __all__ = [
     "RECONNECT_TIMEOUT",
@@ -48,13 +66,19 @@ __all__ = [
     "EmotionClientError",
     "ServedModel",
     "ServerUnavailable",
+    "ShmLayout",
     "WindowError",
     "WindowResult",
     "served_model_from_config",
+    "shm_layout",
 ]
 
 _NUMPY_TO_TRITON = {np.dtype(np.float32): "FP32", np.dtype(np.uint8): "UINT8"}  # what _batch sends
 _MAX_MESSAGE = 256 * 1024 * 1024  # a full batch: max_batch_size windows of F frames (served config), tens of MB
+_SHM_ALIGN = 64  # byte alignment of each tensor inside a shared-memory region
+_SHM_IDS = itertools.count()  # makes region names unique within this process
+_SHM_HANDLES_LOCK = threading.Lock()  # tritonclient's create/destroy keep a module-level dict without a lock
+_SHM_UNREGISTER_TIMEOUT = 5.0  # s: close() must not hang on a server that went away
 
 
 @dataclass
@@ -140,8 +164,66 @@ def served_model_from_config(config: dict, version: str = "") -> ServedModel:
     )
 
 
+@dataclass(frozen=True)
+class ShmLayout:
+    """Where each tensor of a request lives in the two system shared-memory regions of one client thread.
+
+    ``capacity`` windows fit (the served ``max_batch_size``); tensor t of a batch of n windows occupies
+    ``n * per_window[t]`` bytes from ``offsets[t]`` (each offset aligned to 64 bytes). Inputs (audio FP32
+    [S], frames UINT8 [F,H,W,3], modality_mask FP32 [2]) share one region of ``input_bytes``; outputs
+    (probs FP32 [C], modality_weights FP32 [2]) another of ``output_bytes``.
+    """
+
+    capacity: int
+    per_window: dict[str, int]  # tensor name -> bytes of one window
+    offsets: dict[str, int]  # tensor name -> byte offset in its region
+    input_bytes: int
+    output_bytes: int
+
+
+def _align(n: int) -> int:
+    return (n + _SHM_ALIGN - 1) // _SHM_ALIGN * _SHM_ALIGN
+
+
+def shm_layout(served: ServedModel) -> ShmLayout:
+    """The region layout for ``served``: room for ``max(1, max_batch_size)`` windows of every contract tensor."""
+    capacity = max(1, served.max_batch_size)
+    num_classes = served.num_classes
+    if num_classes <= 0:
+        raise EmotionClientError(f"served model '{served.name}' has no class count: cannot size shared memory")
+    dtype_bytes = {"FP32": 4, "UINT8": 1}
+    per_window, offsets, sizes = {}, {}, {}
+    for group in (INPUTS, OUTPUTS):
+        offset = 0
+        for spec in group:
+            dims = resolve_dims(spec, served.geometry, num_classes)
+            per_window[spec.name] = int(np.prod(dims)) * dtype_bytes[spec.dtype]
+            offsets[spec.name] = offset
+            offset = _align(offset + capacity * per_window[spec.name])
+        sizes[group] = offset
+    return ShmLayout(capacity, per_window, offsets, sizes[INPUTS], sizes[OUTPUTS])
+
+
+@dataclass
+class _ShmRegions:
+    """One thread's registered pair of system shared-memory regions (names as Triton knows them)."""
+
+    input_name: str
+    output_name: str
+    input_handle: object  # tritonclient.utils.shared_memory.SharedMemoryRegion
+    output_handle: object
+    layout: ShmLayout
+
+
 class EmotionClient:
-    """Talks to one model on one Triton server over gRPC."""
+    """Talks to one model on one Triton server over gRPC.
+
+    ``shared_memory=True`` (server on this host only): ``infer`` writes its inputs into a system shared-memory
+    region and reads its outputs from another instead of carrying them in the gRPC messages. Thread
+    safety: each thread that calls ``infer`` gets its own pair of regions (created and registered on its
+    first call, sized for ``max_batch_size`` windows), so concurrent ``infer`` calls never share a buffer;
+    ``close()`` unregisters and destroys every pair. Streams (``stream_iter``) always send the bytes.
+    """
 
     def __init__(
         self,
@@ -150,10 +232,13 @@ class EmotionClient:
         timeout: float = CLIENT_TIMEOUT,
         reconnect_timeout: float = RECONNECT_TIMEOUT,
         on_event: Callable[[str], None] | None = None,
+        shared_memory: bool = False,
     ) -> None:
         """``timeout``: deadline of every unary call, and the silence after which a stream with unanswered
         windows is presumed dead. ``reconnect_timeout``: how long a stream waits for a lost server.
-        ``on_event``: gets one human-readable line per reconnect event (without it: logged as warnings)."""
+        ``on_event``: gets one human-readable line per reconnect event (without it: logged as warnings).
+        ``shared_memory``: one-shot ``infer`` passes tensors through Triton system shared memory (the
+        server must run on this host; the first ``infer`` raises ``EmotionClientError`` otherwise)."""
         self.url = url
         self.model_name = model_name
         self.timeout = float(timeout)
@@ -168,6 +253,11 @@ class EmotionClient:
         self._client = grpcclient.InferenceServerClient(url=url, channel_args=channel_args)
         self._served: ServedModel | None = None
         self._stream_lock = threading.Lock()  # one stream at a time per InferenceServerClient
+        self.shared_memory = bool(shared_memory)
+        self._shm_local = threading.local()  # .regions: this thread's _ShmRegions
+        self._shm_all: list[_ShmRegions] = []  # every thread's, for close()
+        self._shm_lock = threading.Lock()  # guards _shm_all and _closed
+        self._closed = False
 
     # ------------------------------------------------------------------ metadata
 
@@ -240,24 +330,107 @@ class EmotionClient:
         return [grpcclient.InferRequestedOutput(PROBS), grpcclient.InferRequestedOutput(MODALITY_WEIGHTS)]
 
     def infer(self, audio: np.ndarray, frames: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One-shot inference on one window ([S], [F,H,W,3], [2]) or a batch; returns probs [B,C], weights [B,2]."""
+        """One-shot inference on one window ([S], [F,H,W,3], [2]) or a batch; returns probs [B,C], weights [B,2].
+
+        A batch larger than the served ``max_batch_size`` is sent as several requests."""
         audio, frames, mask, _ = self._batch(audio, frames, mask)
-        step = self.model().max_batch_size or len(audio)
+        regions = self._shm_regions() if self.shared_memory else None
+        step = regions.layout.capacity if regions is not None else self.model().max_batch_size or len(audio)
         probs, weights = [], []
         for i in range(0, len(audio), step):
             sl = slice(i, i + step)
             try:
-                result = self._client.infer(
-                    self.model_name,
-                    self._inputs(audio[sl], frames[sl], mask[sl]),
-                    outputs=self._outputs(),
-                    client_timeout=self.timeout,
-                )
+                if regions is None:
+                    result = self._client.infer(
+                        self.model_name,
+                        self._inputs(audio[sl], frames[sl], mask[sl]),
+                        outputs=self._outputs(),
+                        client_timeout=self.timeout,
+                    )
+                    p, w = result.as_numpy(PROBS), result.as_numpy(MODALITY_WEIGHTS)
+                else:
+                    p, w = self._infer_shm(regions, audio[sl], frames[sl], mask[sl])
             except InferenceServerException as exc:
                 raise EmotionClientError(f"inference failed on '{self.model_name}': {exc.message() or exc}") from exc
-            probs.append(result.as_numpy(PROBS))
-            weights.append(result.as_numpy(MODALITY_WEIGHTS))
+            probs.append(p)
+            weights.append(w)
         return np.concatenate(probs), np.concatenate(weights)
+
+    # ------------------------------------------------------------------ system shared memory
+
+    def _shm_regions(self) -> _ShmRegions:
+        """This thread's regions, created and registered with the server on first use."""
+        regions = getattr(self._shm_local, "regions", None)
+        if regions is not None and not self._closed:
+            return regions
+        layout = shm_layout(self.model())
+        tag = f"avemo_{os.getpid()}_{next(_SHM_IDS)}"
+        names = (f"{tag}_in", f"{tag}_out")
+        sizes = (layout.input_bytes, layout.output_bytes)
+        handles: list = []
+        registered: list[str] = []
+        with self._shm_lock:
+            if self._closed:
+                raise EmotionClientError("this EmotionClient is closed")
+            try:
+                for name, size in zip(names, sizes):
+                    with _SHM_HANDLES_LOCK:
+                        handles.append(sysshm.create_shared_memory_region(name, "/" + name, size, create_only=True))
+                for name, size in zip(names, sizes):
+                    self._client.register_system_shared_memory(name, "/" + name, size, client_timeout=self.timeout)
+                    registered.append(name)
+            except (InferenceServerException, sysshm.SharedMemoryException) as exc:
+                self._drop_shm(registered, handles)
+                if isinstance(exc, sysshm.SharedMemoryException):
+                    raise EmotionClientError(f"cannot create a system shared-memory region: {exc}") from exc
+                if exc.status() in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"):
+                    raise EmotionClientError(f"cannot reach the server at {self.url}: {exc.message() or exc}") from exc
+                raise EmotionClientError(
+                    f"the server at {self.url} cannot map this client's system shared memory "
+                    f"({exc.message() or exc}): shared memory needs the server on this host (for a container: "
+                    "--ipc=host or a shared /dev/shm); use shared_memory=False (plain gRPC) for a remote server"
+                ) from exc
+            regions = _ShmRegions(names[0], names[1], handles[0], handles[1], layout)
+            self._shm_all.append(regions)
+        self._shm_local.regions = regions
+        return regions
+
+    def _infer_shm(self, regions: _ShmRegions, audio, frames, mask) -> tuple[np.ndarray, np.ndarray]:
+        """One request (at most ``capacity`` windows) through this thread's regions."""
+        lay, n = regions.layout, len(audio)
+        inputs = []
+        for name, arr in ((AUDIO, audio), (FRAMES, frames), (MODALITY_MASK, mask)):
+            sysshm.set_shared_memory_region(regions.input_handle, [arr], offset=lay.offsets[name])
+            inp = grpcclient.InferInput(name, list(arr.shape), _NUMPY_TO_TRITON[arr.dtype])
+            inp.set_shared_memory(regions.input_name, arr.nbytes, offset=lay.offsets[name])
+            inputs.append(inp)
+        outputs = []
+        for name in (PROBS, MODALITY_WEIGHTS):
+            out = grpcclient.InferRequestedOutput(name)
+            out.set_shared_memory(regions.output_name, n * lay.per_window[name], offset=lay.offsets[name])
+            outputs.append(out)
+        result = self._client.infer(self.model_name, inputs, outputs=outputs, client_timeout=self.timeout)
+        got = []
+        for name in (PROBS, MODALITY_WEIGHTS):
+            shape = [int(d) for d in result.get_output(name).shape]
+            view = sysshm.get_contents_as_numpy(regions.output_handle, np.float32, shape, offset=lay.offsets[name])
+            got.append(np.array(view, copy=True))  # the region is reused by the next request
+        return got[0], got[1]
+
+    def _drop_shm(self, registered: list[str], handles: list) -> None:
+        """Unregister ``registered`` region names (best effort: the server may be gone) and destroy ``handles``."""
+        wait = min(self.timeout, _SHM_UNREGISTER_TIMEOUT)
+        for name in registered:
+            try:
+                self._client.unregister_system_shared_memory(name, client_timeout=wait)
+            except InferenceServerException:
+                pass
+        for handle in handles:
+            try:
+                with _SHM_HANDLES_LOCK:
+                    sysshm.destroy_shared_memory_region(handle)
+            except (sysshm.SharedMemoryException, OSError, KeyError, BufferError):
+                pass
 
     def stream(self, windows: Iterable, **kwargs) -> list[WindowResult]:
         """Stream windows over ONE bidirectional gRPC stream; results in window order (see ``stream_iter``)."""
@@ -303,6 +476,12 @@ class EmotionClient:
             self._stream_lock.release()
 
     def close(self) -> None:
+        """Unregister and destroy the shared-memory regions (if any), then close the gRPC channel."""
+        with self._shm_lock:
+            self._closed = True
+            regions, self._shm_all = self._shm_all, []
+            for r in regions:
+                self._drop_shm([r.input_name, r.output_name], [r.input_handle, r.output_handle])
         try:
             self._client.close()
         except Exception:
