@@ -233,7 +233,7 @@ def measure_triton(url: str, models: list[str], concurrency: list[int], prof: di
             log(f"[triton] {name} skipped ({exc})")
             continue
         runs = []
-        for c, shm in [(c, False) for c in concurrency] + [(1, True)]:
+        for c, shm in [(c, False) for c in concurrency] + [(c, True) for c in (1, 8) if c in concurrency]:
             log(f"[triton] {name} c={c}{' shm' if shm else ''}: {prof['duration']:g} s ...")
             r = run_concurrency(url, name, c, prof["duration"], shared_memory=shm, windows=windows)
             log(f"[triton]   {summary_line(r)}")
@@ -281,23 +281,27 @@ def ratios(inproc: dict, triton: dict | None) -> list[dict]:
         "" if ref else "no in-process onnxruntime figure",
     )
     for name, runs in (triton or {}).get("models", {}).items():
-        by_c = {r.concurrency: r for r in runs if not r.shared_memory}
-        c1, c8 = by_c.get(1), by_c.get(8)
-        p50 = c1.latency_ms.p50 if c1 and c1.latency_ms else None
-        add(
-            f"Triton gRPC {name} p50 at c=1 / in-process ORT p50",
-            p50 / ref[1]["p50_ms"] if ref and p50 else None,
-            "<=",
-            TARGET_TRITON_OVERHEAD,
-            "" if c1 else "no c=1 run",
-        )
-        add(
-            f"Triton {name} throughput at c=8 / in-process ORT best throughput",
-            c8.throughput / ref[1]["best_throughput"] if ref and c8 else None,
-            ">=",
-            TARGET_TRITON_THROUGHPUT,
-            "" if c8 else "no c=8 run",
-        )
+        for shm in (False, True):  # plain gRPC, and system shared memory (same-host clients)
+            by_c = {r.concurrency: r for r in runs if r.shared_memory == shm}
+            c1, c8 = by_c.get(1), by_c.get(8)
+            if shm and not (c1 or c8):
+                continue
+            how = " shm" if shm else ""
+            p50 = c1.latency_ms.p50 if c1 and c1.latency_ms else None
+            add(
+                f"Triton gRPC{how} {name} p50 at c=1 / in-process ORT p50",
+                p50 / ref[1]["p50_ms"] if ref and p50 else None,
+                "<=",
+                TARGET_TRITON_OVERHEAD,
+                "" if c1 else "no c=1 run",
+            )
+            add(
+                f"Triton{how} {name} throughput at c=8 / in-process ORT best throughput",
+                c8.throughput / ref[1]["best_throughput"] if ref and c8 else None,
+                ">=",
+                TARGET_TRITON_THROUGHPUT,
+                "" if c8 else "no c=8 run",
+            )
     return rows
 
 
