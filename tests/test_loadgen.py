@@ -353,12 +353,12 @@ def test_serving_benchmark_quick_writes_every_figure(
     assert inproc["torchscript"] is None and "model.pt" in report["skipped"]["torchscript"]
     assert inproc["onnxruntime"]["emotion"]["p50_ms"] > 0
     runs = report["triton"]["models"]["emotion"]
-    assert [(r["concurrency"], r["shared_memory"]) for r in runs] == [(1, False), (8, False), (1, True)]
+    assert [(r["concurrency"], r["shared_memory"]) for r in runs] == [(1, False), (8, False), (1, True), (8, True)]
     assert all(r["errors"] == 0 and r["requests"] > 0 and r["latency_ms"]["p95"] > 0 for r in runs)
     assert all(r["server"]["compute_infer_us"] > 0 for r in runs)
     streams = report["triton"]["streams"]
     assert streams["streams"] == 2 and streams["errors"] == 0 and streams["windows"] > 0
     ratios = {r["name"].split(" (")[0]: r for r in report["ratios"]}
-    assert len(ratios) == 3 and all(r["value"] is not None and r["met"] in (True, False) for r in ratios.values())
+    assert len(ratios) == 5 and all(r["value"] is not None and r["met"] in (True, False) for r in ratios.values())
     assert "PASS" in proc.stdout or "MISS" in proc.stdout
     assert "skipped torchscript" in proc.stdout
