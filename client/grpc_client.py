@@ -55,6 +55,7 @@ from avemo.contract.tensors import (
     INPUTS,
     MODALITY_MASK,
     MODALITY_WEIGHTS,
+    NUMPY_DTYPES,
     OUTPUTS,
     PROBS,
     resolve_dims,
@@ -191,13 +192,12 @@ def shm_layout(served: ServedModel) -> ShmLayout:
     num_classes = served.num_classes
     if num_classes <= 0:
         raise EmotionClientError(f"served model '{served.name}' has no class count: cannot size shared memory")
-    dtype_bytes = {"FP32": 4, "UINT8": 1}
     per_window, offsets, sizes = {}, {}, {}
     for group in (INPUTS, OUTPUTS):
         offset = 0
         for spec in group:
             dims = resolve_dims(spec, served.geometry, num_classes)
-            per_window[spec.name] = int(np.prod(dims)) * dtype_bytes[spec.dtype]
+            per_window[spec.name] = int(np.prod(dims)) * NUMPY_DTYPES[spec.dtype].itemsize
             offsets[spec.name] = offset
             offset = _align(offset + capacity * per_window[spec.name])
         sizes[group] = offset

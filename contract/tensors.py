@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from avemo.contract.geometry import WindowGeometry
 
 
@@ -43,6 +45,7 @@ AUDIO_CLIP = 1.0
 AUDIO_REFUSE_ABOVE = 4.0
 
 TRITON_PBTXT_DTYPES = {"FP32": "TYPE_FP32", "UINT8": "TYPE_UINT8", "INT64": "TYPE_INT64"}
+NUMPY_DTYPES = {"FP32": np.dtype(np.float32), "UINT8": np.dtype(np.uint8), "INT64": np.dtype(np.int64)}
 
 
 def resolve_dims(spec: TensorSpec, geometry: WindowGeometry, num_classes: int) -> tuple[int, ...]:

@@ -17,10 +17,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from avemo.contract.geometry import WindowGeometry
-from avemo.contract.tensors import INPUTS, OUTPUTS, TRITON_PBTXT_DTYPES, resolve_dims
+from avemo.contract.tensors import INPUTS, NUMPY_DTYPES, OUTPUTS, TRITON_PBTXT_DTYPES, resolve_dims
 from avemo.export.triton_config import FLAVOURS, LABELS_FILENAME, WARMUP_DIRNAME
 
-_NP_ITEMSIZE = {"TYPE_FP32": 4, "TYPE_UINT8": 1, "TYPE_INT64": 8}
 _ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 7: "TYPE_INT64"}  # onnx.TensorProto element types
 _TORCH_TO_TRITON = {"torch.float32": "TYPE_FP32", "torch.uint8": "TYPE_UINT8", "torch.int64": "TYPE_INT64"}
 
@@ -129,7 +128,8 @@ def check_model_dir(model_dir: Path, geometry: WindowGeometry, version: int | No
             problems.append(f"warm-up {w.name!r}: inputs {got} differ from the config's inputs")
         for v in w.inputs.values():
             f = model_dir / WARMUP_DIRNAME / v.input_data_file
-            size = int(np.prod(v.dims)) * _NP_ITEMSIZE.get(mc.DataType.Name(v.data_type), 0)
+            dtype = NUMPY_DTYPES.get(mc.DataType.Name(v.data_type).removeprefix("TYPE_"))
+            size = int(np.prod(v.dims)) * (dtype.itemsize if dtype is not None else 0)
             if not f.is_file() or f.stat().st_size != size:
                 problems.append(f"warm-up {w.name!r}: {f} missing or not {size} bytes")
 

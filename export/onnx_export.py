@@ -71,18 +71,21 @@ def to_onnx(wrapper: ExportWrapper, geometry: WindowGeometry, path: Path, opset:
     )
     program.save(str(path), external_data=False)
     onnx.checker.check_model(str(path))
-    ir_version = onnx.load(str(path), load_external_data=False).ir_version
-    if ir_version > MAX_IR_VERSION:
-        raise ParityError(f"{path} has ONNX IR version {ir_version}; the production image loads <= {MAX_IR_VERSION}")
-    forbidden = sorted(set(FORBIDDEN_OPS) & graph_op_types(path))
+    proto = program.model_proto  # the graph just saved: checked without reading the file back
+    if proto.ir_version > MAX_IR_VERSION:
+        raise ParityError(
+            f"{path} has ONNX IR version {proto.ir_version}; the production image loads <= {MAX_IR_VERSION}"
+        )
+    forbidden = sorted(set(FORBIDDEN_OPS) & graph_op_types(proto))
     if forbidden:
         raise ParityError(f"{path} holds {forbidden} nodes; the log-mel front end must be a convolution")
     return path
 
 
-def graph_op_types(path: Path) -> set[str]:
-    """Every op type in the ONNX graph, subgraphs and local functions included."""
-    model = onnx.load(str(path), load_external_data=False)
+def graph_op_types(model: Path | onnx.ModelProto) -> set[str]:
+    """Every op type in the ONNX graph (a file or a loaded model), subgraphs and local functions included."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
     ops: set[str] = set()
 
     def walk(graph) -> None:

@@ -302,11 +302,10 @@ class TritonServer:
         else:
             cmd += ["--allow-metrics=false"]
         explicit_loads = any(a.startswith("--load-model") for a in self.extra_args)
-        loadable, self.skipped_models = split_loadable(self.model_repository, backend_dir)
         if self.skipped_models and not explicit_loads:
             # load only what this server's backends can run (explicit mode + one --load-model each)
             cmd[cmd.index(f"--model-control-mode={self.model_control}")] = "--model-control-mode=explicit"
-            cmd += [f"--load-model={name}" for name in loadable]
+            cmd += [f"--load-model={name}" for name in self.models]
         elif self.model_control == "explicit" and not explicit_loads:
             cmd.append("--load-model=*")
         # a distinct shared-memory prefix so several servers on one machine never collide
@@ -390,14 +389,14 @@ class TritonServer:
                 raise TritonServerError(f"{name} port {port} on {self.host} is already in use")
 
         backend_dir = prepare_backends(self.backend_cache_dir)
-        self.command = self.build_command(backend_dir)
-        self.models = [m for m in self.models if m not in self.skipped_models]
+        self.models, self.skipped_models = split_loadable(self.model_repository, backend_dir)
         if not self.models:
             raise TritonServerError(
                 f"no model in {self.model_repository} runs on this server's backends "
                 f"({', '.join(f'{m}: {b}' for m, b in self.skipped_models.items())}); the embedded server has the "
                 "Python backend only: `avemo export --backend python` (the native flavours need the Docker image)"
             )
+        self.command = self.build_command(backend_dir)
         if self.log_file is None:
             fd, path = tempfile.mkstemp(prefix="avemo-triton-", suffix=".log")
             os.close(fd)
