@@ -293,3 +293,27 @@ def test_build_cache_refuses_an_unknown_face_crop(tmp_path):
 
     with pytest.raises(ValueError, match="face_crop"):
         build_cache([], tmp_path, DEFAULT_GEOMETRY, face_crop="nose")
+
+
+def test_demo_trains_the_fusion_model_for_its_own_epochs(monkeypatch):
+    """`avemo demo`: the baselines train --epochs, the fusion model --fusion-epochs (its default is the larger)."""
+    import argparse as ap
+
+    from avemo import demo
+    from avemo.training.train import compare
+
+    p = ap.ArgumentParser()
+    demo.add_arguments(p)
+    args = p.parse_args([])
+    assert (args.epochs, args.fusion_epochs) == (12, 16)
+    seen = {}
+
+    def fake_train_or_reuse(cfg, retrain=False, tag=None):
+        seen[cfg.model.fusion] = (cfg.epochs, cfg.out_dir)
+        return {"fusion": cfg.model.fusion}, False
+
+    monkeypatch.setattr(compare, "train_or_reuse", fake_train_or_reuse)
+    args = p.parse_args(["--epochs", "3", "--fusion-epochs", "5", "--runs", "r"])
+    for fusion in ("audio", "video", "gated", "xattn"):
+        assert demo.train_or_reuse(fusion, args) == {"fusion": fusion}
+    assert seen == {"audio": (3, "r/audio"), "video": (3, "r/video"), "gated": (5, "r/gated"), "xattn": (5, "r/xattn")}

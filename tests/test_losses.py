@@ -129,17 +129,21 @@ def fusion_outputs(b: int = 4, c: int = 3, seed: int = 0, grad: bool = False) ->
 
 
 @pytest.mark.parametrize("weight", [None, torch.tensor([1.0, 2.0, 0.5])])
-def test_compute_losses_default_equals_old_total_loss(weight):
+@pytest.mark.parametrize("aux", [0.3, None])  # the seeds' weight, and the default (1.0 since issue 10)
+def test_compute_losses_equals_old_total_loss(weight, aux):
     out = fusion_outputs()
+    lw = LossWeights() if aux is None else LossWeights(aux=aux)
+    a = lw.aux
+    assert a == (1.0 if aux is None else aux)
     old = F.cross_entropy(out["logits"], TARGET, weight=weight)  # the historical formula, written out
-    old = old + 0.3 * F.cross_entropy(out["audio_logits"], TARGET, weight=weight)
-    old = old + 0.3 * F.cross_entropy(out["video_logits"], TARGET, weight=weight)
-    total, parts = compute_losses(out, TARGET, LossWeights(), weight)
+    old = old + a * F.cross_entropy(out["audio_logits"], TARGET, weight=weight)
+    old = old + a * F.cross_entropy(out["video_logits"], TARGET, weight=weight)
+    total, parts = compute_losses(out, TARGET, lw, weight)
     assert torch.equal(total, old)
-    legacy, legacy_parts = total_loss(out, TARGET, weight, 0.3)
+    legacy, legacy_parts = total_loss(out, TARGET, weight, a)
     assert torch.equal(legacy, old)
     assert set(legacy_parts) == {"ce", "aux_audio", "aux_video", "total"}
-    assert parts["total"] == legacy_parts["total"] and parts["w_ce"] == 1.0 and parts["w_aux_audio"] == 0.3
+    assert parts["total"] == legacy_parts["total"] and parts["w_ce"] == 1.0 and parts["w_aux_audio"] == a
 
 
 def test_compute_losses_parts_names():

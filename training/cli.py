@@ -469,6 +469,14 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
         "--fresh_corpora",
     )
     add_option(
+        p,
+        "fusion_epochs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="max epochs of the fusion models; the audio / video baselines keep --epochs (default: 0 = --epochs)",
+    )
+    add_option(
         p, "retrain", action="store_true", help="train again even when a finished run with the same config exists"
     )
     add_option(p, "tiny", action="store_true", help=argparse.SUPPRESS)  # tiny encoders (tests, smoke runs)
@@ -490,6 +498,8 @@ def compare_config_from_args(args: argparse.Namespace, fusions: list[str] | None
         raise UsageError("--split_mode does not apply with --folds (every fold is an actor k-fold split)")
     if args.cv_folds == 1 or args.cv_folds < 0:
         raise UsageError(f"--folds must be 0 (off) or at least 2 (got {args.cv_folds})")
+    if args.fusion_epochs < 0:
+        raise UsageError(f"--fusion_epochs must be >= 0 (got {args.fusion_epochs})")
     if args.fresh_corpora < 0:
         raise UsageError(f"--fresh_corpora must be >= 0 (got {args.fresh_corpora})")
     model = config_from_args(ModelConfig, args, num_classes=args.num_classes)
@@ -535,6 +545,7 @@ def compare_run(args: argparse.Namespace) -> int:
             folds=args.cv_folds,
             fresh_roots=fresh_roots,
             evaluate_test=args.unseen_eval or None,
+            fusion_epochs=args.fusion_epochs,
         )
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2))

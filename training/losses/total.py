@@ -42,7 +42,9 @@ class LossWeights:
     """Static loss weights and classification options."""
 
     ce: float = 1.0  # fused cross-entropy / focal
-    aux: float = field(default=0.3, metadata=_option("aux_weight", "weight of each unimodal auxiliary head's loss"))
+    # 1.0 rather than the seeds' 0.3: a window with one modality missing is answered by the other's auxiliary head
+    # (unimodal fallback), which then has to be as good as a unimodal model (issue 10's k-fold measurement)
+    aux: float = field(default=1.0, metadata=_option("aux_weight", "weight of each unimodal auxiliary head's loss"))
     contrastive: float = field(
         default=0.1,
         metadata=_option(
@@ -201,7 +203,7 @@ def compute_losses(
     """All losses the outputs allow (keys: see ``loss_terms``) -> (total scalar, parts dict of floats).
 
     ``dynamic`` {part name: multiplier} comes from ``LossWeighter.weights``; missing names use 1.
-    With only "logits" + aux logits and default weights this equals ``terms.total_loss`` exactly.
+    With only "logits" + aux logits this equals ``terms.total_loss`` with the same aux weight, exactly.
     """
     terms, extra = loss_terms(outputs, target, weights, class_weight, teacher_logits)
     return combine(terms, dynamic, extra)

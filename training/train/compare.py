@@ -18,7 +18,7 @@ from pathlib import Path
 
 from avemo.training.losses.total import LossWeights
 from avemo.training.models.checkpoint import load_checkpoint
-from avemo.training.models.config import FUSIONS
+from avemo.training.models.config import FUSIONS, UNIMODAL_FUSIONS
 from avemo.training.train.config import TrainConfig
 from avemo.training.train.loop import train
 
@@ -57,8 +57,13 @@ def comparable(config: dict) -> dict:
     return json.loads(json.dumps(d))  # tuples -> lists, as stored in metrics.json
 
 
-def fusion_config(base: TrainConfig, fusion: str, out: Path) -> TrainConfig:
-    return replace(base, out_dir=str(Path(out) / fusion), resume=False, model=replace(base.model, fusion=fusion))
+def fusion_config(base: TrainConfig, fusion: str, out: Path, fusion_epochs: int = 0) -> TrainConfig:
+    """``base`` for one fusion in ``<out>/<fusion>``; ``fusion_epochs`` > 0 replaces the epochs of fusion models
+    (two encoders and three heads to train; the audio / video baselines keep ``base.epochs``)."""
+    epochs = fusion_epochs if fusion_epochs > 0 and fusion not in UNIMODAL_FUSIONS else base.epochs
+    return replace(
+        base, out_dir=str(Path(out) / fusion), resume=False, epochs=epochs, model=replace(base.model, fusion=fusion)
+    )
 
 
 def reusable(cfg: TrainConfig) -> dict | None:
@@ -156,12 +161,14 @@ def compare(
     folds: int = 0,
     fresh_roots: list[Path] | tuple = (),
     evaluate_test: bool | None = None,
+    fusion_epochs: int = 0,
 ) -> dict:
     """Train (or reuse) each fusion with ``base`` and write comparison.md / comparison.json in ``out``.
 
     ``model_overrides``: ModelConfig fields applied to every fusion (e.g. ``TINY_MODEL`` in tests).
     ``folds`` > 0: actor k-fold, runs in ``<out>/fold-<k>/<fusion>``, every actor tested once.
     ``fresh_roots``: corpora of unseen people every trained model is also evaluated on (all clips).
+    ``fusion_epochs`` > 0: the epochs of the fusion models (the unimodal baselines keep ``base.epochs``).
     With folds or fresh corpora (or ``evaluate_test``) the models are evaluated again, also with each
     modality dropped (``avemo.training.train.generalisation``): tables of mean ± std, generalisation.png.
     Returns {"rows": [...], "config": ..., "markdown": ..., "summary": ... (when evaluated)}.
@@ -177,14 +184,18 @@ def compare(
         if folds:
             log(f"[compare] fold {fold + 1}/{folds}")
         for fusion in fusions:
-            metrics, reused = train_or_reuse(fusion_config(fold_cfg, fusion, out / sub), retrain, log)
+            metrics, reused = train_or_reuse(fusion_config(fold_cfg, fusion, out / sub, fusion_epochs), retrain, log)
             rows.append(row(fusion, metrics, reused) | {"fold": fold})
             runs[(fold, fusion)] = {"checkpoint": metrics["checkpoint"], "data": fold_cfg.data_options()}
         corpora.append((f"test fold {fold}" if folds else "test", base.data_root, "test", fold))
     corpora += [(Path(r).name, r, "all", -1) for r in fresh_roots]
     common = comparable(base.to_dict())
     common["model"].pop("fusion", None)
+    common["fusion_epochs"] = fusion_epochs or base.epochs
     runtime = ", ".join(sorted({r["runtime"] for r in rows}))
+    epochs = f"at most {base.epochs} epoch(s)" + (
+        f" ({fusion_epochs} for the fusion models)" if fusion_epochs > 0 and fusion_epochs != base.epochs else ""
+    )
     result = {"rows": rows, "config": common, "folds": folds, "fresh_corpora": [str(r) for r in fresh_roots]}
     if evaluate_test if evaluate_test is not None else (folds > 0 or len(fresh_roots) > 0):
         records = gen.evaluate_runs(runs, corpora, base.cache_dir, progress=base.progress, log=log)
@@ -196,7 +207,7 @@ def compare(
         fresh = f", and on every clip of {len(fresh_roots)} fresh corpora" if fresh_roots else ""
         header = (
             f"# Fusion comparison: unseen people\n\nSeed {base.seed}; {how}{fresh}; {base.num_classes} classes, "
-            f"at most {base.epochs} epoch(s); clip-level macro-F1 / accuracy (argmax of the mean of window "
+            f"{epochs}; clip-level macro-F1 / accuracy (argmax of the mean of window "
             f"probabilities) of the best validation checkpoint, mean ± std (population) over the evaluations. "
             f"Dropped modality: that input zeroed and its mask entry 0; its difference is paired with the other "
             f"modality's own model on the same fold and clips. Trained with {runtime}.\n\n"
@@ -206,7 +217,7 @@ def compare(
         table = markdown_table(rows)
         header = (
             f"# Fusion comparison\n\nSame seed ({base.seed}) and {base.split_mode} split for every model; "
-            f"{base.num_classes} classes, at most {base.epochs} epoch(s); test metrics at clip level "
+            f"{base.num_classes} classes, {epochs}; test metrics at clip level "
             f"(argmax of the mean of window probabilities), best validation checkpoint. "
             f"Trained with {runtime}.\n\n"
         )

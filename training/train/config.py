@@ -78,6 +78,11 @@ class TrainConfig:
         ),
     )
     use_cosine_annealing: bool = field(default=True, metadata=_opt("cosine LR schedule", OPTIMISATION))
+    # 2 epochs: without warm-up the video CNN sat at chance for 3-5 epochs (and collapsed at lr 5e-3 or batch 16)
+    warmup_epochs: float = field(
+        default=2.0,
+        metadata=_opt("linear LR warm-up from 0 over this many epochs (per step; 0 = off)", OPTIMISATION),
+    )
     early_stopping_patience: int = field(
         default=5, metadata=_opt("epochs without val macro-F1 gain before stopping", OPTIMISATION)
     )
@@ -163,6 +168,8 @@ def check_config(cfg: TrainConfig) -> None:
     ):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))} (got {value!r})")
+    if cfg.warmup_epochs < 0:
+        raise ValueError(f"--warmup_epochs must be >= 0 (got {cfg.warmup_epochs})")
     if cfg.split_mode == "kfold" and not 0 <= cfg.fold < cfg.folds:
         raise ValueError(f"--fold must be in 0..{cfg.folds - 1} for --folds {cfg.folds} (got {cfg.fold})")
     teachers = [f"--teacher_{k}" for k in ("audio", "video") if getattr(cfg, f"teacher_{k}")]
