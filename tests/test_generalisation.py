@@ -162,13 +162,22 @@ def test_compare_folds_and_fresh_corpora_end_to_end(tiny_corpus, tmp_path, capsy
     args = ["compare", "--fusions", "audio,video,gated", "--epochs", "1", "--tiny", "--batch_size", "8",
             "--max_train_batches", "2", "--data_root", str(tiny_corpus), "--cache_dir", str(tmp_path / "cache"),
             "--out", str(out), "--folds", "3", "--fresh-corpora", "1", "--fresh-root", str(fresh),
-            "--fusion_epochs", "2", "--no-tensorboard", "--no_progress", "--json"]  # fmt: skip
+            "--fusion_epochs", "2", "--distill_baselines", "0.5",
+            "--no-tensorboard", "--no_progress", "--json"]  # fmt: skip
     assert main(args) == 0
     doc = json.loads(capsys.readouterr().out)
     # --fusion_epochs: the fusion model trains 2 epochs, the baselines keep --epochs 1
     runs = {f: json.loads((out / "fold-0" / f / "metrics.json").read_text()) for f in ("audio", "video", "gated")}
     assert {f: len(m["history"]) for f, m in runs.items()} == {"audio": 1, "video": 1, "gated": 2}
     assert doc["config"]["fusion_epochs"] == 2 and "(2 for the fusion models)" in (out / "comparison.md").read_text()
+    # --distill_baselines: the fold's own baselines are the gated model's teachers, at that weight
+    gated_cfg = runs["gated"]["config"]
+    assert (gated_cfg["teacher_audio"], gated_cfg["teacher_video"]) == (
+        str(out / "fold-0" / "audio" / "best.pt"),
+        str(out / "fold-0" / "video" / "best.pt"),
+    )
+    assert gated_cfg["losses"]["distill"] == 0.5 and runs["video"]["config"]["losses"]["distill"] == 0.0
+    assert runs["gated"]["history"][0]["train_loss_distill"] > 0
     # every actor is a test actor exactly once
     tests = [json.loads((out / f"fold-{k}" / "gated" / "metrics.json").read_text())["split"]["test"] for k in range(3)]
     assert sorted(a for t in tests for a in t) == [1, 2, 3]
@@ -220,6 +229,10 @@ def test_compare_and_evaluate_usage_errors(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["compare", "--fusion_epochs", "-1"])
     assert e.value.code == 2
+    for bad in (["--fusions", "gated,late"], ["--fusions", "audio,gated", "--delta_va", "0.2"]):
+        with pytest.raises(SystemExit) as e:  # no teacher to distil; or the weight given twice
+            main(["compare", "--distill_baselines", "0.5", *bad])
+        assert e.value.code == 2
     with pytest.raises(SystemExit) as e:  # applies to none of the fusions
         main(["compare", "--fusions", "audio,gated", "--gate_alpha", "0.3"])
     assert e.value.code == 2

@@ -477,6 +477,15 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
         help="max epochs of the fusion models; the audio / video baselines keep --epochs (default: 0 = --epochs)",
     )
     add_option(
+        p,
+        "distill_baselines",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="the fusion models distil each fold's audio-only / video-only models (trained first, frozen) into "
+        "their unimodal heads with weight W (--delta_va; default: 0 = off)",
+    )
+    add_option(
         p, "retrain", action="store_true", help="train again even when a finished run with the same config exists"
     )
     add_option(p, "tiny", action="store_true", help=argparse.SUPPRESS)  # tiny encoders (tests, smoke runs)
@@ -500,6 +509,13 @@ def compare_config_from_args(args: argparse.Namespace, fusions: list[str] | None
         raise UsageError(f"--folds must be 0 (off) or at least 2 (got {args.cv_folds})")
     if args.fusion_epochs < 0:
         raise UsageError(f"--fusion_epochs must be >= 0 (got {args.fusion_epochs})")
+    if args.distill_baselines < 0:
+        raise UsageError(f"--distill_baselines must be >= 0 (got {args.distill_baselines})")
+    if args.distill_baselines > 0:
+        if {"teacher_audio", "teacher_video", "distill"} & set(flags):
+            raise UsageError("--distill_baselines sets the teachers and --delta_va itself")
+        if not {"audio", "video"} & set(fusions or []):
+            raise UsageError("--distill_baselines needs audio and/or video in --fusions (they are the teachers)")
     if args.fresh_corpora < 0:
         raise UsageError(f"--fresh_corpora must be >= 0 (got {args.fresh_corpora})")
     model = config_from_args(ModelConfig, args, num_classes=args.num_classes)
@@ -546,6 +562,7 @@ def compare_run(args: argparse.Namespace) -> int:
             fresh_roots=fresh_roots,
             evaluate_test=args.unseen_eval or None,
             fusion_epochs=args.fusion_epochs,
+            distill_baselines=args.distill_baselines,
         )
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2))

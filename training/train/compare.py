@@ -66,6 +66,16 @@ def fusion_config(base: TrainConfig, fusion: str, out: Path, fusion_epochs: int 
     )
 
 
+def with_baseline_teachers(cfg: TrainConfig, teachers: dict[str, str], weight: float) -> TrainConfig:
+    """``cfg`` distilling ``teachers`` {"audio"/"video": checkpoint} into its unimodal heads at ``weight``."""
+    return replace(
+        cfg,
+        teacher_audio=str(teachers.get("audio", "")),
+        teacher_video=str(teachers.get("video", "")),
+        losses={**cfg.losses, "distill": weight},
+    )
+
+
 def reusable(cfg: TrainConfig) -> dict | None:
     """metrics.json of a finished run of exactly this configuration, else None."""
     path = Path(cfg.out_dir) / "metrics.json"
@@ -162,6 +172,7 @@ def compare(
     fresh_roots: list[Path] | tuple = (),
     evaluate_test: bool | None = None,
     fusion_epochs: int = 0,
+    distill_baselines: float = 0.0,
 ) -> dict:
     """Train (or reuse) each fusion with ``base`` and write comparison.md / comparison.json in ``out``.
 
@@ -169,6 +180,8 @@ def compare(
     ``folds`` > 0: actor k-fold, runs in ``<out>/fold-<k>/<fusion>``, every actor tested once.
     ``fresh_roots``: corpora of unseen people every trained model is also evaluated on (all clips).
     ``fusion_epochs`` > 0: the epochs of the fusion models (the unimodal baselines keep ``base.epochs``).
+    ``distill_baselines`` > 0: each fold's audio-only / video-only models (trained first) are the frozen
+    teachers of that fold's fusion models' unimodal heads, with this distillation weight (``--delta_va``).
     With folds or fresh corpora (or ``evaluate_test``) the models are evaluated again, also with each
     modality dropped (``avemo.training.train.generalisation``): tables of mean ± std, generalisation.png.
     Returns {"rows": [...], "config": ..., "markdown": ..., "summary": ... (when evaluated)}.
@@ -180,11 +193,21 @@ def compare(
     if model_overrides:
         base = replace(base, model=replace(base.model, **model_overrides))
     rows, runs, corpora = [], {}, []
+    baselines = [f for f in fusions if f in UNIMODAL_FUSIONS]
+    order = fusions
+    if distill_baselines > 0:
+        if not baselines:
+            raise ValueError("distilling the baselines needs audio and/or video among the fusions")
+        order = baselines + [f for f in fusions if f not in UNIMODAL_FUSIONS]  # teachers first
     for fold, fold_cfg, sub in fold_configs(base, folds):
         if folds:
             log(f"[compare] fold {fold + 1}/{folds}")
-        for fusion in fusions:
-            metrics, reused = train_or_reuse(fusion_config(fold_cfg, fusion, out / sub, fusion_epochs), retrain, log)
+        for fusion in order:
+            cfg = fusion_config(fold_cfg, fusion, out / sub, fusion_epochs)
+            if distill_baselines > 0 and fusion not in UNIMODAL_FUSIONS:
+                teachers = {m: runs[(fold, m)]["checkpoint"] for m in baselines}
+                cfg = with_baseline_teachers(cfg, teachers, distill_baselines)
+            metrics, reused = train_or_reuse(cfg, retrain, log)
             rows.append(row(fusion, metrics, reused) | {"fold": fold})
             runs[(fold, fusion)] = {"checkpoint": metrics["checkpoint"], "data": fold_cfg.data_options()}
         corpora.append((f"test fold {fold}" if folds else "test", base.data_root, "test", fold))
@@ -192,6 +215,7 @@ def compare(
     common = comparable(base.to_dict())
     common["model"].pop("fusion", None)
     common["fusion_epochs"] = fusion_epochs or base.epochs
+    common["distill_baselines"] = distill_baselines
     runtime = ", ".join(sorted({r["runtime"] for r in rows}))
     epochs = f"at most {base.epochs} epoch(s)" + (
         f" ({fusion_epochs} for the fusion models)" if fusion_epochs > 0 and fusion_epochs != base.epochs else ""
