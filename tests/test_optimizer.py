@@ -68,3 +68,14 @@ def test_scaled_step_is_a_step_at_the_scaled_lr_and_restores_the_lr(geo, tiny_di
     assert any(not torch.equal(p, b) for p, b in zip(models[0].parameters(), before))  # the step did move them
     for (name, p0), p1 in zip(models[0].named_parameters(), models[1].parameters()):
         torch.testing.assert_close(p0, p1, rtol=0, atol=1e-7, msg=name)
+
+
+def test_a_run_from_before_warmup_is_reused_only_without_warmup():
+    """compare / demo reuse a finished run of the same configuration; one made before --warmup_epochs existed
+    trained without warm-up."""
+    from avemo.training.train.compare import comparable
+
+    old = TrainConfig(warmup_epochs=0).to_dict()
+    del old["warmup_epochs"]
+    assert comparable(old) == comparable(TrainConfig(warmup_epochs=0).to_dict())
+    assert comparable(old) != comparable(TrainConfig().to_dict())

@@ -49,6 +49,7 @@ def comparable(config: dict) -> dict:
     d.setdefault("face_crop", "auto")  # runs made before these fields existed used these values
     d.setdefault("weight_decay_scope", "all")
     d.setdefault("video_augment", "basic")
+    d.setdefault("warmup_epochs", 0.0)
     d["losses"] = LossWeights.from_dict(d.get("losses") or {}).to_dict()  # {} means the defaults
     model = {k: v for k, v in dict(d.get("model", {})).items() if k not in _IGNORED_MODEL}
     model["num_classes"] = d.get("num_classes", model.get("num_classes"))
