@@ -249,3 +249,45 @@ def test_state_dict_round_trip():
     h.load_state_dict(g.state_dict())
     later = {"x": (3 * p).sum(), "y": p.sum()}
     assert h.weights(later, [p], step=5) == g.weights(later, [p], step=5)
+
+
+def test_aux_losses_learn_only_from_windows_that_have_their_modality():
+    """A window whose video was dropped (modality dropout) does not train the video head; --no-aux_masked does."""
+    out = fusion_outputs() | {"modality_present": torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])}
+    _, parts = compute_losses(out, TARGET, LossWeights())
+    video_rows, audio_rows = [0, 2], [0, 1, 3]
+    assert parts["aux_video"] == pytest.approx(
+        F.cross_entropy(out["video_logits"][video_rows], TARGET[video_rows]).item()
+    )
+    assert parts["aux_audio"] == pytest.approx(
+        F.cross_entropy(out["audio_logits"][audio_rows], TARGET[audio_rows]).item()
+    )
+    _, every = compute_losses(out, TARGET, LossWeights(aux_masked=False))
+    assert every["aux_video"] == pytest.approx(F.cross_entropy(out["video_logits"], TARGET).item())
+    # no window with video at all: no video term (rather than a NaN mean over nothing)
+    out["modality_present"] = torch.tensor([[1.0, 0.0]] * 4)
+    total, parts = compute_losses(out, TARGET, LossWeights())
+    assert "aux_video" not in parts and torch.isfinite(total)
+
+
+def test_only_training_reports_the_windows_modalities(geo, tiny_dims):
+    from avemo.training.models.config import ModelConfig
+    from avemo.training.models.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(fusion="gated", modality_dropout=0.5, **tiny_dims), geo)
+    frames = torch.zeros(8, geo.frames_per_window, geo.face_size, geo.face_size, 3, dtype=torch.uint8)
+    mask = torch.ones(8, 2)
+    present = model.train()(torch.zeros(8, geo.window_samples), frames, mask)["modality_present"]
+    assert present.shape == (8, 2) and (present.sum(1) >= 1).all() and (present == 0).any()  # dropout happened
+    assert "modality_present" not in model.eval()(torch.zeros(8, geo.window_samples), frames, mask)
+
+
+def test_runs_stored_before_aux_masked_compare_as_unmasked():
+    from avemo.training.train.compare import comparable
+    from avemo.training.train.config import TrainConfig
+
+    old = TrainConfig(losses=LossWeights(aux_masked=False).to_dict()).to_dict()
+    del old["losses"]["aux_masked"]
+    assert comparable(old) == comparable(TrainConfig(losses=LossWeights(aux_masked=False).to_dict()).to_dict())
+    assert comparable(old) != comparable(TrainConfig(losses=LossWeights().to_dict()).to_dict())

@@ -78,6 +78,14 @@ class LossWeights:
     )
     label_smoothing: float = field(default=0.0, metadata=_option("label_smoothing", "label smoothing eps"))
     use_class_weight: bool = field(default=True, metadata=_option("class_weight", "inverse-frequency class weights"))
+    aux_masked: bool = field(
+        default=True,
+        metadata=_option(
+            "aux_masked",
+            "an auxiliary head learns only from the windows that have its modality (after modality dropout); "
+            "off: from every window, its input zeroed where missing (as before issue 10)",
+        ),
+    )
     use_smooth_l1: bool = field(
         default=False, metadata=_option("use_smooth_l1", "SmoothL1 instead of MSE for reconstruction (hierarchical)")
     )
@@ -113,7 +121,8 @@ def loss_terms(
 
     Terms whose static weight is 0 or whose inputs are missing are left out. Output keys read:
       "logits" [B, C] (required) -> "ce"
-      "audio_logits", "video_logits" [B, C] -> "aux_audio", "aux_video"
+      "audio_logits", "video_logits" [B, C] -> "aux_audio", "aux_video"; with "modality_present" [B, 2] (the
+        mask after modality dropout, training only) and ``aux_masked``, over the windows that have the modality
       "z_audio", "z_video" [B, D] (projected) -> "contrastive"
       "recon" + "recon_target" (any shape), and/or "recon_audio" + "recon_target_audio" (or "target_audio"),
         "recon_video" + "recon_target_video" (or "target_video") -> "recon" (= sum of the per-modality losses
@@ -130,9 +139,19 @@ def loss_terms(
     alpha = None if w.focal_alpha is None else torch.as_tensor(w.focal_alpha, dtype=torch.float32)
     cls = lambda lg: classification_loss(lg, target, weight, w.focal_gamma, alpha, w.label_smoothing)  # noqa: E731
     terms["ce"] = (cls(outputs["logits"]), w.ce)
-    for m in MODALITIES:
-        if f"{m}_logits" in outputs and w.aux != 0:
-            terms[f"aux_{m}"] = (cls(outputs[f"{m}_logits"]), w.aux)
+    for i, m in enumerate(MODALITIES):
+        if f"{m}_logits" not in outputs or w.aux == 0:
+            continue
+        logits = outputs[f"{m}_logits"]
+        if w.aux_masked and "modality_present" in outputs:
+            keep = outputs["modality_present"][:, i] > 0  # [B] windows whose modality the model saw
+            if not bool(keep.any()):
+                continue
+            logits_kept, target_kept = logits[keep], target[keep]  # [K, C], [K]
+            loss = classification_loss(logits_kept, target_kept, weight, w.focal_gamma, alpha, w.label_smoothing)
+            terms[f"aux_{m}"] = (loss, w.aux)
+        else:
+            terms[f"aux_{m}"] = (cls(logits), w.aux)
     if w.contrastive != 0 and "z_audio" in outputs and "z_video" in outputs:
         terms["contrastive"] = (
             info_nce(outputs["z_audio"], outputs["z_video"], w.contrastive_temperature),

@@ -133,6 +133,8 @@ class FusionModel(nn.Module):
         if self.audio_aux is not None:
             out["audio_logits"] = self.audio_aux(h_a)
             out["video_logits"] = self.video_aux(h_v)
+            if self.training:  # what each window really had (after modality dropout), for the auxiliary losses
+                out["modality_present"] = mask  # [B, 2]
             if self.unimodal_fallback:  # one modality missing: that window is answered by the other's own head
                 m_a, m_v = mask[:, 0:1], mask[:, 1:2]  # [B, 1] each, 0 or 1
                 only_a, only_v = m_a * (1.0 - m_v), m_v * (1.0 - m_a)

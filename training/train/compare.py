@@ -50,7 +50,10 @@ def comparable(config: dict) -> dict:
     d.setdefault("weight_decay_scope", "all")
     d.setdefault("video_augment", "basic")
     d.setdefault("warmup_epochs", 0.0)
-    d["losses"] = LossWeights.from_dict(d.get("losses") or {}).to_dict()  # {} means the defaults
+    losses = dict(d.get("losses") or {})
+    if "aux_masked" not in losses and (losses or "warmup_epochs" not in config):
+        losses["aux_masked"] = False  # stored before the field existed: its auxiliary losses saw every window
+    d["losses"] = LossWeights.from_dict(losses).to_dict()  # {} means the defaults
     model = {k: v for k, v in dict(d.get("model", {})).items() if k not in _IGNORED_MODEL}
     model["num_classes"] = d.get("num_classes", model.get("num_classes"))
     model.setdefault("unimodal_fallback", False)
