@@ -137,21 +137,18 @@ def loss_terms(
     extra: dict[str, float] = {}
     weight = class_weight if w.use_class_weight else None
     alpha = None if w.focal_alpha is None else torch.as_tensor(w.focal_alpha, dtype=torch.float32)
-    cls = lambda lg: classification_loss(lg, target, weight, w.focal_gamma, alpha, w.label_smoothing)  # noqa: E731
+    cls = lambda lg, t=target: classification_loss(lg, t, weight, w.focal_gamma, alpha, w.label_smoothing)  # noqa: E731
     terms["ce"] = (cls(outputs["logits"]), w.ce)
     for i, m in enumerate(MODALITIES):
         if f"{m}_logits" not in outputs or w.aux == 0:
             continue
-        logits = outputs[f"{m}_logits"]
+        logits, tgt = outputs[f"{m}_logits"], target  # [B, C], [B]
         if w.aux_masked and "modality_present" in outputs:
             keep = outputs["modality_present"][:, i] > 0  # [B] windows whose modality the model saw
             if not bool(keep.any()):
                 continue
-            logits_kept, target_kept = logits[keep], target[keep]  # [K, C], [K]
-            loss = classification_loss(logits_kept, target_kept, weight, w.focal_gamma, alpha, w.label_smoothing)
-            terms[f"aux_{m}"] = (loss, w.aux)
-        else:
-            terms[f"aux_{m}"] = (cls(logits), w.aux)
+            logits, tgt = logits[keep], tgt[keep]  # [K, C], [K]
+        terms[f"aux_{m}"] = (cls(logits, tgt), w.aux)
     if w.contrastive != 0 and "z_audio" in outputs and "z_video" in outputs:
         terms["contrastive"] = (
             info_nce(outputs["z_audio"], outputs["z_video"], w.contrastive_temperature),
