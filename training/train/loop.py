@@ -235,6 +235,8 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
         seen_pred: list[np.ndarray] = []
         n = 0
         train_loader = loader(datasets["train"], cfg, True, epoch, rt)
+        per_epoch = min(len(train_loader), cfg.max_train_batches or len(train_loader))  # steps really taken
+        warmup_steps = round(cfg.warmup_epochs * per_epoch)
         bar = progress_bar(
             train_loader, desc=f"{mcfg.fusion} epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress
         )
@@ -255,9 +257,7 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
             loss, parts = combine(terms, dynamic, extra)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            per_epoch = min(len(train_loader), cfg.max_train_batches or len(train_loader))  # steps really taken
-            warm_step = (epoch - 1) * per_epoch + step
-            scaled_step(opt, warmup_factor(warm_step, round(cfg.warmup_epochs * per_epoch)))
+            scaled_step(opt, warmup_factor((epoch - 1) * per_epoch + step, warmup_steps))
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             seen_true.append(batch["label"].cpu().numpy())
