@@ -49,18 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def train_or_reuse(fusion: str, args: argparse.Namespace) -> dict:
     """metrics of ``<runs>/<fusion>``: a finished run of the same configuration is reused, an interrupted
     one resumed (``avemo.training.train.compare.train_or_reuse``)."""
-    from avemo.training.models.config import UNIMODAL_FUSIONS, ModelConfig
     from avemo.training.train import compare
     from avemo.training.train.config import TrainConfig
 
-    cfg = TrainConfig(
-        data_root=str(args.data_root),
-        cache_dir=str(args.cache_dir),
-        out_dir=str(args.runs / fusion),
-        epochs=args.epochs if fusion in UNIMODAL_FUSIONS else args.fusion_epochs,
-        seed=args.seed,
-        model=ModelConfig(fusion=fusion),
-    )
+    base = TrainConfig(data_root=str(args.data_root), cache_dir=str(args.cache_dir), epochs=args.epochs, seed=args.seed)
+    cfg = compare.fusion_config(base, fusion, args.runs, args.fusion_epochs)  # the fusion model: --fusion-epochs
     metrics, _ = compare.train_or_reuse(cfg, retrain=args.retrain, tag="[demo]")
     return metrics
 
