@@ -60,7 +60,8 @@ def test_output_shapes(fusion, cfg, inputs, geo, tiny_dims):
         assert all(out[k].shape == (3, d) for k in ("mu_audio", "logvar_audio", "mu_video", "logvar_video"))
     if fusion in ("gated_uncertainty", "hierarchical"):
         expected.add("gate")
-        assert out["gate"].shape == (3, 1)
+        assert out["gate"].shape == (3, 2)  # the gate's shares of the two modalities
+        torch.testing.assert_close(out["gate"].sum(1), torch.ones(3))
     if fusion == "hierarchical":
         expected |= {"recon", "recon_target", "recon_audio", "target_audio", "recon_video", "target_video"}
         assert out["recon"].shape == out["recon_target"].shape == (3, 2 * d)
@@ -75,9 +76,9 @@ def test_late_fusion_averages_unimodal_probabilities(cfg, inputs, geo):
     model = build_model(cfg("late"), geo).eval()
     audio, frames, mask = inputs(2)
     out = model(audio, frames, mask)
-    h_a = model.audio_norm(model.audio_encoder(audio))
-    h_v = model.video_norm(model.video_encoder(frames))
-    p = 0.5 * (torch.softmax(model.fusion.audio_head(h_a), -1) + torch.softmax(model.fusion.video_head(h_v), -1))
+    h_a = model.norms["audio"](model.encoders["audio"](audio))
+    h_v = model.norms["video"](model.encoders["video"](frames))
+    p = 0.5 * (torch.softmax(model.fusion.heads["audio"](h_a), -1) + torch.softmax(model.fusion.heads["video"](h_v), -1))
     torch.testing.assert_close(torch.softmax(out["logits"], -1), p)
     torch.testing.assert_close(out["modality_weights"], torch.full((2, 2), 0.5))
 
@@ -88,7 +89,7 @@ def test_uncertainty_weights_follow_variance(cfg, inputs, geo):
     x = inputs(2)
     torch.testing.assert_close(model(*x)["modality_weights"], torch.full((2, 2), 0.5))  # logvar = 0 at init
     with torch.no_grad():
-        model.audio_variational.logvar.bias.fill_(-2.0)  # audio more confident -> larger audio weight
+        model.variational["audio"].logvar.bias.fill_(-2.0)  # audio more confident -> larger audio weight
     w = model(*x)["modality_weights"]
     sigma = torch.tensor([math.exp(-1.0), 1.0])
     torch.testing.assert_close(w, torch.softmax(1.0 / sigma, 0).expand(2, 2))
@@ -111,8 +112,8 @@ def test_concat_weights_are_first_layer_contribution_norms(cfg, inputs, geo, tin
     out = model(audio, frames, mask)
     d = tiny_dims["embed_dim"]
     w1 = model.fusion.head[0].weight
-    h_a = model.audio_norm(model.audio_encoder(audio))
-    h_v = model.video_norm(model.video_encoder(frames))
+    h_a = model.norms["audio"](model.encoders["audio"](audio))
+    h_v = model.norms["video"](model.encoders["video"](frames))
     n = torch.stack([(h_a @ w1[:, :d].T).norm(dim=1), (h_v @ w1[:, d:].T).norm(dim=1)], 1)
     torch.testing.assert_close(out["modality_weights"], n / n.sum(1, keepdim=True))
 
@@ -252,7 +253,7 @@ def test_resnet_encoders_forward_shapes(cfg, inputs, geo):
     model = build_model(
         cfg("xattn", use_resnet_audio=True, use_resnet_video=True, video_pooling="attention"), geo
     ).eval()
-    a_enc, v_enc = model.audio_encoder, model.video_encoder
+    a_enc, v_enc = model.encoders["audio"], model.encoders["video"]
     assert isinstance(a_enc, AudioResNet) and isinstance(v_enc, VideoResNet)
     assert a_enc.net.conv1.in_channels == 1 and isinstance(a_enc.net.fc, torch.nn.Identity)
     audio, frames, mask = inputs(1, frames_per_window=2)
@@ -285,12 +286,12 @@ def test_spec_augment_masks_bands_in_training_only(cfg, inputs, geo):
     assert aug.eval()(x) is x
 
     model = build_model(cfg("audio", spec_augment=True), geo)
-    enc = model.audio_encoder
+    enc = model.encoders["audio"]
     audio = inputs(4)[0]
     clean = enc.frontend(audio)
     assert not torch.equal(enc.train().spectrogram(audio), clean)
     assert torch.equal(enc.eval().spectrogram(audio), clean)
-    assert build_model(cfg("audio"), geo).audio_encoder.spec_augment is None  # default: off
+    assert build_model(cfg("audio"), geo).encoders["audio"].spec_augment is None  # default: off
 
 
 def test_variational_head_mu_at_eval_and_logvar_clamp(cfg, inputs, geo):
@@ -412,7 +413,7 @@ def test_forward_dropping_equals_forward_with_the_modality_removed(fusion, cfg, 
     model = build_model(cfg(fusion, contrastive_proj_dim=8), geo).eval()
     audio, frames, mask = inputs(3)
     keeps = [(1.0, 1.0), (0.0, 1.0), (1.0, 0.0)]
-    got = model.forward_dropping(audio, frames, mask, keeps)
+    got = model.forward_dropping(audio, frames, mask, keeps=keeps)
     for (keep_a, keep_v), out in zip(keeps, got):
         with torch.no_grad():
             want = model(audio * keep_a, frames * int(keep_v), mask * torch.tensor([keep_a, keep_v]))

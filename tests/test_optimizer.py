@@ -32,7 +32,7 @@ def test_scope_matrices_spares_norms_biases_and_the_gate_bias(geo, tiny_dims):
     for name, p in model.named_parameters():
         assert decay[id(p)] == (0.05 if p.ndim >= 2 else 0.0), name
     assert decay[id(model.fusion.gate.bias)] == 0.0 and decay[id(model.fusion.gate.weight)] == 0.05
-    assert decay[id(model.audio_norm.weight)] == 0.0
+    assert decay[id(model.norms["audio"].weight)] == 0.0
 
 
 def test_unknown_scope_is_refused():

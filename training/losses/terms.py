@@ -1,6 +1,7 @@
 """Loss functions, kept outside the exported graph: pure functions of tensors returning a scalar.
 
-Shapes: logits [B, C], target [B] int64, embeddings [B, D], gate [B, 1] or [B, 2].
+Shapes: logits [B, C], target [B] int64 (classification) or predictions [B, 1], target [B] float (regression),
+embeddings [B, D], gate [B, 1] or shares [B, M].
 Every loss reduces to a scalar (mean over the batch unless said otherwise).
 
 The trainer does not call these directly: ``avemo.training.losses.total.loss_terms`` picks the terms
@@ -16,7 +17,8 @@ import math
 import torch
 from torch.nn import functional as F
 
-MODALITIES = ("audio", "video")
+MODALITIES = ("audio", "video")  # the clip model's modalities (``total_loss``'s default)
+REGRESSION_LOSSES = ("mse", "l1")
 
 
 # ---------------------------------------------------------------- classification
@@ -81,6 +83,27 @@ def classification_loss(
     return focal_loss(logits, target, gamma, alpha, label_smoothing, weight)
 
 
+# ---------------------------------------------------------------- regression
+def regression_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """pred [B, 1] (or [B]), target [B] float -> scalar: mean (pred - y)^2 ("mse", seed 002's main loss)
+    or mean |pred - y| ("l1", MMSA's regression loss)."""
+    pred = pred.reshape(-1)
+    target = target.to(pred.dtype).reshape(-1)
+    if kind == "mse":
+        return F.mse_loss(pred, target)
+    if kind == "l1":
+        return F.l1_loss(pred, target)
+    raise ValueError(f"regression loss must be one of {REGRESSION_LOSSES}, got {kind!r}")
+
+
+def gaussian_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Distillation of a regression output: KL(N(t, 1) || N(s, 1)) = mean_i (s_i - t_i)^2 / 2.
+
+    The KL divergence between two unit-variance Gaussians centred on the teacher's and the student's
+    predictions [B, 1]; the teacher is detached. Zero when student == teacher."""
+    return 0.5 * (student.reshape(-1) - teacher.detach().reshape(-1).to(student.dtype)).pow(2).mean()
+
+
 # ---------------------------------------------------------------- contrastive
 def info_nce(z_a: torch.Tensor, z_v: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
     """Symmetric cross-modal InfoNCE. z_a, z_v [B, D] (L2-normalised here) -> scalar.
@@ -95,6 +118,28 @@ def info_nce(z_a: torch.Tensor, z_v: torch.Tensor, temperature: float = 0.07) ->
     return 0.5 * (F.cross_entropy(s, idx) + F.cross_entropy(s.t(), idx))
 
 
+CONTRASTIVE_PAIRS = ("all", "text")
+
+
+def contrastive_loss(z: dict[str, torch.Tensor], pairs: str = "all", temperature: float = 0.07) -> torch.Tensor:
+    """InfoNCE over modality pairs of the projected embeddings z {modality: [B, P]}, in their order.
+
+    "all": the mean over every pair (AttentionRobustV4: (L_at + L_av + L_tv) / 3; one pair for two modalities);
+    "text": the sum over every other modality against text (seed 002: InfoNCE(video, text) + InfoNCE(audio,
+    text)); needs "text" in z.
+    """
+    names = list(z)
+    if pairs == "all":
+        losses = [info_nce(z[a], z[b], temperature) for i, a in enumerate(names) for b in names[i + 1 :]]
+        return sum(losses[1:], losses[0]) / len(losses)
+    if pairs == "text":
+        if "text" not in z or len(names) < 2:
+            raise ValueError(f"contrastive pairs 'text' need text and another modality, got {names}")
+        losses = [info_nce(z[m], z["text"], temperature) for m in names if m != "text"]
+        return sum(losses[1:], losses[0])
+    raise ValueError(f"contrastive pairs must be one of {CONTRASTIVE_PAIRS}, got {pairs!r}")
+
+
 # ---------------------------------------------------------------- reconstruction and gate
 def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, smooth_l1: bool = False) -> torch.Tensor:
     """Element mean of (pred - target)^2 (MSE) or SmoothL1 (beta 1: 0.5 d^2 if |d| < 1 else |d| - 0.5)."""
@@ -103,12 +148,22 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, smooth_l1: boo
 
 
 def gate_regularisation(gate: torch.Tensor, mode: str = "deviation") -> torch.Tensor:
-    """Penalty pushing the audio share g away from collapse onto one modality.
+    """Penalty pushing the gate away from collapse onto one modality.
 
-    gate [B, 1] (g) or [B, 2] (modality_weights: column 0 is the audio share g).
-    "deviation" (default): mean_i (g_i - 0.5)^2, in [0, 0.25], zero at g = 0.5.
+    gate [B, 1] (g, the first modality's share of two) or shares [B, M] (rows sum to 1; M = 2: column 0 is g).
+    Two modalities: "deviation" (default): mean_i (g_i - 0.5)^2, in [0, 0.25], zero at g = 0.5.
     "entropy": mean_i (log 2 - H(g_i)), H(g) = -g log g - (1 - g) log(1 - g); zero at g = 0.5.
+    M > 2 shares w: "deviation": mean_i sum_m (w_im - 1/M)^2 / 2 (the same value as above for M = 2);
+    "entropy": mean_i (log M - H(w_i)). Both zero at the uniform split.
     """
+    if gate.dim() == 2 and gate.shape[1] > 2:
+        m = gate.shape[1]
+        if mode == "deviation":
+            return (0.5 * (gate - 1.0 / m).pow(2).sum(dim=1)).mean()
+        if mode == "entropy":
+            w = gate.clamp(1e-6, 1.0)
+            return (math.log(m) + (w * w.log()).sum(dim=1)).mean()
+        raise ValueError(f"gate regularisation mode must be deviation or entropy, got {mode!r}")
     g = gate[:, 0] if gate.dim() == 2 else gate
     if mode == "deviation":
         return ((g - 0.5) ** 2).mean()

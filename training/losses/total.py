@@ -16,13 +16,17 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from avemo.training.losses.terms import (
+    CONTRASTIVE_PAIRS,
     MODALITIES,
+    REGRESSION_LOSSES,
     classification_loss,
+    contrastive_loss,
     distillation,
     gate_regularisation,
-    info_nce,
+    gaussian_distillation,
     kl_divergence,
     reconstruction_loss,
+    regression_loss,
 )
 
 HELP_SECTION = "losses"  # help section of the options below
@@ -41,7 +45,7 @@ def _option(flag: str, help: str, **more) -> dict:
 class LossWeights:
     """Static loss weights and classification options."""
 
-    ce: float = 1.0  # fused cross-entropy / focal
+    ce: float = 1.0  # the main loss: fused cross-entropy / focal, or the regression loss
     # 1.0 rather than the seeds' 0.3: a window with one modality missing is answered by the other's auxiliary head
     # (unimodal fallback), which then has to be as good as a unimodal model (issue 10's k-fold measurement)
     aux: float = field(default=1.0, metadata=_option("aux_weight", "weight of each unimodal auxiliary head's loss"))
@@ -49,8 +53,8 @@ class LossWeights:
         default=0.1,
         metadata=_option(
             "contrastive_weight",
-            "cross-modal InfoNCE weight (needs --contrastive_proj_dim > 0 and both modalities)",
-            aliases=("cl_loss_weight",),
+            "cross-modal InfoNCE weight (needs --contrastive_proj_dim > 0 and two or more modalities)",
+            aliases=("cl_loss_weight", "delta_nce"),
         ),
     )
     reconstruction: float = field(
@@ -65,7 +69,23 @@ class LossWeights:
     )
     distill: float = field(
         default=0.0,
-        metadata=_option("delta_va", "teacher -> unimodal head distillation weight (needs --teacher_audio/_video)"),
+        metadata=_option(
+            "delta_va", "teacher -> unimodal head distillation weight (needs --teacher_audio/_video/_text)"
+        ),
+    )
+    regression_loss: str = field(
+        default="mse",
+        metadata=_option(
+            "regression_loss", "main loss of a regression task (mse: seed 002; l1: MMSA's)", choices=REGRESSION_LOSSES
+        ),
+    )
+    contrastive_pairs: str = field(
+        default="all",
+        metadata=_option(
+            "contrastive_pairs",
+            "InfoNCE over every modality pair, averaged (all), or each modality against text, summed (text: seed 002)",
+            choices=CONTRASTIVE_PAIRS,
+        ),
     )
     focal_gamma: float = field(default=0.0, metadata=_option("focal_gamma", "focal loss gamma, 0 = cross-entropy"))
     focal_alpha: tuple[float, ...] | None = field(
@@ -92,7 +112,10 @@ class LossWeights:
     contrastive_temperature: float = field(
         default=0.07, metadata=_option("contrastive_temperature", "InfoNCE temperature")
     )
-    recon_modality_weights: tuple[float, float] = (1.0, 1.0)  # (audio, video) reconstruction weights
+    recon_modality_weights: tuple[float, ...] = (
+        1.0,
+        1.0,
+    )  # per-modality reconstruction weights (model order; 1 past the end)
     gate_reg_mode: str = "deviation"  # see terms.gate_regularisation
     distill_temperature: float = 2.0
 
@@ -116,49 +139,57 @@ def loss_terms(
     weights: LossWeights,
     class_weight: torch.Tensor | None = None,
     teacher_logits: dict[str, torch.Tensor] | None = None,
+    modalities: tuple[str, ...] = MODALITIES,
+    task: str = "classification",
 ) -> tuple[dict[str, tuple[torch.Tensor, float]], dict[str, float]]:
     """Raw loss tensors with their static weights: ({name: (value, weight)}, {extra log-only floats}).
 
+    ``modalities``: the model's input modalities (the order of the mask columns); ``task``: "classification"
+    (target [B] int64, logits [B, C]) or "regression" (target [B] float, logits [B, 1]: the prediction).
     Terms whose static weight is 0 or whose inputs are missing are left out. Output keys read:
-      "logits" [B, C] (required) -> "ce"
-      "audio_logits", "video_logits" [B, C] -> "aux_audio", "aux_video"; with "modality_present" [B, 2] (the
-        mask after modality dropout, training only) and ``aux_masked``, over the windows that have the modality
-      "z_audio", "z_video" [B, D] (projected) -> "contrastive"
-      "recon" + "recon_target" (any shape), and/or "recon_audio" + "recon_target_audio" (or "target_audio"),
-        "recon_video" + "recon_target_video" (or "target_video") -> "recon" (= sum of the per-modality losses
-        times recon_modality_weights; the single pair has weight 1; per-modality values are logged)
-      "gate" [B, 1] or [B, 2] -> "gate_reg" (the served "modality_weights" are not used: constant for baselines)
-      "mu_audio"/"logvar_audio", "mu_video"/"logvar_video" [B, D] -> "kl" (sum over modalities)
-      teacher_logits {"audio": [B, C], "video": [B, C], "fused": [B, C]} distilled into "audio_logits",
-        "video_logits", "logits" -> "distill" (sum over the pairs present)
+      "logits" (required) -> "ce" (classification: cross-entropy / focal) or "mse" / "l1" (regression)
+      "<m>_logits" per modality -> "aux_<m>" (the same loss as the main one); with "modality_present" [B, M]
+        (the mask after modality dropout, training only) and ``aux_masked``, over the examples that have m
+      "z_<m>" [B, P] (projected, two or more) -> "contrastive" (``contrastive_pairs``: every pair or against text)
+      "recon" + "recon_target" (any shape), and/or "recon_<m>" + "recon_target_<m>" (or "target_<m>")
+        -> "recon" (= sum of the per-modality losses times recon_modality_weights; the single pair has weight 1;
+        per-modality values are logged)
+      "gate" [B, 1] or [B, M] -> "gate_reg" (the served "modality_weights" are not used: constant for baselines)
+      "mu_<m>"/"logvar_<m>" [B, D] -> "kl" (sum over modalities)
+      teacher_logits {"<m>": ..., "fused": ...} distilled into "<m>_logits", "logits" -> "distill" (sum over the
+        pairs present; classification: temperature-scaled KL, regression: ``gaussian_distillation``)
     """
     w = weights
     terms: dict[str, tuple[torch.Tensor, float]] = {}
     extra: dict[str, float] = {}
-    weight = class_weight if w.use_class_weight else None
-    alpha = None if w.focal_alpha is None else torch.as_tensor(w.focal_alpha, dtype=torch.float32)
-    cls = lambda lg, t=target: classification_loss(lg, t, weight, w.focal_gamma, alpha, w.label_smoothing)  # noqa: E731
-    terms["ce"] = (cls(outputs["logits"]), w.ce)
-    for i, m in enumerate(MODALITIES):
+    if task == "regression":
+        main = lambda out, t=target: regression_loss(out, t, w.regression_loss)  # noqa: E731
+        main_name = w.regression_loss
+    else:
+        weight = class_weight if w.use_class_weight else None
+        alpha = None if w.focal_alpha is None else torch.as_tensor(w.focal_alpha, dtype=torch.float32)
+        main = lambda lg, t=target: classification_loss(lg, t, weight, w.focal_gamma, alpha, w.label_smoothing)  # noqa: E731
+        main_name = "ce"
+    terms[main_name] = (main(outputs["logits"]), w.ce)
+    for i, m in enumerate(modalities):
         if f"{m}_logits" not in outputs or w.aux == 0:
             continue
         logits, tgt = outputs[f"{m}_logits"], target  # [B, C], [B]
         if w.aux_masked and "modality_present" in outputs:
-            keep = outputs["modality_present"][:, i] > 0  # [B] windows whose modality the model saw
+            keep = outputs["modality_present"][:, i] > 0  # [B] examples whose modality the model saw
             if not bool(keep.any()):
                 continue
             logits, tgt = logits[keep], tgt[keep]  # [K, C], [K]
-        terms[f"aux_{m}"] = (cls(logits, tgt), w.aux)
-    if w.contrastive != 0 and "z_audio" in outputs and "z_video" in outputs:
-        terms["contrastive"] = (
-            info_nce(outputs["z_audio"], outputs["z_video"], w.contrastive_temperature),
-            w.contrastive,
-        )
+        terms[f"aux_{m}"] = (main(logits, tgt), w.aux)
+    z = {m: outputs[f"z_{m}"] for m in modalities if f"z_{m}" in outputs}
+    if w.contrastive != 0 and len(z) >= 2:
+        terms["contrastive"] = (contrastive_loss(z, w.contrastive_pairs, w.contrastive_temperature), w.contrastive)
     if w.reconstruction != 0:
         recon = []
         if "recon" in outputs and "recon_target" in outputs:
             recon.append(reconstruction_loss(outputs["recon"], outputs["recon_target"], w.use_smooth_l1))
-        for m, mw in zip(MODALITIES, w.recon_modality_weights):
+        for i, m in enumerate(modalities):
+            mw = w.recon_modality_weights[i] if i < len(w.recon_modality_weights) else 1.0
             tgt = outputs.get(f"recon_target_{m}", outputs.get(f"target_{m}"))
             if f"recon_{m}" in outputs and tgt is not None:
                 r = reconstruction_loss(outputs[f"recon_{m}"], tgt, w.use_smooth_l1)
@@ -170,7 +201,7 @@ def loss_terms(
         terms["gate_reg"] = (gate_regularisation(outputs["gate"], w.gate_reg_mode), w.gate_reg)
     if w.kl != 0:
         kls = []
-        for m in MODALITIES:
+        for m in modalities:
             if f"mu_{m}" in outputs and f"logvar_{m}" in outputs:
                 kls.append(kl_divergence(outputs[f"mu_{m}"], outputs[f"logvar_{m}"]))
                 extra[f"kl_{m}"] = float(kls[-1].detach())
@@ -181,7 +212,10 @@ def loss_terms(
         for name, t in teacher_logits.items():
             key = "logits" if name == "fused" else f"{name}_logits"
             if key in outputs:
-                ds.append(distillation(outputs[key], t, w.distill_temperature))
+                if task == "regression":
+                    ds.append(gaussian_distillation(outputs[key], t))
+                else:
+                    ds.append(distillation(outputs[key], t, w.distill_temperature))
                 extra[f"distill_{name}"] = float(ds[-1].detach())
         if ds:
             terms["distill"] = (sum(ds[1:], ds[0]), w.distill)
@@ -215,11 +249,13 @@ def compute_losses(
     class_weight: torch.Tensor | None = None,
     teacher_logits: dict[str, torch.Tensor] | None = None,
     dynamic: dict[str, float] | None = None,
+    modalities: tuple[str, ...] = MODALITIES,
+    task: str = "classification",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """All losses the outputs allow (keys: see ``loss_terms``) -> (total scalar, parts dict of floats).
 
     ``dynamic`` {part name: multiplier} comes from ``LossWeighter.weights``; missing names use 1.
     With only "logits" + aux logits this equals ``terms.total_loss`` with the same aux weight, exactly.
     """
-    terms, extra = loss_terms(outputs, target, weights, class_weight, teacher_logits)
+    terms, extra = loss_terms(outputs, target, weights, class_weight, teacher_logits, modalities, task)
     return combine(terms, dynamic, extra)

@@ -83,10 +83,49 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
+# State-dict names of clip checkpoints written before the encoders, norms and heads were keyed by modality:
+# old prefix -> new prefix (applied to the start of each key, first match wins).
+LEGACY_PREFIXES = tuple(
+    (f"{old}{m}{sep}", new.format(m=m))
+    for m in ("audio", "video")
+    for old, sep, new in (
+        ("", "_encoder.", "encoders.{m}."),
+        ("", "_norm.", "norms.{m}."),
+        ("", "_aux.", "aux.{m}."),
+        ("", "_variational.", "variational.{m}."),
+        ("", "_proj.", "proj.{m}."),
+        ("fusion.", "_head.", "fusion.heads.{m}."),  # late
+        ("fusion.enc_", ".", "fusion.enc.{m}."),  # hierarchical
+        ("fusion.dec_", ".", "fusion.dec.{m}."),
+    )
+) + (
+    ("fusion.audio_to_video.", "fusion.attend.audio_to_video."),  # xattn
+    ("fusion.video_to_audio.", "fusion.attend.video_to_audio."),
+    ("fusion.norm_a.", "fusion.norms.audio."),
+    ("fusion.norm_v.", "fusion.norms.video."),
+)
+
+
+def upgrade_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict with the old per-attribute names (``audio_encoder.*``, ``fusion.norm_a.*``, ...) renamed to
+    the modality-keyed ones (``encoders.audio.*``, ``fusion.norms.audio.*``); a current one is returned as is.
+    The parameters keep their order, so an old run's optimiser state still matches on ``--resume``."""
+    if not any(k.startswith(("audio_encoder.", "video_encoder.")) for k in state_dict):
+        return state_dict
+    out = {}
+    for k, v in state_dict.items():
+        for old, new in LEGACY_PREFIXES:
+            if k.startswith(old):
+                k = new + k[len(old) :]
+                break
+        out[k] = v
+    return out
+
+
 def model_from_checkpoint(path_or_ckpt: str | os.PathLike | dict) -> tuple[FusionModel, dict]:
     """Rebuild the model (eval mode) from a checkpoint; returns (model, checkpoint dict)."""
     ckpt = path_or_ckpt if isinstance(path_or_ckpt, dict) else load_checkpoint(path_or_ckpt)
     cfg = ModelConfig.from_dict(ckpt["model_config"])
     model = build_model(cfg, WindowGeometry.from_dict(ckpt["geometry"]))
-    model.load_state_dict(ckpt["state_dict"])
+    model.load_state_dict(upgrade_state_dict(ckpt["state_dict"]))
     return model.eval(), ckpt

@@ -10,11 +10,26 @@ from dataclasses import asdict, dataclass, field, fields
 
 from avemo.contract.geometry import HOP_LENGTH, N_FFT, N_MELS
 
-# fusion methods and unimodal baselines (see training/models/fusion.py); the first three are the original set
-FUSIONS = ("gated", "audio", "video", "late", "concat", "xattn", "uncertainty", "gated_uncertainty", "hierarchical")
+# fusion methods and unimodal baselines (see training/models/fusion.py); the first three are the original set,
+# "text" is the text-only baseline of the feature datasets
+FUSIONS = (
+    "gated",
+    "audio",
+    "video",
+    "late",
+    "concat",
+    "xattn",
+    "uncertainty",
+    "gated_uncertainty",
+    "hierarchical",
+    "text",
+)
 VIDEO_POOLINGS = ("meanmax", "mean", "attention")
 # what the fusions put in the model's outputs (training/models/fusion.py), for the loss-flag checks
-UNIMODAL_FUSIONS = ("audio", "video")  # one encoder: no cross-modal (contrastive) term
+UNIMODAL_FUSIONS = ("audio", "video", "text")  # one encoder: no cross-modal (contrastive) term
+CLIP_MODALITIES = ("audio", "video")  # the clip model's inputs, in the serving contract's mask order
+TASKS = ("classification", "regression")
+FEATURE_ENCODERS = ("mlp", "lstm", "transformer")  # see training/models/feature_encoders.py
 GATE_FUSIONS = ("hierarchical", "gated_uncertainty")  # output "gate" [B, 1], read by the gate regulariser
 RECONSTRUCTION_FUSIONS = ("hierarchical",)  # output recon* / target_*, read by the reconstruction loss
 
@@ -28,6 +43,23 @@ class ModelConfig:
         metadata={"help": "fusion method or unimodal baseline", "choices": FUSIONS, "group": HELP_SECTION},
     )
     num_classes: int = 8  # 8 RAVDESS emotions or the 4-class mapping (set from TrainConfig.num_classes)
+    # --- what the model reads and predicts (set from the data by the trainer; the defaults are the clip model)
+    modalities: tuple[str, ...] = CLIP_MODALITIES  # input modalities = the columns of the mask [B, M], in order
+    task: str = "classification"  # or "regression": one output (e.g. MOSEI sentiment in [-3, 3])
+    input_dims: dict = field(default_factory=dict)  # feature models: modality -> feature size; empty = clip model
+    seq_lens: dict = field(default_factory=dict)  # feature models: modality -> padded sequence length of the data
+    feature_encoder: str = field(
+        default="mlp",
+        metadata={
+            "help": "feature datasets: encoder of each modality's feature sequence (mlp over the masked mean, "
+            "lstm, transformer)",
+            "choices": FEATURE_ENCODERS,
+            "group": HELP_SECTION,
+        },
+    )
+    feature_dropout: float = 0.1  # feature encoders: dropout on their input features
+    transformer_layers: int = 1  # feature transformer encoder: layers
+    transformer_heads: int = 4  # feature transformer encoder: attention heads (embed_dim must be divisible)
     n_fft: int = N_FFT  # STFT size of the in-graph log-mel front end
     hop_length: int = HOP_LENGTH  # STFT hop (samples)
     n_mels: int = N_MELS  # mel bands
@@ -47,7 +79,7 @@ class ModelConfig:
             "group": HELP_SECTION,
         },
     )
-    gate_init_audio: float = 0.3  # initial audio share of the gate (video favoured at start)
+    gate_init_audio: float = 0.3  # initial share of the first modality in the gates (clips: audio; video favoured)
     logmel_mean: float = -6.0  # log-mel normalisation, overwritten from training data statistics
     logmel_std: float = 4.0
     # --- optional extensions; every default keeps the original model (same parameters, same forward)
@@ -95,10 +127,20 @@ class ModelConfig:
         },
     )
 
+    @property
+    def num_outputs(self) -> int:
+        """Size of the model's output: the number of classes, or 1 for regression."""
+        return 1 if self.task == "regression" else self.num_classes
+
+    @property
+    def is_feature_model(self) -> bool:
+        """True for a model over pre-extracted feature sequences (text / audio / video features)."""
+        return bool(self.input_dims)
+
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["audio_channels"] = list(self.audio_channels)
-        d["video_channels"] = list(self.video_channels)
+        for k in ("audio_channels", "video_channels", "modalities"):
+            d[k] = list(getattr(self, k))
         return d
 
     @classmethod
@@ -109,4 +151,6 @@ class ModelConfig:
         for k in ("audio_channels", "video_channels"):
             if k in kw:
                 kw[k] = tuple(int(x) for x in kw[k])
+        if "modalities" in kw:
+            kw["modalities"] = tuple(kw["modalities"])
         return cls(**kw)
