@@ -78,7 +78,9 @@ def test_late_fusion_averages_unimodal_probabilities(cfg, inputs, geo):
     out = model(audio, frames, mask)
     h_a = model.norms["audio"](model.encoders["audio"](audio))
     h_v = model.norms["video"](model.encoders["video"](frames))
-    p = 0.5 * (torch.softmax(model.fusion.heads["audio"](h_a), -1) + torch.softmax(model.fusion.heads["video"](h_v), -1))
+    p = 0.5 * (
+        torch.softmax(model.fusion.heads["audio"](h_a), -1) + torch.softmax(model.fusion.heads["video"](h_v), -1)
+    )
     torch.testing.assert_close(torch.softmax(out["logits"], -1), p)
     torch.testing.assert_close(out["modality_weights"], torch.full((2, 2), 0.5))
 

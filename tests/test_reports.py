@@ -55,7 +55,11 @@ class FakeWindows(torch.utils.data.Dataset):
 
 
 class Recorder(nn.Module):
-    """Records what predict() feeds the model; logits depend on the audio."""
+    """Records what predict() feeds the model; logits depend on the audio. Declares the clip model's
+    modalities and input names, as every ``FusionModel`` does."""
+
+    modalities = ("audio", "video")
+    input_names = ("audio", "frames")
 
     def __init__(self):
         super().__init__()

@@ -71,20 +71,34 @@ def refuse_inapplicable(cfg, given_flags: dict[str, str]) -> None:
     )
     fusion = m.fusion
     refuse(("gate_alpha",), fusion == "gated_uncertainty", f"only applies to --fusion gated_uncertainty (got {fusion})")
-    contrastive = ("contrastive", "delta_nce", "contrastive_temperature")
+    contrastive = ("contrastive", "delta_nce", "contrastive_temperature", "contrastive_pairs")
+    several = fusion not in UNIMODAL_FUSIONS and len(cfg.modalities) != 1
     refuse(
         (*contrastive, "contrastive_proj_dim"),
-        fusion not in UNIMODAL_FUSIONS,
-        f"needs both modalities: the InfoNCE loss pairs audio and video embeddings (got --fusion {fusion})",
+        several,
+        f"needs two or more modalities: the InfoNCE loss pairs their embeddings (got --fusion {fusion}"
+        f"{', --modalities ' + cfg.modalities if cfg.modalities else ''})",
     )
     refuse(
         contrastive,
         m.contrastive_proj_dim > 0,
-        "needs --contrastive_proj_dim > 0: the InfoNCE loss reads the projected embeddings z_audio / z_video",
+        "needs --contrastive_proj_dim > 0: the InfoNCE loss reads the projected embeddings z_<modality>",
+    )
+    clips_only = ("face_crop", "video_augment", "split_mode", "use_resnet_audio", "use_resnet_video", "spec_augment")
+    refuse(clips_only, not cfg.is_features, f"applies to clips (--dataset ravdess) only (got --dataset {cfg.dataset})")
+    refuse(
+        ("feature_encoder", "regression_loss"),
+        cfg.is_features,
+        f"applies to feature datasets (--dataset mosi|mosei|sims) only (got --dataset {cfg.dataset})",
+    )
+    refuse(
+        ("regression_loss",),
+        cfg.resolved_task == "regression",
+        "applies to --task regression only",
     )
     refuse(
         ("aux",),
-        fusion not in UNIMODAL_FUSIONS,
+        several,
         f"weights the unimodal auxiliary heads of a fusion model; --fusion {fusion} has none",
     )
     refuse(
@@ -139,10 +153,45 @@ def corpus_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_option(p, "overwrite", action="store_true", help="re-render clips that already exist")
     add_option(p, "no_progress", action="store_true", help="no progress bar")
+    feat = p.add_argument_group("feature files (--format mosi|mosei|sims: an MMSA pickle instead of clips)")
+    add_option(
+        feat,
+        "format",
+        choices=("ravdess", "mosi", "mosei", "sims"),
+        default="ravdess",
+        help="ravdess: MP4 clips in RAVDESS layout; mosi / mosei / sims: one feature file in MMSA's layout "
+        "(aligned_50.pkl / unaligned_50.pkl keys, dims and conventions), written to --out (default: %(default)s)",
+    )
+    add_option(feat, "aligned", action="store_true", help="word-aligned file (every modality 50 steps)")
+    add_option(
+        feat,
+        "samples",
+        type=int,
+        nargs=3,
+        metavar=("TRAIN", "VALID", "TEST"),
+        default=None,
+        help="examples per split (default: a small file; MOSEI's real sizes are 16326 1871 4659)",
+    )
 
 
 def corpus_run(args: argparse.Namespace) -> int:
     from avemo.training.synthetic.corpus import generate_corpus
+
+    if args.format != "ravdess":
+        from avemo.training.synthetic.features import write_mmsa_file
+
+        out = (
+            args.out if "out" in given(args) else Path(f"data/{args.format}_{'' if args.aligned else 'un'}aligned.pkl")
+        )
+        path = write_mmsa_file(
+            out,
+            dataset=args.format,
+            aligned=args.aligned,
+            samples=tuple(args.samples) if args.samples else None,
+            seed=args.seed,
+        )
+        print(f"{args.format} feature file ({'aligned' if args.aligned else 'unaligned'}) in {path}")
+        return 0
 
     files = generate_corpus(
         args.out,
@@ -223,7 +272,16 @@ def losses_from_args(args: argparse.Namespace):
 
 
 def train_arguments(p: argparse.ArgumentParser) -> None:
+    from avemo.training.train.presets import PRESETS
+
     run_options(p)
+    add_option(
+        p,
+        "preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="a guide's model by name (flags given on the command line win; see docs/features.md)",
+    )
     add_option(p, "tiny", action="store_true", help=argparse.SUPPRESS)  # tiny encoders (tests, smoke runs)
     add_option(p, "json", action="store_true", help="print the final metrics as JSON")
 
@@ -232,9 +290,17 @@ def train_config_from_args(args: argparse.Namespace):
     """The TrainConfig of an `avemo train` command line (UsageError for flags that would do nothing)."""
     from avemo.training.models.config import ModelConfig
     from avemo.training.train.compare import TINY_MODEL
-    from avemo.training.train.config import TrainConfig
+    from avemo.training.train.config import FEATURE_DATASETS, TrainConfig
 
     flags = given(args)
+    preset = {}
+    if getattr(args, "preset", None):
+        from avemo.training.train.presets import PRESETS, apply_preset
+
+        apply_preset(args, args.preset, flags)
+        preset = PRESETS[args.preset]
+    if args.dataset in FEATURE_DATASETS and "num_classes" not in flags and "num_classes" not in preset:
+        args.num_classes = 7  # the rounded sentiment score (used with --task classification only)
     model = config_from_args(ModelConfig, args, num_classes=args.num_classes)
     if args.tiny:
         model = replace(model, **TINY_MODEL)
@@ -244,11 +310,23 @@ def train_config_from_args(args: argparse.Namespace):
     return _checked(cfg, flags)
 
 
+@contextlib.contextmanager
+def feature_file_errors():
+    """A bad or hostile feature file ends the command with its one-line message (file, split, key, expected),
+    not a traceback."""
+    from avemo.training.data.safe_pickle import FeatureFileError
+
+    try:
+        yield
+    except FeatureFileError as e:
+        raise SystemExit(f"avemo: {e}") from None
+
+
 def train_run(args: argparse.Namespace) -> int:
     from avemo.training.train.loop import train
 
     cfg = train_config_from_args(args)
-    with progress_to_stderr(args.json):
+    with progress_to_stderr(args.json), feature_file_errors():
         results = train(cfg)
     if "fusion" not in results:  # a torchrun rank other than 0: rank 0 prints
         return 0
@@ -260,6 +338,13 @@ def train_run(args: argparse.Namespace) -> int:
 
 
 def summary_line(results: dict) -> str:
+    if "regression" in results.get("test", {}):
+        r = results["test"]["regression"]
+        return (
+            f"{results['fusion']}: test corr {r['Corr']:.3f}, MAE {r['MAE']:.3f}, MSE {r['MSE']:.3f}, "
+            f"Acc-2 (non-zero) {r.get('Non0_acc_2', float('nan')):.3f}, Acc-7 {r.get('Mult_acc_7', float('nan')):.3f} "
+            f"({results['test']['n']} examples); checkpoint {results['checkpoint']}"
+        )
     test = results.get("test", {}).get("clip", {})
     return (
         f"{results['fusion']}: test clip macro-F1 {test.get('macro_f1', float('nan')):.3f}, "
@@ -269,7 +354,7 @@ def summary_line(results: dict) -> str:
 
 
 # ---------------------------------------------------------------- evaluate
-EVALUATE_FIELDS = ("cache_dir", "face_crop", "split_mode", "fold", "folds", "seed", "progress")
+EVALUATE_FIELDS = ("dataset", "modalities", "cache_dir", "face_crop", "split_mode", "fold", "folds", "seed", "progress")
 
 
 def evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -284,8 +369,8 @@ def evaluate_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=[Path(TrainConfig.data_root)],
         metavar="ROOT",
-        help="RAVDESS-layout folder(s); with several, each is evaluated and the mean ± std printed "
-        "(default: %(default)s)",
+        help="RAVDESS-layout folder(s); with several, each is evaluated and the mean ± std printed; "
+        "or a feature file with --dataset mosi|mosei|sims (default: %(default)s)",
     )
     add_option(
         p,
@@ -298,7 +383,7 @@ def evaluate_arguments(p: argparse.ArgumentParser) -> None:
     add_option(
         p,
         "drop",
-        choices=("audio", "video"),
+        choices=("audio", "video", "text"),
         default=None,
         help="missing modality: zero that input and set its modality_mask entry to 0",
     )
@@ -337,6 +422,8 @@ def evaluate_run(args: argparse.Namespace) -> int:
     from avemo.training.models.checkpoint import model_from_checkpoint
 
     cfg = evaluate_config_from_args(args)  # usage errors before loading anything
+    if cfg.is_features:
+        return evaluate_features_run(args, cfg)
     missing = [str(r) for r in args.data_root if not Path(r).is_dir()]
     if missing:
         raise UsageError(f"--data_root: no such folder {', '.join(missing)}")
@@ -396,6 +483,34 @@ def evaluate_run(args: argparse.Namespace) -> int:
             f"accuracy {mean['accuracy']['mean']:.3f} ± {mean['accuracy']['std']:.3f} (mean ± std)"
         )
     print(json.dumps(doc, indent=2) if args.json else text)
+    return 0
+
+
+def evaluate_features_run(args: argparse.Namespace, cfg) -> int:
+    """``avemo evaluate CKPT --dataset mosi|mosei|sims --data_root FILE``: one feature file, one split."""
+    from avemo.training.evaluation.feature_eval import evaluate_feature_checkpoint, feature_summary
+    from avemo.training.models.checkpoint import model_from_checkpoint
+
+    if len(args.data_root) != 1 or not Path(args.data_root[0]).is_file():
+        raise UsageError(f"--data_root: --dataset {cfg.dataset} takes one feature file (got {args.data_root})")
+    for flag in ("noise", "report_dir"):
+        if getattr(args, flag) is not None:
+            raise UsageError(f"--{flag} applies to clips (--dataset ravdess) only")
+    model, ckpt = model_from_checkpoint(args.checkpoint)
+    if cfg.modalities:
+        from avemo.training.data.features import parse_modalities
+
+        if parse_modalities(cfg.modalities) != tuple(ckpt["model_config"]["modalities"]):
+            raise UsageError(
+                f"--modalities {cfg.modalities}: the checkpoint reads {', '.join(ckpt['model_config']['modalities'])}"
+                " (use --drop to evaluate it without one)"
+            )
+    with feature_file_errors():
+        res = evaluate_feature_checkpoint(
+            model, ckpt, args.data_root[0], cfg.dataset, cfg.cache_dir, args.split, args.drop, cfg.progress
+        )
+    res["checkpoint"] = str(args.checkpoint)
+    print(json.dumps(res, indent=2) if args.json else feature_summary(res))
     return 0
 
 

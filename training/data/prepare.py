@@ -104,3 +104,43 @@ def prepare_split(
     ds = _dataset(items, cached, geometry, train=False, seed=seed)
     info = {"problems": problems, "actors": sorted({it.name.actor for it in items}), "clips": len(ds.clips)}
     return ds, info
+
+
+FEATURE_SPLITS = {"train": "train", "val": "valid", "test": "test"}  # our split name -> MMSA's
+
+
+def prepare_features(
+    data_root: str | Path,
+    cache_dir: str | Path,
+    dataset: str,
+    modalities: tuple[str, ...],
+    task: str,
+    num_classes: int,
+    progress: bool = True,
+) -> tuple[dict, dict]:
+    """A feature file (MMSA pickle: MOSI / MOSEI / SIMS) -> ({"train", "val", "test": FeatureDataset}, info).
+
+    The file is validated and converted once into a memory-mapped cache under ``cache_dir``
+    (``feature_cache.open_features``); info holds the dataset, its feature sizes, padded lengths and
+    sample counts, which the trainer stores in the model's config.
+    """
+    from avemo.training.data.feature_cache import open_features
+    from avemo.training.data.features import FeatureDataset
+
+    corpus = open_features(data_root, cache_dir, dataset=dataset, progress=progress)
+    datasets = {}
+    for ours, theirs in FEATURE_SPLITS.items():
+        ds = FeatureDataset(corpus.splits[theirs], modalities, task, num_classes)
+        ds.dataset_name = dataset  # the metrics' definitions depend on it (SIMS' label range differs)
+        datasets[ours] = ds
+    info = {
+        "dataset": dataset,
+        "feature_file": str(data_root),
+        "aligned": corpus.aligned,
+        "modalities": list(modalities),
+        "input_dims": {m: int(corpus.dims[m]) for m in modalities},
+        "seq_lens": {m: int(corpus.seq_lens[m]) for m in modalities},
+        "samples": {k: len(v) for k, v in datasets.items()},
+        "problems": [],
+    }
+    return datasets, info

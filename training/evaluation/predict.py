@@ -14,59 +14,75 @@ from torch.utils.data import DataLoader
 
 from avemo.contract.progress import progress as progress_bar
 from avemo.training.evaluation.metrics import classification_metrics
+from avemo.training.evaluation.sentiment_metrics import regression_metrics
+from avemo.training.models.model import model_inputs
+
+
+def _answers(model: torch.nn.Module, o: dict[str, torch.Tensor], out: dict[str, list]) -> None:
+    """One batch of outputs into the lists of ``predict``: probabilities (classification) or the predicted
+    value (regression), for the fused answer and each auxiliary head."""
+    regression = getattr(model, "task", "classification") == "regression"
+    for name in ("", *(f"{m}_" for m in model.modalities)):
+        logits = o.get(f"{name}logits")
+        if logits is None:
+            continue
+        if regression:
+            out.setdefault(f"{name}prediction", []).append(logits.float()[:, 0].cpu().numpy())
+        else:
+            out.setdefault(f"{name}probs", []).append(torch.softmax(logits.float(), -1).cpu().numpy())
+    out.setdefault("modality_weights", []).append(o["modality_weights"].float().cpu().numpy())
 
 
 @torch.no_grad()
 def predict(
     model: torch.nn.Module, ds, batch_size: int = 64, progress: bool = False, desc: str = "eval"
 ) -> dict[str, np.ndarray]:
-    """Window-level answers: probs [N, C], modality_weights [N, 2], audio_probs / video_probs [N, C]
-    (fusion models' auxiliary heads only), clip [N] (clip index in ``ds.clips``), label [N]."""
+    """Window-level answers (a feature example is one "window" of its own "clip"): probs [N, C] and
+    <m>_probs [N, C] per auxiliary head (classification) or prediction [N] and <m>_prediction [N]
+    (regression), modality_weights [N, M], clip [N] (clip index in the dataset), label [N]."""
     model.eval()
     device = next(model.parameters(), torch.empty(0)).device
-    out: dict[str, list] = {
-        "probs": [],
-        "modality_weights": [],
-        "audio_probs": [],
-        "video_probs": [],
-        "clip": [],
-        "label": [],
-    }
+    out: dict[str, list] = {}
     for batch in progress_bar(DataLoader(ds, batch_size=batch_size), desc=desc, leave=False, disable=not progress):
-        o = model(batch["audio"].to(device), batch["frames"].to(device), batch["mask"].to(device))
-        out["probs"].append(torch.softmax(o["logits"].float(), -1).cpu().numpy())
-        out["modality_weights"].append(o["modality_weights"].float().cpu().numpy())
-        for m in ("audio", "video"):
-            if f"{m}_logits" in o:
-                out[f"{m}_probs"].append(torch.softmax(o[f"{m}_logits"].float(), -1).cpu().numpy())
-        out["clip"].append(batch["clip"].numpy())
-        out["label"].append(np.asarray(batch["label"]))
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        _answers(model, model(*model_inputs(model, batch)), out)
+        out.setdefault("clip", []).append(batch["clip"].cpu().numpy())
+        out.setdefault("label", []).append(np.asarray(batch["label"].cpu()))
     return {k: np.concatenate(v) for k, v in out.items() if v}
 
 
-KEEPS = {"full": (1.0, 1.0), "no_audio": (0.0, 1.0), "no_video": (1.0, 0.0)}  # condition -> (audio, video) kept
+# condition -> modalities kept; "no_<m>" drops modality m
+def condition_keeps(condition: str, modalities: tuple[str, ...]) -> tuple[float, ...]:
+    """ "full" keeps every modality, "no_<m>" drops m: one keep value (1 or 0) per modality."""
+    if condition == "full":
+        return tuple(1.0 for _ in modalities)
+    dropped = condition.removeprefix("no_")
+    if not condition.startswith("no_") or dropped not in modalities:
+        raise ValueError(f"condition must be full or no_<modality> with one of {modalities}, got {condition!r}")
+    return tuple(0.0 if m == dropped else 1.0 for m in modalities)
+
+
+KEEPS = {c: condition_keeps(c, ("audio", "video")) for c in ("full", "no_audio", "no_video")}  # the clip model's
 
 
 @torch.no_grad()
 def predict_conditions(
     model: torch.nn.Module, ds, conditions: list[str], batch_size: int = 64
 ) -> dict[str, dict[str, np.ndarray]]:
-    """``predict`` under several ``KEEPS`` conditions with one encoder pass per batch
+    """``predict`` under several conditions ("full", "no_<m>") with one encoder pass per batch
     (``FusionModel.forward_dropping``): {condition: the arrays ``predict`` returns}. A dropped
     modality is exactly what ``PerturbedDataset(drop=...)`` gives: no content, mask entry 0."""
     model.eval()
     device = next(model.parameters(), torch.empty(0)).device
-    keeps = [KEEPS[c] for c in conditions]
-    out = {c: {"probs": [], "modality_weights": [], "clip": [], "label": []} for c in conditions}
+    keeps = [condition_keeps(c, model.modalities) for c in conditions]
+    out: dict[str, dict[str, list]] = {c: {} for c in conditions}
     for batch in DataLoader(ds, batch_size=batch_size):
-        outs = model.forward_dropping(
-            batch["audio"].to(device), batch["frames"].to(device), batch["mask"].to(device), keeps
-        )
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        outs = model.forward_dropping(*model_inputs(model, batch), keeps=keeps)
         for c, o in zip(conditions, outs):
-            out[c]["probs"].append(torch.softmax(o["logits"].float(), -1).cpu().numpy())
-            out[c]["modality_weights"].append(o["modality_weights"].float().cpu().numpy())
-            out[c]["clip"].append(batch["clip"].numpy())
-            out[c]["label"].append(np.asarray(batch["label"]))
+            _answers(model, o, out[c])
+            out[c].setdefault("clip", []).append(batch["clip"].cpu().numpy())
+            out[c].setdefault("label", []).append(np.asarray(batch["label"].cpu()))
     return {c: {k: np.concatenate(v) for k, v in arrays.items()} for c, arrays in out.items()}
 
 
@@ -85,18 +101,26 @@ def window_cross_entropy(pred: dict[str, np.ndarray]) -> float:
     return float(-np.log(np.maximum(p, 1e-12)).mean())
 
 
-def evaluate_predictions(pred: dict[str, np.ndarray], labels: list[str]) -> dict:
-    """{"window": metrics + "loss" (``window_cross_entropy``), "clip": metrics,
-    "mean_modality_weights": [audio, video]} of ``predict``'s output."""
+def evaluate_predictions(pred: dict[str, np.ndarray], labels: list[str], dataset: str = "mosei") -> dict:
+    """Classification: {"window": metrics + "loss" (``window_cross_entropy``), "clip": metrics,
+    "mean_modality_weights": [per modality]} of ``predict``'s output.
+    Regression: {"regression": MMSA's metrics of ``dataset`` (``sentiment_metrics.regression_metrics``),
+    "loss": the mean squared error, "mean_modality_weights"}."""
+    weights = pred["modality_weights"].mean(0).tolist()
+    if "prediction" in pred:
+        m = regression_metrics(pred["prediction"], pred["label"], dataset)
+        return {"regression": m, "loss": m["MSE"], "n": int(len(pred["label"])), "mean_modality_weights": weights}
     _, y, mean = clip_means(pred)
     return {
         "window": classification_metrics(pred["label"], pred["probs"].argmax(1), labels)
         | {"loss": window_cross_entropy(pred)},
         "clip": classification_metrics(y, mean.argmax(1), labels),
-        "mean_modality_weights": pred["modality_weights"].mean(0).tolist(),
+        "mean_modality_weights": weights,
     }
 
 
 def evaluate(model: torch.nn.Module, ds, labels: list[str], progress: bool = False, desc: str = "eval") -> dict:
-    """``evaluate_predictions(predict(model, ds), labels)``."""
-    return evaluate_predictions(predict(model, ds, progress=progress, desc=desc), labels)
+    """``evaluate_predictions(predict(model, ds), labels)`` (the dataset's name picks the regression metrics)."""
+    return evaluate_predictions(
+        predict(model, ds, progress=progress, desc=desc), labels, getattr(ds, "dataset_name", "mosei")
+    )

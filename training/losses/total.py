@@ -54,7 +54,7 @@ class LossWeights:
         metadata=_option(
             "contrastive_weight",
             "cross-modal InfoNCE weight (needs --contrastive_proj_dim > 0 and two or more modalities)",
-            aliases=("cl_loss_weight", "delta_nce"),
+            aliases=("cl_loss_weight",),
         ),
     )
     reconstruction: float = field(

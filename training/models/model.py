@@ -67,8 +67,10 @@ class FusionModel(nn.Module):
         sequence: bool = False,
         unimodal_fallback: bool = False,
         input_names: tuple[str, ...] | None = None,
+        task: str = "classification",
     ):
         super().__init__()
+        self.task = task  # "classification" (logits over classes) or "regression" (one value)
         self.modalities = tuple(modalities or encoders)
         self.input_names = tuple(input_names or self.modalities)
         if set(encoders) - set(self.modalities):
@@ -249,6 +251,7 @@ def build_model(cfg: ModelConfig, geometry: WindowGeometry) -> FusionModel:
         sequence=seq_dim > 0,
         unimodal_fallback=cfg.unimodal_fallback,
         input_names=input_names,
+        task=cfg.task,
     )
 
 

@@ -22,6 +22,12 @@ from avemo.training.models.fusion import VARIATIONAL_FUSIONS
 from avemo.training.train.runtime import AMP_MODES, CHANNELS_LAST_MODES, DEVICES
 
 WEIGHT_DECAY_SCOPES = ("all", "matrices")  # see avemo.training.train.loop.make_optimizer
+# --dataset: the clips (RAVDESS layout) or a pre-extracted feature file (MMSA pickle)
+CLIP_DATASETS = ("ravdess",)
+FEATURE_DATASETS = ("mosi", "mosei", "sims")
+DATASETS = CLIP_DATASETS + FEATURE_DATASETS
+TASK_CHOICES = ("auto", "classification", "regression")
+CLASS_COUNTS = {"ravdess": (8, 4), "mosi": (2, 3, 7), "mosei": (2, 3, 7), "sims": (2, 3, 5)}
 
 # help sections, in the order ``avemo train --help`` shows them
 DATA = "data and split"
@@ -39,7 +45,35 @@ def _opt(help: str, group: str, **more) -> dict:
 
 @dataclass
 class TrainConfig:
-    data_root: str = field(default="data/corpus", metadata=_opt("RAVDESS-layout folder (Actor_XX/...)", DATA))
+    dataset: str = field(
+        default="ravdess",
+        metadata=_opt(
+            "ravdess: audio-video clips in RAVDESS layout; mosi / mosei / sims: an MMSA feature pickle "
+            "(text, audio, video features)",
+            DATA,
+            choices=DATASETS,
+        ),
+    )
+    data_root: str = field(
+        default="data/corpus",
+        metadata=_opt("RAVDESS-layout folder (Actor_XX/...), or the feature file (aligned_50.pkl, ...)", DATA),
+    )
+    modalities: str = field(
+        default="",
+        metadata=_opt(
+            "modalities to read, letters of a(udio) t(ext) v(ideo): atv, at, av, tv, a, t, v "
+            "(default: all the dataset has; one letter = that modality's unimodal model)",
+            DATA,
+        ),
+    )
+    task: str = field(
+        default="auto",
+        metadata=_opt(
+            "auto = classification for ravdess, regression of the sentiment score for mosi / mosei / sims",
+            DATA,
+            choices=TASK_CHOICES,
+        ),
+    )
     cache_dir: str = field(default="cache", metadata=_opt("decoded-clip cache (built once, reused)", DATA))
     face_crop: str = field(
         default="auto",
@@ -58,7 +92,16 @@ class TrainConfig:
             choices=VIDEO_AUGMENTS,
         ),
     )
-    num_classes: int = field(default=8, metadata=_opt("8 emotions or the 4-class mapping", DATA, choices=(4, 8)))
+    num_classes: int = field(
+        default=8,
+        metadata=_opt(
+            "ravdess: 8 emotions or the 4-class mapping; features (classification): 2 (negative / non-negative), "
+            "3 (negative / neutral / positive), 7 (the rounded score; sims: 5)",
+            DATA,
+            choices=(2, 3, 4, 5, 7, 8),
+            default_text="8; 7 for feature classification",
+        ),
+    )
     split_mode: str = field(
         default="actor",
         metadata=_opt("actor (fixed actor lists), kfold (by actor) or stratified", DATA, choices=SPLIT_MODES),
@@ -104,6 +147,10 @@ class TrainConfig:
         default="",
         metadata=_opt("frozen video-only checkpoint distilled into the video head (needs --delta_va)", LOSSES),
     )
+    teacher_text: str = field(
+        default="",
+        metadata=_opt("frozen text-only checkpoint distilled into the text head (needs --delta_va)", LOSSES),
+    )
     tensorboard: bool = field(default=True, metadata=_opt("TensorBoard event files in <out_dir>/tensorboard", RUN))
     wandb: bool = field(
         default=False,
@@ -136,6 +183,22 @@ class TrainConfig:
         keys = ("num_classes", "split_mode", "folds", "fold", "seed", "face_crop", "video_augment")
         return {k: getattr(self, k) for k in keys}
 
+    @property
+    def is_features(self) -> bool:
+        """A feature dataset (MMSA pickle) rather than clips."""
+        return self.dataset in FEATURE_DATASETS
+
+    @property
+    def resolved_task(self) -> str:
+        """``task`` with "auto" decided: regression for the feature datasets, classification for the clips."""
+        if self.task != "auto":
+            return self.task
+        return "regression" if self.is_features else "classification"
+
+    def teachers(self) -> dict[str, str]:
+        """{modality: checkpoint path} of the given ``--teacher_*`` flags."""
+        return {m: getattr(self, f"teacher_{m}") for m in ("text", "audio", "video") if getattr(self, f"teacher_{m}")}
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["model"] = self.model.to_dict()
@@ -157,7 +220,8 @@ def check_config(cfg: TrainConfig) -> None:
         ("--split_mode", cfg.split_mode, SPLIT_MODES),
         ("--face_crop", cfg.face_crop, FACE_CROP_METHODS),
         ("--video_augment", cfg.video_augment, VIDEO_AUGMENTS),
-        ("--num_classes", cfg.num_classes, (4, 8)),
+        ("--dataset", cfg.dataset, DATASETS),
+        ("--task", cfg.task, TASK_CHOICES),
         ("--loss_weighting", cfg.loss_weighting, MODES),
         ("--device", cfg.device, DEVICES),
         ("--amp", cfg.amp, AMP_MODES),
@@ -168,18 +232,36 @@ def check_config(cfg: TrainConfig) -> None:
     ):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))} (got {value!r})")
+    if cfg.resolved_task == "classification" and cfg.num_classes not in CLASS_COUNTS[cfg.dataset]:
+        raise ValueError(
+            f"--num_classes must be one of {', '.join(map(str, CLASS_COUNTS[cfg.dataset]))} for --dataset "
+            f"{cfg.dataset} (got {cfg.num_classes})"
+        )
+    if cfg.dataset in CLIP_DATASETS and cfg.resolved_task != "classification":
+        raise ValueError(
+            f"--task regression needs a feature dataset with a sentiment score (got --dataset {cfg.dataset})"
+        )
+    if cfg.modalities:
+        letters = set("av") if cfg.dataset in CLIP_DATASETS else set("atv")
+        if not set(cfg.modalities) <= letters or len(set(cfg.modalities)) != len(cfg.modalities):
+            raise ValueError(
+                f"--modalities takes each of the letters {''.join(sorted(letters))} at most once for --dataset "
+                f"{cfg.dataset} (got {cfg.modalities!r})"
+            )
+        if cfg.dataset in CLIP_DATASETS and len(cfg.modalities) == 1:
+            raise ValueError(f"--modalities {cfg.modalities}: for clips, use --fusion audio or --fusion video")
     if cfg.warmup_epochs < 0:
         raise ValueError(f"--warmup_epochs must be >= 0 (got {cfg.warmup_epochs})")
     if cfg.split_mode == "kfold" and not 0 <= cfg.fold < cfg.folds:
         raise ValueError(f"--fold must be in 0..{cfg.folds - 1} for --folds {cfg.folds} (got {cfg.fold})")
-    teachers = [f"--teacher_{k}" for k in ("audio", "video") if getattr(cfg, f"teacher_{k}")]
+    teachers = [f"--teacher_{k}" for k in cfg.teachers()]
     if teachers and lw.distill <= 0:
         raise ValueError(
             f"{teachers[0]} needs --delta_va > 0 (the distillation weight; got {lw.distill}): "
             "without it the teacher would run every step for nothing"
         )
     if lw.distill != 0 and not teachers:
-        raise ValueError("--delta_va needs a teacher: --teacher_audio and/or --teacher_video (a checkpoint)")
+        raise ValueError("--delta_va needs a teacher: --teacher_audio, --teacher_video and/or --teacher_text")
     if teachers and m.fusion in UNIMODAL_FUSIONS:
         raise ValueError(
             f"{teachers[0]} distils into the unimodal auxiliary heads of a fusion model; --fusion {m.fusion} has none"
@@ -189,7 +271,7 @@ def check_config(cfg: TrainConfig) -> None:
             f"--kl_weight needs variational encoders: --variational or --fusion "
             f"{' / '.join(sorted(VARIATIONAL_FUSIONS))} (got --fusion {m.fusion})"
         )
-    if lw.focal_alpha is not None and len(lw.focal_alpha) != cfg.num_classes:
+    if lw.focal_alpha is not None and cfg.resolved_task == "classification" and len(lw.focal_alpha) != cfg.num_classes:
         raise ValueError(
             f"--focal_alpha needs one value per class: {cfg.num_classes} for --num_classes {cfg.num_classes} "
             f"(got {len(lw.focal_alpha)})"

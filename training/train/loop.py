@@ -21,15 +21,22 @@ from avemo.contract.geometry import DEFAULT_GEOMETRY, WindowGeometry
 from avemo.contract.labels import label_names
 from avemo.contract.progress import progress as progress_bar
 from avemo.training.data.dataset import WindowDataset
-from avemo.training.data.prepare import prepare_data
-from avemo.training.evaluation.metrics import classification_metrics, plot_confusion, plot_history
+from avemo.training.data.prepare import prepare_data, prepare_features
+from avemo.training.evaluation.metrics import classification_metrics, plot_confusion, plot_history, plot_regression
 from avemo.training.evaluation.predict import evaluate, evaluate_predictions, predict
 from avemo.training.evaluation.reports import write_reports
 from avemo.training.losses.terms import class_weights
 from avemo.training.losses.total import LossWeights, combine, loss_terms
 from avemo.training.losses.weighting import LossWeighter
-from avemo.training.models.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint, model_from_checkpoint
-from avemo.training.models.model import FusionModel, build_model
+from avemo.training.models.checkpoint import (
+    atomic_torch_save,
+    load_checkpoint,
+    make_checkpoint,
+    model_from_checkpoint,
+    upgrade_state_dict,
+)
+from avemo.training.models.config import CLIP_MODALITIES, ModelConfig
+from avemo.training.models.model import FusionModel, build_model, model_inputs
 from avemo.training.train.config import TrainConfig, check_config
 from avemo.training.train.logger import RunLogger
 from avemo.training.train.runtime import Runtime, make_runtime, shutdown
@@ -62,7 +69,7 @@ def loader(ds: WindowDataset, cfg: TrainConfig, shuffle: bool, epoch: int = 0, r
 
 @torch.no_grad()
 def logmel_stats(model: FusionModel, ds: WindowDataset, n: int = 64) -> tuple[float, float]:
-    frontend = model.audio_encoder.frontend
+    frontend = model.encoders["audio"].frontend
     idx = np.linspace(0, len(ds) - 1, min(n, len(ds))).astype(int)
     x = torch.stack([ds[int(i)]["audio"] for i in idx])
     lm = frontend.log_mel(x)
@@ -81,14 +88,19 @@ def loss_weights(cfg: TrainConfig) -> LossWeights:
     return LossWeights.from_dict(cfg.losses)
 
 
-def load_teachers(cfg: TrainConfig, device: torch.device = torch.device("cpu")) -> dict[str, FusionModel]:
-    """Frozen unimodal teacher models for distillation (``--teacher_audio``, ``--teacher_video``)."""
+def load_teachers(
+    cfg: TrainConfig, device: torch.device = torch.device("cpu"), labels: list[str] | None = None
+) -> dict[str, FusionModel]:
+    """Frozen unimodal teacher models for distillation (``--teacher_audio``, ``--teacher_video``,
+    ``--teacher_text``): each must answer the same task with the same labels."""
     teachers = {}
-    for name, path in (("audio", cfg.teacher_audio), ("video", cfg.teacher_video)):
+    for name, path in cfg.teachers().items():
         if path:
             teacher, ckpt = model_from_checkpoint(path)
-            if len(ckpt["labels"]) != cfg.num_classes:
-                raise SystemExit(f"teacher {path} has {len(ckpt['labels'])} classes, expected {cfg.num_classes}")
+            if labels is not None and list(ckpt["labels"]) != list(labels):
+                raise SystemExit(f"teacher {path} answers {ckpt['labels']}, this run {labels}")
+            if name not in teacher.modalities:
+                raise SystemExit(f"teacher {path} reads {teacher.modalities}, not {name}")
             for p in teacher.parameters():
                 p.requires_grad_(False)
             teachers[name] = teacher.to(device).eval()
@@ -130,14 +142,76 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
 def shared_parameters(model: FusionModel) -> list[torch.Tensor]:
     """Parameters every loss part reaches (the encoders' output projections), for grad_balance."""
-    params = [
-        p
-        for enc in (model.audio_encoder, model.video_encoder)
-        if enc is not None
-        for n, p in enc.named_parameters()
-        if n.startswith("proj")
-    ]
+    params = [p for enc in model.encoders.values() for n, p in enc.named_parameters() if n.startswith("proj")]
     return params or [p for p in model.parameters() if p.requires_grad]
+
+
+def prepare_run(
+    cfg: TrainConfig, geometry: WindowGeometry, progress: bool
+) -> tuple[dict, dict, list[str], ModelConfig]:
+    """The run's datasets, info, label names and the ModelConfig with what the data decides (classes, task,
+    modalities; for features their sizes and padded lengths)."""
+    task = cfg.resolved_task
+    if cfg.is_features:
+        from avemo.training.data.features import class_names, parse_modalities
+
+        modalities = parse_modalities(cfg.modalities or "atv")
+        datasets, info = prepare_features(
+            cfg.data_root, cfg.cache_dir, cfg.dataset, modalities, task, cfg.num_classes, progress=progress
+        )
+        labels = ["sentiment"] if task == "regression" else list(class_names(cfg.num_classes, cfg.dataset))
+        fusion = modalities[0] if len(modalities) == 1 else cfg.model.fusion
+        gate_init = cfg.model.gate_init_audio if len(modalities) == 2 else 1.0 / max(len(modalities), 2)
+        mcfg = replace(
+            cfg.model,
+            fusion=fusion,
+            num_classes=len(labels) if task == "classification" else 1,
+            modalities=modalities,
+            task=task,
+            input_dims=info["input_dims"],
+            seq_lens=info["seq_lens"],
+            gate_init_audio=gate_init,
+        )
+        sizes = info["samples"]
+    else:
+        datasets, info = prepare_data(cfg.data_root, cfg.cache_dir, geometry, progress=progress, **cfg.data_options())
+        labels = list(label_names(cfg.num_classes))
+        mcfg = replace(cfg.model, num_classes=cfg.num_classes, modalities=CLIP_MODALITIES)
+        sizes = info["clips"]
+    if len(datasets["train"]) == 0 or len(datasets["val"]) == 0:
+        raise SystemExit(f"empty split: {sizes}")
+    return datasets, info, labels, mcfg
+
+
+def selection_score(val: dict) -> float:
+    """What picks the best epoch (higher is better): the validation clip macro-F1, or for regression minus the
+    validation mean squared error (seed 002's main loss; the grid-search guide ranks by it)."""
+    return -val["loss"] if "regression" in val else val["clip"]["macro_f1"]
+
+
+def validation_record(val: dict) -> dict:
+    """The validation part of an epoch's history record."""
+    if "regression" in val:
+        r = val["regression"]
+        return {
+            "val_loss": val["loss"],  # mean squared error of the fused prediction
+            "val_mae": r["MAE"],
+            "val_corr": r["Corr"],
+            **{f"val_{k}": r[k] for k in ("Non0_acc_2", "Has0_acc_2", "Mult_acc_7") if k in r},
+        }
+    return {
+        "val_macro_f1": val["clip"]["macro_f1"],
+        "val_accuracy": val["clip"]["accuracy"],
+        "val_window_macro_f1": val["window"]["macro_f1"],
+        "val_loss": val["window"]["loss"],  # mean window cross-entropy of the fused answer
+    }
+
+
+def epoch_summary(record: dict) -> str:
+    """The validation figures of an epoch, for the log line."""
+    if "val_corr" in record:
+        return f"val MSE {record['val_loss']:.3f} MAE {record['val_mae']:.3f} corr {record['val_corr']:.3f}"
+    return f"val macro-F1 {record['val_macro_f1']:.3f} acc {record['val_accuracy']:.3f}"
 
 
 def train(cfg: TrainConfig, geometry: WindowGeometry = DEFAULT_GEOMETRY) -> dict:
@@ -158,28 +232,25 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
     seed_everything(cfg.seed)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    labels = list(label_names(cfg.num_classes))
     progress = cfg.progress and rt.is_main
     if not rt.is_main:
         rt.barrier()  # rank 0 builds the cache first; the others then only read it
-    datasets, info = prepare_data(cfg.data_root, cfg.cache_dir, geometry, progress=progress, **cfg.data_options())
+    datasets, info, labels, mcfg = prepare_run(cfg, geometry, progress)
     if rt.is_main:
         rt.barrier()
-    if len(datasets["train"]) == 0 or len(datasets["val"]) == 0:
-        raise SystemExit(f"empty split: {info['clips']}")
-    mcfg = replace(cfg.model, num_classes=cfg.num_classes)
+    task, modalities = mcfg.task, mcfg.modalities
     model = build_model(mcfg, geometry)
-    if model.audio_encoder is not None:
+    if "audio" in model.encoders and hasattr(model.encoders["audio"], "frontend"):
         mean, std = logmel_stats(model, datasets["train"])
         mcfg = replace(mcfg, logmel_mean=mean, logmel_std=std)
-        model.audio_encoder.frontend.set_normalisation(mean, std)
-    state = {"epoch": 0, "best_f1": -1.0, "bad_epochs": 0, "history": []}
+        model.encoders["audio"].frontend.set_normalisation(mean, std)
+    state = {"epoch": 0, "best_f1": float("-inf"), "bad_epochs": 0, "history": []}  # best_f1: best selection score
     last_path, best_path = out / "last.pt", out / "best.pt"
     resume = load_checkpoint(last_path) if cfg.resume and last_path.exists() else None
     if cfg.resume and resume is None and rt.is_main:
         tqdm.write(f"nothing to resume: {last_path} does not exist; starting a new run")
     if resume is not None:
-        model.load_state_dict(resume["state_dict"])
+        model.load_state_dict(upgrade_state_dict(resume["state_dict"]))
     if rt.distributed:
         torch.manual_seed(cfg.seed + 1000 * rt.rank)  # rank-specific dropout; DDP copies rank 0's weights
     net = rt.prepare_model(model)  # `model` stays the plain module (same parameters, on the device)
@@ -188,9 +259,11 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
         torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1)) if cfg.use_cosine_annealing else None
     )
     lw = loss_weights(cfg)
-    weight = class_weights(datasets["train"].labels, cfg.num_classes).to(rt.device) if lw.use_class_weight else None
+    weight = None
+    if lw.use_class_weight and task == "classification":
+        weight = class_weights(datasets["train"].labels, cfg.num_classes).to(rt.device)
     weighter = LossWeighter(cfg.loss_weighting, cfg.loss_weighting_momentum, cfg.loss_weighting_every)
-    teachers = load_teachers(cfg, rt.device)
+    teachers = load_teachers(cfg, rt.device, labels)
     shared = shared_parameters(model)
     if resume is not None:
         ts = resume["train_state"]
@@ -229,7 +302,8 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.early_stopping_patience:
         epoch = state["epoch"] + 1
         net.train()
-        datasets["train"].set_epoch(epoch, cfg.seed)
+        if hasattr(datasets["train"], "set_epoch"):
+            datasets["train"].set_epoch(epoch, cfg.seed)
         sums: dict[str, float] = {}
         seen_true: list[np.ndarray] = []  # window labels / predictions seen in training (augmented windows)
         seen_pred: list[np.ndarray] = []
@@ -245,13 +319,13 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
                 break
             batch = rt.to_device(batch)
             with rt.autocast():
-                outputs = net(batch["audio"], batch["frames"], batch["mask"])
+                outputs = net(*model_inputs(model, batch))
                 teacher_logits = (
-                    {name: t(batch["audio"], batch["frames"], batch["mask"])["logits"] for name, t in teachers.items()}
+                    {name: t(*model_inputs(t, batch, modalities))["logits"] for name, t in teachers.items()}
                     if teachers
                     else None
                 )
-                terms, extra = loss_terms(outputs, batch["label"], lw, weight, teacher_logits)
+                terms, extra = loss_terms(outputs, batch["label"], lw, weight, teacher_logits, modalities, task)
             step_id = (epoch - 1) * len(train_loader) + step
             dynamic = weighter.weights({k: v for k, (v, _) in terms.items()}, shared, step_id)
             loss, parts = combine(terms, dynamic, extra)
@@ -260,8 +334,9 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
             scaled_step(opt, warmup_factor((epoch - 1) * per_epoch + step, warmup_steps))
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
-            seen_true.append(batch["label"].cpu().numpy())
-            seen_pred.append(outputs["logits"].detach().argmax(1).cpu().numpy())
+            if task == "classification":
+                seen_true.append(batch["label"].cpu().numpy())
+                seen_pred.append(outputs["logits"].detach().argmax(1).cpu().numpy())
             n += 1
             bar.set_postfix(loss=f"{parts['total']:.3f}")
             if logger is not None:
@@ -269,12 +344,13 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
         if sched is not None:
             sched.step()
         keys = sorted(sums)
-        totals = rt.all_reduce_sum([sums[k] for k in keys] + [float(n), float(sum(len(t) for t in seen_true))])
+        seen = sum(len(t) for t in seen_true) if task == "classification" else n * cfg.batch_size
+        totals = rt.all_reduce_sum([sums[k] for k in keys] + [float(n), float(seen)])
         sums, n, windows = dict(zip(keys, totals[:-2])), int(totals[-2]), int(totals[-1])  # over every rank
-        val_f1 = -1.0
+        val_f1 = -1.0  # the selection score: clip macro-F1, or minus the validation MSE for regression
         if rt.is_main:
             val = evaluate(model, datasets["val"], labels)
-            val_f1 = val["clip"]["macro_f1"]
+            val_f1 = selection_score(val)
         val_f1 = rt.broadcast_float(val_f1)  # every rank takes the same early-stopping decision
         improved = val_f1 > state["best_f1"]
         if improved:
@@ -289,12 +365,9 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
                 **{f"train_loss_{k}": v / max(n, 1) for k, v in sums.items()},
                 **train_window_metrics(seen_true, seen_pred, labels),
                 "train_windows": windows,
-                "val_macro_f1": val_f1,
-                "val_accuracy": val["clip"]["accuracy"],
-                "val_window_macro_f1": val["window"]["macro_f1"],
-                "val_loss": val["window"]["loss"],  # mean window cross-entropy of the fused answer
-                "val_weight_audio": val["mean_modality_weights"][0],  # mean modality weights on val windows
-                "val_weight_video": val["mean_modality_weights"][1],
+                **validation_record(val),
+                # mean modality weights on the validation windows
+                **{f"val_weight_{m}": w for m, w in zip(modalities, val["mean_modality_weights"])},
                 "seconds": time.time() - t0,
             }
             state["history"].append(record)
@@ -307,7 +380,7 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
                         mcfg,
                         labels,
                         geometry,
-                        {"val_macro_f1": val_f1, "epoch": epoch},
+                        {"val_score": val_f1, "epoch": epoch},
                         train_config=cfg.to_dict(),
                     ),
                     best_path,
@@ -324,13 +397,12 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
                 "weighter_json": json.dumps(weighter.state_dict()),
             }
             atomic_torch_save(
-                make_checkpoint(model, mcfg, labels, geometry, {"val_macro_f1": val_f1}, train_state, cfg.to_dict()),
+                make_checkpoint(model, mcfg, labels, geometry, {"val_score": val_f1}, train_state, cfg.to_dict()),
                 last_path,
             )
             tqdm.write(
                 f"[{mcfg.fusion}] epoch {epoch}: loss {record.get('train_loss_total', float('nan')):.3f} "
-                f"val macro-F1 {record['val_macro_f1']:.3f} acc {record['val_accuracy']:.3f}"
-                f"{' *' if improved else ''}"
+                f"{epoch_summary(record)}{' *' if improved else ''}"
             )
         rt.barrier()  # the others wait while rank 0 validates and saves
     spread = rt.weights_spread(model)  # DDP must leave every rank with the same weights
@@ -369,16 +441,33 @@ def finish_run(
         "params": n_params,
         "train_seconds": round(seconds, 1),
         "epochs_run": state["epoch"],
-        "best_val_macro_f1": state["best_f1"],
+        **(
+            {"best_val_loss": -state["best_f1"]}
+            if mcfg.task == "regression"
+            else {"best_val_macro_f1": state["best_f1"]}
+        ),
         "checkpoint": str(best_path),
         "runtime": rt.describe(),
         "config": cfg.to_dict() | {"model": mcfg.to_dict()},
         **info,
         "history": state["history"],
     }
-    if len(datasets.get("test", [])):
+    test = datasets.get("test")
+    if test is not None and len(test) and mcfg.task == "regression":
+        test_pred = predict(best, test, progress=cfg.progress, desc="test")
+        results["test"] = evaluate_predictions(test_pred, labels, cfg.dataset)
+        reg = results["test"]["regression"]
+        plot_regression(
+            test_pred["prediction"],
+            test_pred["label"],
+            out / "prediction_test.png",
+            f"{mcfg.fusion} ({''.join(m[0] for m in mcfg.modalities)}): test, corr {reg['Corr']:.3f}, "
+            f"MAE {reg['MAE']:.3f}",
+        )
+        logger.summary({f"test_{k}": v for k, v in reg.items()})
+    elif test is not None and len(test):
         # one pass over the test split: the metrics and the reports
-        test_pred = predict(best, datasets["test"], progress=cfg.progress, desc="test")
+        test_pred = predict(best, test, progress=cfg.progress, desc="test")
         results["test"] = evaluate_predictions(test_pred, labels)
         plot_confusion(
             results["test"]["clip"]["confusion_matrix"],
@@ -386,14 +475,10 @@ def finish_run(
             out / "confusion_test.png",
             f"{mcfg.fusion}: test clips, macro-F1 {results['test']['clip']['macro_f1']:.3f}",
         )
+        sources = getattr(test, "sources", None) or [c.source for c in test.clips]
         results["test"].update(
             write_reports(
-                test_pred,
-                labels,
-                out,
-                [c.source for c in datasets["test"].clips],
-                results["test"]["clip"],
-                title=f"{mcfg.fusion}, test split",
+                test_pred, labels, out, list(sources), results["test"]["clip"], title=f"{mcfg.fusion}, test split"
             )
         )
         logger.summary(
