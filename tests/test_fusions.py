@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from avemo.export import onnx_export
-from avemo.training.models.checkpoint import make_checkpoint, model_from_checkpoint
+from avemo.training.models.checkpoint import make_checkpoint, model_from_checkpoint, upgrade_state_dict
 from avemo.training.models.config import FUSIONS, ModelConfig
 from avemo.training.models.encoders import AudioCNN, AudioResNet, SpecAugment, VariationalHead, VideoCNN, VideoResNet
 from avemo.training.models.frontend import LogMel
@@ -320,8 +320,9 @@ def test_variational_head_mu_at_eval_and_logvar_clamp(cfg, inputs, geo):
 
 # ---------------------------------------------------------------- config and compatibility
 def test_default_model_keeps_original_parameters(geo, tiny_dims):
+    """The parameters, in order, of the model before its parts were keyed by modality, under their new names."""
     names = [(n, tuple(p.shape)) for n, p in build_model(ModelConfig(**tiny_dims), geo).named_parameters()]
-    assert names == [
+    old = [
         ("audio_encoder.blocks.0.0.weight", (8, 1, 3, 3)),
         ("audio_encoder.blocks.0.1.weight", (8,)),
         ("audio_encoder.blocks.0.1.bias", (8,)),
@@ -355,6 +356,8 @@ def test_default_model_keeps_original_parameters(geo, tiny_dims):
         ("video_aux.weight", (8, 32)),
         ("video_aux.bias", (8,)),
     ]
+    renamed = upgrade_state_dict(dict(old))
+    assert names == list(renamed.items())
 
 
 def test_config_old_dicts_load_and_new_fields_round_trip(cfg, geo):

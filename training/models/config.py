@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 from avemo.contract.geometry import HOP_LENGTH, N_FFT, N_MELS
 
-# fusion methods and unimodal baselines (see training/models/fusion.py); the first three are the original set,
-# "text" is the text-only baseline of the feature datasets
+# fusion methods and unimodal baselines of the clip model (see training/models/fusion.py); the first three are the
+# original set
 FUSIONS = (
     "gated",
     "audio",
@@ -22,8 +22,9 @@ FUSIONS = (
     "uncertainty",
     "gated_uncertainty",
     "hierarchical",
-    "text",
 )
+FEATURE_BASELINES = ("text",)  # the text-only baseline of the feature datasets
+ALL_FUSIONS = FUSIONS + FEATURE_BASELINES  # what --fusion accepts
 VIDEO_POOLINGS = ("meanmax", "mean", "attention")
 # what the fusions put in the model's outputs (training/models/fusion.py), for the loss-flag checks
 UNIMODAL_FUSIONS = ("audio", "video", "text")  # one encoder: no cross-modal (contrastive) term
@@ -40,7 +41,7 @@ HELP_SECTION = "model"  # help section of the options below
 class ModelConfig:
     fusion: str = field(
         default="gated",
-        metadata={"help": "fusion method or unimodal baseline", "choices": FUSIONS, "group": HELP_SECTION},
+        metadata={"help": "fusion method or unimodal baseline", "choices": ALL_FUSIONS, "group": HELP_SECTION},
     )
     num_classes: int = 8  # 8 RAVDESS emotions or the 4-class mapping (set from TrainConfig.num_classes)
     # --- what the model reads and predicts (set from the data by the trainer; the defaults are the clip model)

@@ -17,7 +17,7 @@ from avemo.training.losses import total as losses_total
 from avemo.training.losses.total import LossWeights
 from avemo.training.losses.weighting import MODES
 from avemo.training.models import config as model_config
-from avemo.training.models.config import FUSIONS, UNIMODAL_FUSIONS, VIDEO_POOLINGS, ModelConfig
+from avemo.training.models.config import ALL_FUSIONS, UNIMODAL_FUSIONS, VIDEO_POOLINGS, ModelConfig
 from avemo.training.models.fusion import VARIATIONAL_FUSIONS
 from avemo.training.train.runtime import AMP_MODES, CHANNELS_LAST_MODES, DEVICES
 
@@ -226,7 +226,7 @@ def check_config(cfg: TrainConfig) -> None:
         ("--device", cfg.device, DEVICES),
         ("--amp", cfg.amp, AMP_MODES),
         ("--channels_last", cfg.channels_last, CHANNELS_LAST_MODES),
-        ("--fusion", m.fusion, FUSIONS),
+        ("--fusion", m.fusion, ALL_FUSIONS),
         ("--video_pooling", m.video_pooling, VIDEO_POOLINGS),
         ("--weight_decay_scope", cfg.weight_decay_scope, WEIGHT_DECAY_SCOPES),
     ):

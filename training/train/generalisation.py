@@ -26,7 +26,7 @@ from avemo.contract.progress import progress as progress_bar
 from avemo.training.data.prepare import prepare_split
 from avemo.training.evaluation.predict import KEEPS, evaluate_predictions, predict_conditions
 from avemo.training.models.checkpoint import model_from_checkpoint
-from avemo.training.models.config import UNIMODAL_FUSIONS
+from avemo.training.models.config import CLIP_MODALITIES, UNIMODAL_FUSIONS
 
 CONDITIONS = tuple(KEEPS)  # full, no_audio, no_video (a dropped modality: input zeroed, mask entry 0)
 OTHER = {"no_audio": "video", "no_video": "audio"}  # condition -> the unimodal model it is measured against
@@ -121,14 +121,14 @@ def summarise(records: list[dict], fusions: list[str]) -> dict:
                 ]
                 row[kind] = {"macro_f1": mean_std(r["macro_f1"] for r in mine), "minus_unimodal": mean_std(diffs)}
             out["missing_modality"].append(row)
-        if all(u in fusions for u in UNIMODAL_FUSIONS):
+        if all(u in fusions for u in CLIP_MODALITIES):  # the clip comparison's audio-only and video-only models
             gain = {}
             for kind in kinds:
                 diffs = []
                 for r in records:
                     if (r["fusion"], r["kind"], r["condition"]) != (fusion, kind, "full"):
                         continue
-                    uni = [idx.get((r["fold"], u, r["corpus"], "full")) for u in UNIMODAL_FUSIONS]
+                    uni = [idx.get((r["fold"], u, r["corpus"], "full")) for u in CLIP_MODALITIES]
                     if all(uni):
                         diffs.append(r["macro_f1"] - max(u["macro_f1"] for u in uni))
                 gain[kind] = mean_std(diffs)
