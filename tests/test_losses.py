@@ -129,7 +129,7 @@ def fusion_outputs(b: int = 4, c: int = 3, seed: int = 0, grad: bool = False) ->
 
 
 @pytest.mark.parametrize("weight", [None, torch.tensor([1.0, 2.0, 0.5])])
-@pytest.mark.parametrize("aux", [0.3, None])  # the seeds' weight, and the default (1.0 since issue 10)
+@pytest.mark.parametrize("aux", [0.3, None])  # the seeds' weight, and the default (1.0)
 def test_compute_losses_equals_old_total_loss(weight, aux):
     out = fusion_outputs()
     lw = LossWeights() if aux is None else LossWeights(aux=aux)

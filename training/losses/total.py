@@ -103,7 +103,7 @@ class LossWeights:
         metadata=_option(
             "aux_masked",
             "an auxiliary head learns only from the windows that have its modality (after modality dropout); "
-            "off: from every window, its input zeroed where missing (as before issue 10)",
+            "off: from every window, its input zeroed where missing",
         ),
     )
     use_smooth_l1: bool = field(
