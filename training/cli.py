@@ -80,9 +80,26 @@ def refuse_inapplicable(cfg, given_flags: dict[str, str]) -> None:
         f"{', --modalities ' + cfg.modalities if cfg.modalities else ''})",
     )
     refuse(
-        contrastive,
+        ("contrastive",),
+        m.contrastive_proj_dim > 0 or fusion == "joyful",
+        "needs --contrastive_proj_dim > 0 (the InfoNCE loss reads the projected embeddings z_<modality>) "
+        "or --fusion joyful (its graph contrastive loss)",
+    )
+    refuse(
+        contrastive[1:],
         m.contrastive_proj_dim > 0,
         "needs --contrastive_proj_dim > 0: the InfoNCE loss reads the projected embeddings z_<modality>",
+    )
+    refuse(
+        ("context",),
+        cfg.is_dialogue,
+        f"applies to conversation datasets (--dataset iemocap|iemocap_4|meld|meld_sentiment) only "
+        f"(got --dataset {cfg.dataset})",
+    )
+    refuse(
+        ("window_past", "window_future", "joyful_variant"),
+        fusion == "joyful",
+        f"only applies to --fusion joyful (got {fusion})",
     )
     clips_only = ("face_crop", "video_augment", "split_mode", "use_resnet_audio", "use_resnet_video", "spec_augment")
     refuse(clips_only, not cfg.is_features, f"applies to clips (--dataset ravdess) only (got --dataset {cfg.dataset})")
@@ -153,14 +170,18 @@ def corpus_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_option(p, "overwrite", action="store_true", help="re-render clips that already exist")
     add_option(p, "no_progress", action="store_true", help="no progress bar")
-    feat = p.add_argument_group("feature files (--format mosi|mosei|sims: an MMSA pickle instead of clips)")
+    feat = p.add_argument_group(
+        "feature files (--format mosi|mosei|sims: an MMSA pickle; iemocap|meld: a dialogue pickle; instead of clips)"
+    )
     add_option(
         feat,
         "format",
-        choices=("ravdess", "mosi", "mosei", "sims"),
+        choices=("ravdess", "mosi", "mosei", "sims", "iemocap", "meld"),
         default="ravdess",
         help="ravdess: MP4 clips in RAVDESS layout; mosi / mosei / sims: one feature file in MMSA's layout "
-        "(aligned_50.pkl / unaligned_50.pkl keys, dims and conventions), written to --out (default: %(default)s)",
+        "(aligned_50.pkl / unaligned_50.pkl keys, dims and conventions); iemocap / meld: one dialogue feature file "
+        "in DialogueRNN / MMGCN's layout (IEMOCAP_features.pkl 9-tuple, MELD 10-tuple with visual features); "
+        "written to --out (default: %(default)s)",
     )
     add_option(feat, "aligned", action="store_true", help="word-aligned file (every modality 50 steps)")
     add_option(
@@ -172,11 +193,58 @@ def corpus_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="examples per split (default: a small file; MOSEI's real sizes are 16326 1871 4659)",
     )
+    add_option(
+        feat,
+        "dialogues",
+        type=int,
+        nargs=2,
+        metavar=("TRAIN", "TEST"),
+        default=None,
+        help="--format iemocap|meld: dialogues per split (default: IEMOCAP's 120 31, MELD 200 50)",
+    )
+    add_option(
+        feat,
+        "no_visual",
+        action="store_true",
+        help="--format meld: DialogueRNN's 9-tuple without visual features (default: MMGCN's 10-tuple with them)",
+    )
 
 
 def corpus_run(args: argparse.Namespace) -> int:
     from avemo.training.synthetic.corpus import generate_corpus
 
+    flags = given(args)
+    dialogue = args.format in ("iemocap", "meld")
+    misplaced = [d for d in (("aligned", "samples") if dialogue else ("dialogues", "no_visual")) if d in flags]
+    if misplaced:
+        formats = "mosi|mosei|sims" if dialogue else "iemocap|meld"
+        raise UsageError(f"{flags[misplaced[0]]} applies to --format {formats} only (got --format {args.format})")
+    if dialogue:
+        from avemo.training.data.dialogues import read_dialogues
+        from avemo.training.synthetic.dialogues import write_dialogue_file
+
+        if args.no_visual and args.format == "iemocap":
+            raise UsageError("--no_visual applies to --format meld only (IEMOCAP's 9-tuple always has visual features)")
+        out = args.out if "out" in flags else Path(f"data/{args.format}_features.pkl")
+        try:
+            path = write_dialogue_file(
+                out,
+                layout=args.format,
+                visual=not args.no_visual,
+                dialogues=tuple(args.dialogues) if args.dialogues else None,
+                seed=args.seed,
+            )
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        splits = read_dialogues(path, args.format).splits  # read back: the file is checked as a user's would be
+        train, test = splits["train"] + splits["valid"], splits["test"]
+        if args.format == "iemocap":
+            layout = "IEMOCAP 9-tuple"
+        else:
+            layout = "MELD 9-tuple, no visual" if args.no_visual else "MELD 10-tuple with visual"
+        utterances = sum(len(d) for d in train + test)
+        print(f"{layout}: {len(train)} train + {len(test)} test dialogues, {utterances} utterances in {path}")
+        return 0
     if args.format != "ravdess":
         from avemo.training.synthetic.features import write_mmsa_file
 
@@ -290,7 +358,7 @@ def train_config_from_args(args: argparse.Namespace):
     """The TrainConfig of an `avemo train` command line (UsageError for flags that would do nothing)."""
     from avemo.training.models.config import ModelConfig
     from avemo.training.train.compare import TINY_MODEL
-    from avemo.training.train.config import FEATURE_DATASETS, TrainConfig
+    from avemo.training.train.config import CLASS_COUNTS, DIALOGUE_DATASETS, FEATURE_DATASETS, TrainConfig
 
     flags = given(args)
     preset = {}
@@ -301,6 +369,8 @@ def train_config_from_args(args: argparse.Namespace):
         preset = PRESETS[args.preset]
     if args.dataset in FEATURE_DATASETS and "num_classes" not in flags and "num_classes" not in preset:
         args.num_classes = 7  # the rounded sentiment score (used with --task classification only)
+    if args.dataset in DIALOGUE_DATASETS and "num_classes" not in flags and "num_classes" not in preset:
+        args.num_classes = CLASS_COUNTS[args.dataset][0]  # a conversation dataset has one label set
     model = config_from_args(ModelConfig, args, num_classes=args.num_classes)
     if args.tiny:
         model = replace(model, **TINY_MODEL)
@@ -346,6 +416,13 @@ def summary_line(results: dict) -> str:
             f"({results['test']['n']} examples); checkpoint {results['checkpoint']}"
         )
     test = results.get("test", {}).get("clip", {})
+    if "dialogues" in results:  # a conversation dataset: per-utterance figures, weighted F1 first (the field's)
+        return (
+            f"{results['fusion']}: test weighted-F1 {test.get('weighted_f1', float('nan')):.3f}, "
+            f"accuracy {test.get('accuracy', float('nan')):.3f}, macro-F1 {test.get('macro_f1', float('nan')):.3f} "
+            f"({test.get('n', 0)} utterances, {results['dialogues'].get('test', 0)} dialogues); "
+            f"checkpoint {results['checkpoint']}"
+        )
     return (
         f"{results['fusion']}: test clip macro-F1 {test.get('macro_f1', float('nan')):.3f}, "
         f"accuracy {test.get('accuracy', float('nan')):.3f} ({test.get('n', 0)} clips); "

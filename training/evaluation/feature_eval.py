@@ -3,6 +3,7 @@ modality or one dropped (its input zeroed, its mask entry 0: what a missing moda
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from avemo.training.evaluation.predict import evaluate_predictions, predict, predict_conditions
@@ -32,10 +33,13 @@ def evaluate_feature_checkpoint(
     if split not in SPLITS:
         raise SystemExit(f"--split must be one of {', '.join(SPLITS)} for a feature file (got {split})")
     modalities = tuple(cfg["modalities"])
-    corpus = open_features(data_root, cache_dir, dataset=dataset, progress=progress)
-    check_dims(corpus, {m: int(cfg["input_dims"][m]) for m in modalities}, source="the checkpoint")
-    num_classes = len(ckpt["labels"]) if cfg.get("task") == "classification" else 1
-    ds = FeatureDataset(corpus.splits[SPLITS[split]], modalities, cfg.get("task", "regression"), num_classes)
+    if cfg.get("num_speakers", 0) > 0:
+        ds = _dialogue_split(ckpt, data_root, dataset, split, modalities)
+    else:
+        corpus = open_features(data_root, cache_dir, dataset=dataset, progress=progress)
+        check_dims(corpus, {m: int(cfg["input_dims"][m]) for m in modalities}, source="the checkpoint")
+        num_classes = len(ckpt["labels"]) if cfg.get("task") == "classification" else 1
+        ds = FeatureDataset(corpus.splits[SPLITS[split]], modalities, cfg.get("task", "regression"), num_classes)
     if drop is None:
         pred = predict(model, ds, progress=progress, desc=split)
     else:
@@ -47,6 +51,23 @@ def evaluate_feature_checkpoint(
     res["condition"] = {"drop": drop, "description": f"{drop} dropped" if drop else "every modality"}
     res["modalities"] = list(modalities)
     return res
+
+
+def _dialogue_split(ckpt: dict, data_root, dataset: str, split: str, modalities: tuple[str, ...]):
+    """The ``split`` DialogueDataset of a conversation file, after checking it is the checkpoint's kind of data."""
+    from avemo.training.data.dialogue_dataset import prepare_dialogues
+    from avemo.training.data.safe_pickle import FeatureFileError
+
+    trained_on = json.loads(ckpt.get("train_config_json", "{}")).get("dataset")
+    if trained_on and trained_on != dataset:
+        raise SystemExit(f"this checkpoint was trained on --dataset {trained_on}; got --dataset {dataset}")
+    datasets, info = prepare_dialogues(data_root, dataset, modalities)
+    want = {m: int(ckpt["model_config"]["input_dims"][m]) for m in modalities}
+    if info["input_dims"] != want:
+        raise FeatureFileError(f"{data_root}: features per utterance {info['input_dims']}, the checkpoint reads {want}")
+    if list(datasets[split].class_names) != list(ckpt["labels"]):
+        raise SystemExit(f"{data_root}: classes {datasets[split].class_names}, the checkpoint answers {ckpt['labels']}")
+    return datasets[split]
 
 
 def feature_summary(res: dict) -> str:

@@ -43,7 +43,8 @@ def predict(
     model.eval()
     device = next(model.parameters(), torch.empty(0)).device
     out: dict[str, list] = {}
-    for batch in progress_bar(DataLoader(ds, batch_size=batch_size), desc=desc, leave=False, disable=not progress):
+    batches = DataLoader(ds, batch_size=batch_size, collate_fn=getattr(ds, "collate", None))
+    for batch in progress_bar(batches, desc=desc, leave=False, disable=not progress):
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         _answers(model, model(*model_inputs(model, batch)), out)
         out.setdefault("clip", []).append(batch["clip"].cpu().numpy())
@@ -76,7 +77,7 @@ def predict_conditions(
     device = next(model.parameters(), torch.empty(0)).device
     keeps = [condition_keeps(c, model.modalities) for c in conditions]
     out: dict[str, dict[str, list]] = {c: {} for c in conditions}
-    for batch in DataLoader(ds, batch_size=batch_size):
+    for batch in DataLoader(ds, batch_size=batch_size, collate_fn=getattr(ds, "collate", None)):
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         outs = model.forward_dropping(*model_inputs(model, batch), keeps=keeps)
         for c, o in zip(conditions, outs):

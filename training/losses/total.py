@@ -151,6 +151,7 @@ def loss_terms(
       "<m>_logits" per modality -> "aux_<m>" (the same loss as the main one); with "modality_present" [B, M]
         (the mask after modality dropout, training only) and ``aux_masked``, over the examples that have m
       "z_<m>" [B, P] (projected, two or more) -> "contrastive" (``contrastive_pairs``: every pair or against text)
+      "graph_contrastive" [] (JOYFUL, training only: the graph against its augmented views) -> "contrastive"
       "recon" + "recon_target" (any shape), and/or "recon_<m>" + "recon_target_<m>" (or "target_<m>")
         -> "recon" (= sum of the per-modality losses times recon_modality_weights; the single pair has weight 1;
         per-modality values are logged)
@@ -184,6 +185,8 @@ def loss_terms(
     z = {m: outputs[f"z_{m}"] for m in modalities if f"z_{m}" in outputs}
     if w.contrastive != 0 and len(z) >= 2:
         terms["contrastive"] = (contrastive_loss(z, w.contrastive_pairs, w.contrastive_temperature), w.contrastive)
+    elif w.contrastive != 0 and "graph_contrastive" in outputs:  # JOYFUL: computed inside the model (graph views)
+        terms["contrastive"] = (outputs["graph_contrastive"], w.contrastive)
     if w.reconstruction != 0:
         recon = []
         if "recon" in outputs and "recon_target" in outputs:

@@ -24,15 +24,18 @@ FUSIONS = (
     "hierarchical",
 )
 FEATURE_BASELINES = ("text",)  # the text-only baseline of the feature datasets
-ALL_FUSIONS = FUSIONS + FEATURE_BASELINES  # what --fusion accepts
+DIALOGUE_FUSIONS = ("joyful",)  # conversation models only (IEMOCAP / MELD): see training/models/joyful.py
+ALL_FUSIONS = FUSIONS + FEATURE_BASELINES + DIALOGUE_FUSIONS  # what --fusion accepts
 VIDEO_POOLINGS = ("meanmax", "mean", "attention")
 # what the fusions put in the model's outputs (training/models/fusion.py), for the loss-flag checks
 UNIMODAL_FUSIONS = ("audio", "video", "text")  # one encoder: no cross-modal (contrastive) term
 CLIP_MODALITIES = ("audio", "video")  # the clip model's inputs, in the serving contract's mask order
 TASKS = ("classification", "regression")
 FEATURE_ENCODERS = ("mlp", "lstm", "transformer")  # see training/models/feature_encoders.py
-GATE_FUSIONS = ("hierarchical", "gated_uncertainty")  # output "gate" [B, 1], read by the gate regulariser
-RECONSTRUCTION_FUSIONS = ("hierarchical",)  # output recon* / target_*, read by the reconstruction loss
+GATE_FUSIONS = ("hierarchical", "gated_uncertainty", "joyful")  # output "gate", read by the gate regulariser
+RECONSTRUCTION_FUSIONS = ("hierarchical", "joyful")  # output recon* / target_*, read by the reconstruction loss
+CONTEXTS = ("none", "full", "past")  # dialogue context: none, every utterance of the dialogue, past ones only
+JOYFUL_VARIANTS = ("plain", "hierarchical")  # JOYFUL's AutoFusion, or the loss guides' hierarchical one (a gate)
 
 HELP_SECTION = "model"  # help section of the options below
 
@@ -59,6 +62,39 @@ class ModelConfig:
         },
     )
     feature_dropout: float = 0.1  # feature encoders: dropout on their input features
+    # --- conversations (IEMOCAP / MELD): set from the data except the options
+    num_speakers: int = 0  # speakers a dialogue can have (IEMOCAP 2, MELD 9); 0 = not a dialogue model
+    context: str = field(
+        default="full",
+        metadata={
+            "help": "dialogue datasets: a Transformer over each dialogue's utterances under the fusion: full "
+            "(past and future utterances), past (only what was said before: a live conversation), none "
+            "(each utterance alone)",
+            "choices": CONTEXTS,
+            "group": HELP_SECTION,
+        },
+    )
+    context_layers: int = 1  # Transformer layers of the dialogue context
+    window_past: int = field(
+        default=10,
+        metadata={"help": "joyful: graph edges to this many earlier utterances", "group": HELP_SECTION},
+    )
+    window_future: int = field(
+        default=10,
+        metadata={
+            "help": "joyful: graph edges to this many later utterances (--context past uses 0)",
+            "group": HELP_SECTION,
+        },
+    )
+    joyful_variant: str = field(
+        default="hierarchical",
+        metadata={
+            "help": "joyful: AutoFusion as published (plain) or with the loss guides' modality gate and its "
+            "regulariser (hierarchical)",
+            "choices": JOYFUL_VARIANTS,
+            "group": HELP_SECTION,
+        },
+    )
     transformer_layers: int = 1  # feature transformer encoder: layers
     transformer_heads: int = 4  # feature transformer encoder: attention heads (embed_dim must be divisible)
     n_fft: int = N_FFT  # STFT size of the in-graph log-mel front end
@@ -132,6 +168,11 @@ class ModelConfig:
     def num_outputs(self) -> int:
         """Size of the model's output: the number of classes, or 1 for regression."""
         return 1 if self.task == "regression" else self.num_classes
+
+    @property
+    def is_dialogue_model(self) -> bool:
+        """True for a model over whole dialogues (one feature vector per utterance, speakers, context)."""
+        return self.num_speakers > 0
 
     @property
     def is_feature_model(self) -> bool:

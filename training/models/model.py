@@ -186,14 +186,17 @@ class FusionModel(nn.Module):
 
 def model_inputs(model: FusionModel, batch: dict, data_modalities: tuple[str, ...] | None = None) -> tuple:
     """The positional arguments of ``model`` from a batch dict: its inputs by ``input_names``, the mask and
-    (feature batches) the lengths. ``data_modalities``: the batch's mask columns when they are not the model's
-    own (a unimodal teacher reading a tri-modal batch): the model's columns are picked from them."""
+    (feature batches) the lengths, or (dialogue models) the speakers and utterances. ``data_modalities``: the
+    batch's mask columns when they are not the model's own (a unimodal teacher reading a tri-modal batch): the
+    model's columns are picked from them."""
     mask, lengths = batch["mask"], batch.get("lengths")
     if data_modalities is not None and tuple(data_modalities) != model.modalities:
         cols = [data_modalities.index(m) for m in model.modalities]
-        mask = mask[:, cols]
-        lengths = None if lengths is None else lengths[:, cols]
+        mask = mask[..., cols]
+        lengths = None if lengths is None else lengths[..., cols]
     args = [batch[name] for name in model.input_names] + [mask]
+    if getattr(model, "dialogue", False):  # a dialogue batch: speakers [B, U] and the real utterances [B, U]
+        return (*args, batch["speakers"], batch["utterances"])
     return tuple(args if lengths is None else args + [lengths])
 
 
@@ -202,10 +205,15 @@ def build_model(cfg: ModelConfig, geometry: WindowGeometry) -> FusionModel:
 
     Clip models (``cfg.input_dims`` empty): light CNNs unless ``use_resnet_audio`` / ``use_resnet_video``.
     Feature models: one ``cfg.feature_encoder`` per modality over its ``cfg.input_dims`` features.
+    Dialogue models (``cfg.num_speakers`` > 0): ``dialogue_context.build_dialogue_model``.
     Token projections only for the fusions in ``SEQUENCE_FUSIONS``; variational heads when
     ``cfg.variational`` or the fusion needs them (``VARIATIONAL_FUSIONS``). Construction order (encoders in
     modality order, fusion, model) is fixed: the same seed gives the same weights.
     """
+    if cfg.is_dialogue_model:
+        from avemo.training.models.dialogue_context import build_dialogue_model
+
+        return build_dialogue_model(cfg, geometry)
     if cfg.fusion not in FUSION_BUILDERS:
         raise ValueError(f"unknown fusion {cfg.fusion!r}; expected one of {sorted(FUSION_BUILDERS)}")
     if cfg.fusion in UNIMODAL_FUSIONS and cfg.fusion not in cfg.modalities:

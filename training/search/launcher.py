@@ -91,7 +91,8 @@ def fixed_train_argv(req: SearchRequest, folder: Path, parser) -> tuple[list[str
             raise UsageError(f"{have[flag]}: the search sets it per trial; leave it off the command line")
     defaults = SEARCH_DEFAULTS + MODES[req.mode].defaults
     searched = {n for p in req.space.points() for n in req.space.flags(p)}
-    if searched & INFONCE_FLAGS:  # a custom search over an InfoNCE weight needs the projections too
+    # an InfoNCE weight needs the projections too; JOYFUL's graph contrastive loss has its own
+    if searched & INFONCE_FLAGS and getattr(user, "fusion", None) != "joyful":
         defaults += INFONCE_DEFAULTS
     argv = _with_defaults(req.train_argv, defaults, parser)
     distils = any(float(req.space.flags(p).get("delta_va", 0) or 0) > 0 for p in req.space.points())

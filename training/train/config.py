@@ -17,17 +17,35 @@ from avemo.training.losses import total as losses_total
 from avemo.training.losses.total import LossWeights
 from avemo.training.losses.weighting import MODES
 from avemo.training.models import config as model_config
-from avemo.training.models.config import ALL_FUSIONS, UNIMODAL_FUSIONS, VIDEO_POOLINGS, ModelConfig
+from avemo.training.models.config import (
+    ALL_FUSIONS,
+    CONTEXTS,
+    DIALOGUE_FUSIONS,
+    UNIMODAL_FUSIONS,
+    VIDEO_POOLINGS,
+    ModelConfig,
+)
 from avemo.training.models.fusion import VARIATIONAL_FUSIONS
 from avemo.training.train.runtime import AMP_MODES, CHANNELS_LAST_MODES, DEVICES
 
 WEIGHT_DECAY_SCOPES = ("all", "matrices")  # see avemo.training.train.loop.make_optimizer
-# --dataset: the clips (RAVDESS layout) or a pre-extracted feature file (MMSA pickle)
+# --dataset: the clips (RAVDESS layout), an utterance-level feature file (MMSA pickle) or a conversation
+# feature file (IEMOCAP / MELD tuples of DialogueRNN, COGMEN and MMGCN)
 CLIP_DATASETS = ("ravdess",)
 FEATURE_DATASETS = ("mosi", "mosei", "sims")
-DATASETS = CLIP_DATASETS + FEATURE_DATASETS
+DIALOGUE_DATASETS = ("iemocap", "iemocap_4", "meld", "meld_sentiment")
+DATASETS = CLIP_DATASETS + FEATURE_DATASETS + DIALOGUE_DATASETS
 TASK_CHOICES = ("auto", "classification", "regression")
-CLASS_COUNTS = {"ravdess": (8, 4), "mosi": (2, 3, 7), "mosei": (2, 3, 7), "sims": (2, 3, 5)}
+CLASS_COUNTS = {
+    "ravdess": (8, 4),
+    "mosi": (2, 3, 7),
+    "mosei": (2, 3, 7),
+    "sims": (2, 3, 5),
+    "iemocap": (6,),
+    "iemocap_4": (4,),
+    "meld": (7,),
+    "meld_sentiment": (3,),
+}
 
 # help sections, in the order ``avemo train --help`` shows them
 DATA = "data and split"
@@ -49,7 +67,8 @@ class TrainConfig:
         default="ravdess",
         metadata=_opt(
             "ravdess: audio-video clips in RAVDESS layout; mosi / mosei / sims: an MMSA feature pickle "
-            "(text, audio, video features)",
+            "(text, audio, video features); iemocap / iemocap_4 / meld / meld_sentiment: a conversation feature "
+            "pickle (DialogueRNN / COGMEN / MMGCN tuple), one emotion per utterance",
             DATA,
             choices=DATASETS,
         ),
@@ -96,10 +115,11 @@ class TrainConfig:
         default=8,
         metadata=_opt(
             "ravdess: 8 emotions or the 4-class mapping; features (classification): 2 (negative / non-negative), "
-            "3 (negative / neutral / positive), 7 (the rounded score; sims: 5)",
+            "3 (negative / neutral / positive), 7 (the rounded score; sims: 5); conversations: fixed by the "
+            "dataset (iemocap 6, iemocap_4 4, meld 7, meld_sentiment 3)",
             DATA,
-            choices=(2, 3, 4, 5, 7, 8),
-            default_text="8; 7 for feature classification",
+            choices=(2, 3, 4, 5, 6, 7, 8),
+            default_text="8; 7 for feature classification; the dataset's for conversations",
         ),
     )
     split_mode: str = field(
@@ -185,15 +205,21 @@ class TrainConfig:
 
     @property
     def is_features(self) -> bool:
-        """A feature dataset (MMSA pickle) rather than clips."""
-        return self.dataset in FEATURE_DATASETS
+        """A feature file (MMSA pickle or conversation tuple) rather than clips."""
+        return self.dataset in FEATURE_DATASETS or self.is_dialogue
+
+    @property
+    def is_dialogue(self) -> bool:
+        """A conversation feature file (IEMOCAP / MELD): batches of whole dialogues."""
+        return self.dataset in DIALOGUE_DATASETS
 
     @property
     def resolved_task(self) -> str:
-        """``task`` with "auto" decided: regression for the feature datasets, classification for the clips."""
+        """``task`` with "auto" decided: regression for the sentiment scores of MOSI / MOSEI / SIMS,
+        classification for the clips and the conversations."""
         if self.task != "auto":
             return self.task
-        return "regression" if self.is_features else "classification"
+        return "regression" if self.dataset in FEATURE_DATASETS else "classification"
 
     def teachers(self) -> dict[str, str]:
         """{modality: checkpoint path} of the given ``--teacher_*`` flags."""
@@ -237,10 +263,19 @@ def check_config(cfg: TrainConfig) -> None:
             f"--num_classes must be one of {', '.join(map(str, CLASS_COUNTS[cfg.dataset]))} for --dataset "
             f"{cfg.dataset} (got {cfg.num_classes})"
         )
-    if cfg.dataset in CLIP_DATASETS and cfg.resolved_task != "classification":
+    if cfg.dataset not in FEATURE_DATASETS and cfg.resolved_task != "classification":
         raise ValueError(
-            f"--task regression needs a feature dataset with a sentiment score (got --dataset {cfg.dataset})"
+            "--task regression needs a feature dataset with a sentiment score, mosi / mosei / sims "
+            f"(got --dataset {cfg.dataset})"
         )
+    if m.fusion in DIALOGUE_FUSIONS and not cfg.is_dialogue:
+        raise ValueError(
+            f"--fusion {m.fusion} models conversations: it needs --dataset {' / '.join(DIALOGUE_DATASETS)} "
+            f"(got --dataset {cfg.dataset})"
+        )
+    if m.context not in CONTEXTS:
+        raise ValueError(f"--context must be one of {', '.join(CONTEXTS)} (got {m.context!r})")
+
     if cfg.modalities:
         letters = set("av") if cfg.dataset in CLIP_DATASETS else set("atv")
         if not set(cfg.modalities) <= letters or len(set(cfg.modalities)) != len(cfg.modalities):

@@ -51,10 +51,18 @@ def seed_everything(seed: int) -> None:
 def loader(ds: WindowDataset, cfg: TrainConfig, shuffle: bool, epoch: int = 0, rt: Runtime | None = None) -> DataLoader:
     """Training loader; under DDP each rank draws its 1/world_size share of the shuffled windows."""
     pin = rt is not None and rt.device.type == "cuda"
+    collate = getattr(ds, "collate", None)  # dialogue datasets pad whole dialogues
     if rt is not None and rt.distributed:
         sampler = DistributedSampler(ds, num_replicas=rt.world_size, rank=rt.rank, shuffle=shuffle, seed=cfg.seed)
         sampler.set_epoch(epoch)
-        return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, pin_memory=pin)
+        return DataLoader(
+            ds,
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            num_workers=cfg.num_workers,
+            pin_memory=pin,
+            collate_fn=collate,
+        )
     g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
     return DataLoader(
         ds,
@@ -64,6 +72,7 @@ def loader(ds: WindowDataset, cfg: TrainConfig, shuffle: bool, epoch: int = 0, r
         num_workers=cfg.num_workers,
         drop_last=False,
         pin_memory=pin,
+        collate_fn=collate,
     )
 
 
@@ -142,7 +151,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
 def shared_parameters(model: FusionModel) -> list[torch.Tensor]:
     """Parameters every loss part reaches (the encoders' output projections), for grad_balance."""
-    params = [p for enc in model.encoders.values() for n, p in enc.named_parameters() if n.startswith("proj")]
+    encoders = getattr(model, "encoders", {})  # a dialogue model: every parameter
+    params = [p for enc in encoders.values() for n, p in enc.named_parameters() if n.startswith("proj")]
     return params or [p for p in model.parameters() if p.requires_grad]
 
 
@@ -152,7 +162,27 @@ def prepare_run(
     """The run's datasets, info, label names and the ModelConfig with what the data decides (classes, task,
     modalities; for features their sizes and padded lengths)."""
     task = cfg.resolved_task
-    if cfg.is_features:
+    if cfg.is_dialogue:
+        from avemo.training.data.dialogue_dataset import prepare_dialogues
+        from avemo.training.data.features import parse_modalities
+
+        modalities = parse_modalities(cfg.modalities or "atv")
+        datasets, info = prepare_dialogues(cfg.data_root, cfg.dataset, modalities)
+        labels = list(datasets["train"].class_names)
+        fusion = modalities[0] if len(modalities) == 1 else cfg.model.fusion
+        mcfg = replace(
+            cfg.model,
+            fusion=fusion,
+            num_classes=len(labels),
+            modalities=modalities,
+            task="classification",
+            input_dims=info["input_dims"],
+            seq_lens=info["seq_lens"],
+            num_speakers=info["num_speakers"],
+            gate_init_audio=cfg.model.gate_init_audio if len(modalities) == 2 else 1.0 / max(len(modalities), 2),
+        )
+        sizes = info["dialogues"]
+    elif cfg.is_features:
         from avemo.training.data.features import class_names, parse_modalities
 
         modalities = parse_modalities(cfg.modalities or "atv")
@@ -183,10 +213,16 @@ def prepare_run(
     return datasets, info, labels, mcfg
 
 
-def selection_score(val: dict) -> float:
-    """What picks the best epoch (higher is better): the validation clip macro-F1, or for regression minus the
-    validation mean squared error (seed 002's main loss; the grid-search guide ranks by it)."""
-    return -val["loss"] if "regression" in val else val["clip"]["macro_f1"]
+def selection_score(val: dict, metric: str = "macro_f1") -> float:
+    """What picks the best epoch (higher is better): the validation clip ``metric`` (macro-F1; weighted F1 for
+    conversations, the field's figure), or for regression minus the validation mean squared error (seed 002's
+    main loss; the grid-search guide ranks by it)."""
+    return -val["loss"] if "regression" in val else val["clip"][metric]
+
+
+def selection_metric(cfg: TrainConfig) -> str:
+    """The validation classification metric that picks the best epoch."""
+    return "weighted_f1" if cfg.is_dialogue else "macro_f1"
 
 
 def validation_record(val: dict) -> dict:
@@ -201,6 +237,7 @@ def validation_record(val: dict) -> dict:
         }
     return {
         "val_macro_f1": val["clip"]["macro_f1"],
+        "val_weighted_f1": val["clip"]["weighted_f1"],
         "val_accuracy": val["clip"]["accuracy"],
         "val_window_macro_f1": val["window"]["macro_f1"],
         "val_loss": val["window"]["loss"],  # mean window cross-entropy of the fused answer
@@ -211,7 +248,10 @@ def epoch_summary(record: dict) -> str:
     """The validation figures of an epoch, for the log line."""
     if "val_corr" in record:
         return f"val MSE {record['val_loss']:.3f} MAE {record['val_mae']:.3f} corr {record['val_corr']:.3f}"
-    return f"val macro-F1 {record['val_macro_f1']:.3f} acc {record['val_accuracy']:.3f}"
+    return (
+        f"val macro-F1 {record['val_macro_f1']:.3f} weighted-F1 {record['val_weighted_f1']:.3f} "
+        f"acc {record['val_accuracy']:.3f}"
+    )
 
 
 def train(cfg: TrainConfig, geometry: WindowGeometry = DEFAULT_GEOMETRY) -> dict:
@@ -240,7 +280,8 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
         rt.barrier()
     task, modalities = mcfg.task, mcfg.modalities
     model = build_model(mcfg, geometry)
-    if "audio" in model.encoders and hasattr(model.encoders["audio"], "frontend"):
+    encoders = getattr(model, "encoders", {})  # a dialogue model has its encoders inside
+    if "audio" in encoders and hasattr(encoders["audio"], "frontend"):
         mean, std = logmel_stats(model, datasets["train"])
         mcfg = replace(mcfg, logmel_mean=mean, logmel_std=std)
         model.encoders["audio"].frontend.set_normalisation(mean, std)
@@ -259,6 +300,8 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
         torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1)) if cfg.use_cosine_annealing else None
     )
     lw = loss_weights(cfg)
+    if hasattr(model, "graph_contrastive"):  # JOYFUL: no graph views to compute when their loss weighs nothing
+        model.graph_contrastive = lw.contrastive != 0
     weight = None
     if lw.use_class_weight and task == "classification":
         weight = class_weights(datasets["train"].labels, cfg.num_classes).to(rt.device)
@@ -350,7 +393,7 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
         val_f1 = -1.0  # the selection score: clip macro-F1, or minus the validation MSE for regression
         if rt.is_main:
             val = evaluate(model, datasets["val"], labels)
-            val_f1 = selection_score(val)
+            val_f1 = selection_score(val, selection_metric(cfg))
         val_f1 = rt.broadcast_float(val_f1)  # every rank takes the same early-stopping decision
         improved = val_f1 > state["best_f1"]
         if improved:
@@ -417,6 +460,15 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
     return results
 
 
+def best_epoch_macro_f1(cfg: TrainConfig, state: dict) -> dict:
+    """Conversations pick the epoch by weighted F1; their "best_val_macro_f1" is that epoch's macro-F1 (what
+    the search and comparison tables show beside it)."""
+    if not cfg.is_dialogue:
+        return {}
+    best = [h for h in state["history"] if h.get("val_weighted_f1") == state["best_f1"]]
+    return {"best_val_macro_f1": best[0]["val_macro_f1"] if best else float("nan")}
+
+
 def finish_run(
     cfg: TrainConfig,
     mcfg,
@@ -444,8 +496,9 @@ def finish_run(
         **(
             {"best_val_loss": -state["best_f1"]}
             if mcfg.task == "regression"
-            else {"best_val_macro_f1": state["best_f1"]}
+            else {f"best_val_{selection_metric(cfg)}": state["best_f1"]}
         ),
+        **best_epoch_macro_f1(cfg, state),
         "checkpoint": str(best_path),
         "runtime": rt.describe(),
         "config": cfg.to_dict() | {"model": mcfg.to_dict()},
