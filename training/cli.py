@@ -486,10 +486,11 @@ def evaluate_arguments(p: argparse.ArgumentParser) -> None:
 def evaluate_config_from_args(args: argparse.Namespace):
     """The TrainConfig (data, split, seed) of an `avemo evaluate` command line; num_classes comes from the
     checkpoint."""
-    from avemo.training.train.config import TrainConfig
+    from avemo.training.train.config import CLASS_COUNTS, DIALOGUE_DATASETS, TrainConfig
 
     roots = [str(r) for r in args.data_root]  # several roots: the config names the first
-    return _checked(config_from_args(TrainConfig, args, data_root=roots[0]), given(args))
+    extra = {"num_classes": CLASS_COUNTS[args.dataset][0]} if args.dataset in DIALOGUE_DATASETS else {}
+    return _checked(config_from_args(TrainConfig, args, data_root=roots[0], **extra), given(args))
 
 
 def evaluate_run(args: argparse.Namespace) -> int:

@@ -91,10 +91,15 @@ class DialogueDataset(Dataset):
         return {m: int(self.dialogues[0].features[m].shape[1]) for m in self.modalities}
 
 
-def prepare_dialogues(data_root: str | Path, dataset: str, modalities: tuple[str, ...]) -> tuple[dict, dict]:
+def prepare_dialogues(
+    data_root: str | Path, dataset: str, modalities: tuple[str, ...] | None = None
+) -> tuple[dict, dict]:
     """A dialogue feature file -> ({"train", "val", "test": DialogueDataset}, info with the dims, speakers,
-    class names and the dialogue / utterance counts of each split, which the trainer stores in the config)."""
+    class names and the dialogue / utterance counts of each split, which the trainer stores in the config).
+    ``modalities`` None: every modality the file has (MELD's 9-tuple: text and audio)."""
     corpus = read_dialogues(data_root, dataset)
+    if modalities is None:
+        modalities = tuple(m for m in ("text", "audio", "video") if m in corpus.dims)
     check_modalities(corpus, modalities)
     datasets = {}
     for ours, theirs in (("train", "train"), ("val", "valid"), ("test", "test")):

@@ -64,8 +64,14 @@ def search_folder(req: SearchRequest) -> Path:
 
 
 def _with_defaults(argv: list[str], defaults: tuple[str, ...], parser) -> list[str]:
-    """``argv`` plus each ``--flag value`` pair of ``defaults`` whose flag ``argv`` does not give (once each)."""
-    have = set(given(parser.parse_args(argv)))
+    """``argv`` plus each ``--flag value`` pair of ``defaults`` whose flag neither ``argv`` nor its ``--preset``
+    gives (once each): ``avemo search ablation --preset joyful`` keeps the preset's fusion."""
+    args = parser.parse_args(argv)
+    have = set(given(args))
+    if getattr(args, "preset", None):
+        from avemo.training.train.presets import PRESETS
+
+        have |= set(PRESETS[args.preset])
     out = list(argv)
     for flag, value in zip(defaults[::2], defaults[1::2]):
         dest = parser._option_string_actions[flag].dest
@@ -92,7 +98,12 @@ def fixed_train_argv(req: SearchRequest, folder: Path, parser) -> tuple[list[str
     defaults = SEARCH_DEFAULTS + MODES[req.mode].defaults
     searched = {n for p in req.space.points() for n in req.space.flags(p)}
     # an InfoNCE weight needs the projections too; JOYFUL's graph contrastive loss has its own
-    if searched & INFONCE_FLAGS and getattr(user, "fusion", None) != "joyful":
+    fusion = user.fusion if "fusion" in have or not getattr(user, "preset", None) else None
+    if fusion is None:
+        from avemo.training.train.presets import PRESETS
+
+        fusion = PRESETS[user.preset].get("fusion")
+    if searched & INFONCE_FLAGS and fusion != "joyful":
         defaults += INFONCE_DEFAULTS
     argv = _with_defaults(req.train_argv, defaults, parser)
     distils = any(float(req.space.flags(p).get("delta_va", 0) or 0) > 0 for p in req.space.points())

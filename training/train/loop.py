@@ -166,8 +166,10 @@ def prepare_run(
         from avemo.training.data.dialogue_dataset import prepare_dialogues
         from avemo.training.data.features import parse_modalities
 
-        modalities = parse_modalities(cfg.modalities or "atv")
-        datasets, info = prepare_dialogues(cfg.data_root, cfg.dataset, modalities)
+        datasets, info = prepare_dialogues(
+            cfg.data_root, cfg.dataset, parse_modalities(cfg.modalities) if cfg.modalities else None
+        )
+        modalities = tuple(info["modalities"])
         labels = list(datasets["train"].class_names)
         fusion = modalities[0] if len(modalities) == 1 else cfg.model.fusion
         mcfg = replace(
