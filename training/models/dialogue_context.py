@@ -17,14 +17,11 @@ fusions of the clip model work on conversations unchanged.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import torch
 from torch import nn
 
-from avemo.contract.geometry import WindowGeometry
-from avemo.training.models.config import ModelConfig
-from avemo.training.models.model import FusionModel, build_model, modality_dropout
+from avemo.training.models.fusion import modality_dropout
 
 
 class SpeakerAttention(nn.Module):
@@ -112,7 +109,7 @@ def scatter_utterances(rows: torch.Tensor, utterances: torch.Tensor) -> torch.Te
 
 
 class DialogueModel(nn.Module):
-    """An utterance-level ``FusionModel`` over every utterance of a dialogue, with each modality's
+    """An utterance-level ``FusionModel`` (``utterance_model``) over every utterance of a dialogue, with each modality's
     embedding contextualised by a ``DialogueContext`` (``contexts`` keyed by modality; empty = the
     utterance-only baseline).
 
@@ -124,7 +121,7 @@ class DialogueModel(nn.Module):
 
     dialogue = True
 
-    def __init__(self, utterance_model: FusionModel, contexts: dict[str, DialogueContext] | None = None):
+    def __init__(self, utterance_model: nn.Module, contexts: dict[str, DialogueContext] | None = None):
         super().__init__()
         self.utterance_model = utterance_model
         self.contexts = nn.ModuleDict(contexts or {})
@@ -174,24 +171,9 @@ class NoContext(nn.Module):
         return x * utterances[:, :, None].to(x.dtype)
 
 
-def make_context(cfg: ModelConfig, dim: int) -> nn.Module:
-    """``cfg.context`` as a module over [B, U, dim] (``NoContext`` for "none")."""
+def make_context(cfg, dim: int) -> nn.Module:
+    """``cfg.context`` (a ``ModelConfig``) as a module over [B, U, dim] (``NoContext`` for "none")."""
     if cfg.context == "none":
         return NoContext()
     heads = cfg.transformer_heads if dim % cfg.transformer_heads == 0 else 1
     return DialogueContext(dim, cfg.num_speakers, cfg.context_layers, heads, cfg.feature_dropout, cfg.context == "past")
-
-
-def build_dialogue_model(cfg: ModelConfig, geometry: WindowGeometry) -> nn.Module:
-    """A dialogue model from its config: ``JoyfulModel`` for ``--fusion joyful``, otherwise a
-    ``DialogueModel`` over the utterance-level model of ``cfg.fusion`` with one context per modality
-    (none for ``--context none``)."""
-    if cfg.context not in ("none", "full", "past"):
-        raise ValueError(f"context must be none, full or past (got {cfg.context!r})")
-    if cfg.fusion == "joyful":
-        from avemo.training.models.joyful import build_joyful
-
-        return build_joyful(cfg, make_context)
-    utterance = build_model(replace(cfg, num_speakers=0), geometry)
-    contexts = {} if cfg.context == "none" else {m: make_context(cfg, cfg.embed_dim) for m in utterance.encoders}
-    return DialogueModel(utterance, contexts)

@@ -32,6 +32,18 @@ SEQUENCE_FUSIONS = frozenset({"xattn"})  # need encoder token sequences in ctx
 VARIATIONAL_FUSIONS = frozenset({"uncertainty", "gated_uncertainty"})  # need variational encoders (logvar)
 
 
+def modality_dropout(mask: torch.Tensor, p: float) -> torch.Tensor:
+    """Drop each present modality with probability p, never all of them: mask [B, M] -> [B, M]."""
+    m = mask.shape[1]
+    keep = (torch.rand_like(mask) >= p).float()
+    all_dropped = (keep.sum(dim=1, keepdim=True) == 0).float()
+    pick = nn.functional.one_hot(torch.randint(0, m, (mask.shape[0],), device=mask.device), m).float()
+    keep = keep + all_dropped * pick
+    dropped = mask * keep
+    # a window that had only one modality keeps it
+    return torch.where(dropped.sum(dim=1, keepdim=True) > 0, dropped, mask)
+
+
 def classifier(dim_in: int, dim_hidden: int, num_outputs: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(dim_in, dim_hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(dim_hidden, num_outputs)

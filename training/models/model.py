@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
 from avemo.contract.geometry import WindowGeometry
 from avemo.contract.tensors import AUDIO, AUDIO_CLIP, FRAMES
-from avemo.training.models.config import CLIP_MODALITIES, UNIMODAL_FUSIONS, ModelConfig
+from avemo.training.models.config import CLIP_MODALITIES, CONTEXTS, UNIMODAL_FUSIONS, ModelConfig
+from avemo.training.models.dialogue_context import DialogueModel, make_context
 from avemo.training.models.encoders import AudioCNN, AudioResNet, SpecAugment, VariationalHead, VideoCNN, VideoResNet
 from avemo.training.models.feature_encoders import build_feature_encoder
 from avemo.training.models.frontend import LogMel
-from avemo.training.models.fusion import FUSION_BUILDERS, SEQUENCE_FUSIONS, VARIATIONAL_FUSIONS
-
-
-def modality_dropout(mask: torch.Tensor, p: float) -> torch.Tensor:
-    """Drop each present modality with probability p, never all of them: mask [B, M] -> [B, M]."""
-    m = mask.shape[1]
-    keep = (torch.rand_like(mask) >= p).float()
-    all_dropped = (keep.sum(dim=1, keepdim=True) == 0).float()
-    pick = nn.functional.one_hot(torch.randint(0, m, (mask.shape[0],), device=mask.device), m).float()
-    keep = keep + all_dropped * pick
-    dropped = mask * keep
-    # a window that had only one modality keeps it
-    return torch.where(dropped.sum(dim=1, keepdim=True) > 0, dropped, mask)
+from avemo.training.models.fusion import FUSION_BUILDERS, SEQUENCE_FUSIONS, VARIATIONAL_FUSIONS, modality_dropout
+from avemo.training.models.joyful import build_joyful
 
 
 def projection_head(dim_in: int, dim_out: int) -> nn.Sequential:
@@ -211,8 +203,6 @@ def build_model(cfg: ModelConfig, geometry: WindowGeometry) -> FusionModel:
     modality order, fusion, model) is fixed: the same seed gives the same weights.
     """
     if cfg.is_dialogue_model:
-        from avemo.training.models.dialogue_context import build_dialogue_model
-
         return build_dialogue_model(cfg, geometry)
     if cfg.fusion not in FUSION_BUILDERS:
         raise ValueError(f"unknown fusion {cfg.fusion!r}; expected one of {sorted(FUSION_BUILDERS)}")
@@ -261,6 +251,19 @@ def build_model(cfg: ModelConfig, geometry: WindowGeometry) -> FusionModel:
         input_names=input_names,
         task=cfg.task,
     )
+
+
+def build_dialogue_model(cfg: ModelConfig, geometry: WindowGeometry) -> nn.Module:
+    """A dialogue model from its config: ``JoyfulModel`` for ``--fusion joyful``, otherwise a
+    ``DialogueModel`` over the utterance-level model of ``cfg.fusion`` with one context per modality
+    (none for ``--context none``)."""
+    if cfg.context not in CONTEXTS:
+        raise ValueError(f"context must be one of {', '.join(CONTEXTS)} (got {cfg.context!r})")
+    if cfg.fusion == "joyful":
+        return build_joyful(cfg, make_context)
+    utterance = build_model(replace(cfg, num_speakers=0), geometry)
+    contexts = {} if cfg.context == "none" else {m: make_context(cfg, cfg.embed_dim) for m in utterance.encoders}
+    return DialogueModel(utterance, contexts)
 
 
 class ExportWrapper(nn.Module):
