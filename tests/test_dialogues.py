@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -195,6 +196,16 @@ def test_joyful_trains_with_its_three_losses(tmp_path, iemocap_file):
     assert res["fusion"] == "joyful" and res["config"]["model"]["window_past"] == 3
     no_cl = _train(tmp_path, iemocap_file, "--preset", "joyful", "--epochs", "1", "--cl_loss_weight", "0", out="nocl")
     assert "train_loss_contrastive" not in json.loads((no_cl / "metrics.json").read_text())["history"][0]
+
+
+def test_joyful_without_the_graph_library_is_a_usage_error_naming_the_extra(
+    tmp_path, iemocap_file, capsys, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "torch_geometric", None)  # as if .[graph] were not installed
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--preset", "joyful", "--data_root", str(iemocap_file), "--out_dir", str(tmp_path / "r")])
+    assert e.value.code == 2 and "pip install -e '.[graph]'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize(

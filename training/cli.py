@@ -348,7 +348,7 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
         "preset",
         choices=sorted(PRESETS),
         default=None,
-        help="a guide's model by name (flags given on the command line win; see docs/features.md)",
+        help="a guide's model by name (flags given on the command line win; see docs/features.md, docs/dialogues.md)",
     )
     add_option(p, "tiny", action="store_true", help=argparse.SUPPRESS)  # tiny encoders (tests, smoke runs)
     add_option(p, "json", action="store_true", help="print the final metrics as JSON")

@@ -236,6 +236,15 @@ def variational_encoders(model: ModelConfig) -> bool:
     return model.variational or model.fusion in VARIATIONAL_FUSIONS
 
 
+def graph_library_installed() -> bool:
+    """torch_geometric (the optional ``graph`` dependency group, JOYFUL's relational graph) can be imported."""
+    try:
+        import torch_geometric  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Refuse a configuration that cannot work or would silently do nothing (ValueError naming the flag).
 
@@ -272,6 +281,11 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(
             f"--fusion {m.fusion} models conversations: it needs --dataset {' / '.join(DIALOGUE_DATASETS)} "
             f"(got --dataset {cfg.dataset})"
+        )
+    if m.fusion == "joyful" and not graph_library_installed():
+        raise ValueError(
+            "--fusion joyful needs torch_geometric for its relational graph: pip install -e '.[graph]' "
+            "(every other fusion works without it)"
         )
     if m.context not in CONTEXTS:
         raise ValueError(f"--context must be one of {', '.join(CONTEXTS)} (got {m.context!r})")
