@@ -102,6 +102,12 @@ def export_checkpoint(
     if tensorrt and "onnxruntime" not in backends:
         raise ValueError("--tensorrt is an accelerator of the onnxruntime flavour: add --backend onnxruntime (or all)")
     ckpt = load_checkpoint(checkpoint)
+    if ckpt["model_config"].get("input_dims"):
+        kind = "conversation" if ckpt["model_config"].get("num_speakers") else "feature"
+        raise ValueError(
+            f"{checkpoint} is a {kind} model (inputs {', '.join(ckpt['model_config']['modalities'])} features): "
+            "the serving contract and this export cover the audio-video clip model only"
+        )
     model, _ = model_from_checkpoint(ckpt)
     geometry = WindowGeometry.from_dict(ckpt["geometry"])
     wrapper = ExportWrapper(model).eval()
