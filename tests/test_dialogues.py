@@ -14,7 +14,7 @@ import torch
 from avemo.cli import main
 from avemo.contract.geometry import DEFAULT_GEOMETRY
 from avemo.training.data.dialogue_dataset import prepare_dialogues
-from avemo.training.models.config import ModelConfig
+from avemo.training.models.config import FUSIONS, ModelConfig
 from avemo.training.models.dialogue_context import DialogueContext
 from avemo.training.models.model import build_model, model_inputs
 from avemo.training.synthetic.dialogues import write_dialogue_file
@@ -129,6 +129,18 @@ def test_context_makes_an_utterance_depend_on_its_dialogue_and_none_does_not(dat
         first = model(*model_inputs(model, batch))["logits"][0]
         first_changed = model(*model_inputs(model, changed))["logits"][0]
         assert (not torch.allclose(first, first_changed)) is depends, context
+
+
+@pytest.mark.parametrize("fusion", [f for f in FUSIONS if f not in ("audio", "video")] + ["joyful"])
+def test_every_fusion_answers_and_learns_per_utterance_under_a_context(datasets, fusion):
+    ds = datasets[0]["train"]
+    model = _model(datasets, "past", fusion).train()
+    batch = ds.collate([ds[i] for i in range(3)])
+    out = model(*model_inputs(model, batch))
+    n = int(batch["utterances"].sum())
+    assert out["logits"].shape == (n, 6) and out["modality_weights"].shape == (n, 3)
+    torch.nn.functional.cross_entropy(out["logits"], batch["label"]).backward()
+    assert all(p.grad is not None for n_, p in model.named_parameters() if "context" in n_ and "speaker" not in n_)
 
 
 def test_forward_dropping_equals_forward_with_the_modality_masked(datasets):
