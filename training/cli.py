@@ -101,8 +101,14 @@ def refuse_inapplicable(cfg, given_flags: dict[str, str]) -> None:
         fusion == "joyful",
         f"only applies to --fusion joyful (got {fusion})",
     )
-    clips_only = ("face_crop", "video_augment", "split_mode", "use_resnet_audio", "use_resnet_video", "spec_augment")
+    clips_only = ("face_crop", "video_augment", "use_resnet_audio", "use_resnet_video", "spec_augment")
     refuse(clips_only, not cfg.is_features, f"applies to clips (--dataset ravdess) only (got --dataset {cfg.dataset})")
+    refuse(  # conversations: --split_mode kfold = folds of whole IEMOCAP sessions / MELD dialogues
+        ("split_mode",),
+        not cfg.is_features or (cfg.is_dialogue and cfg.split_mode == "kfold"),
+        f"applies to clips (--dataset ravdess), and to conversation datasets as kfold only (folds of whole "
+        f"sessions / dialogues) (got --dataset {cfg.dataset}, --split_mode {cfg.split_mode})",
+    )
     refuse(
         ("feature_encoder", "regression_loss"),
         cfg.is_features,
@@ -612,19 +618,37 @@ def evaluate_summary(res: dict) -> str:
 COMPARE_EXCLUDED = ("out_dir", "resume", "fold", "folds")
 
 
+COMPARE_FUSIONS = "audio,video,late,concat,gated,xattn,uncertainty,gated_uncertainty,hierarchical"
+
+
 def compare_arguments(p: argparse.ArgumentParser) -> None:
     add_option(
         p,
         "fusions",
-        default="audio,video,late,concat,gated,xattn,uncertainty,gated_uncertainty,hierarchical",
-        help="comma-separated fusions / baselines to train, one seed and split for all (default: %(default)s)",
+        default=COMPARE_FUSIONS,
+        help="comma-separated fusions / baselines to train, the same seeds and split for all (default: %(default)s; "
+        "feature and conversation datasets: text,%(default)s, or only the baselines of --modalities when given). "
+        "For --dataset mosi|mosei|sims|iemocap|iemocap_4|meld|meld_sentiment the baselines text, audio and video are "
+        "the unimodal models of --modalities t, a and v (what `avemo train --modalities t` trains), and "
+        "conversations also take joyful",
     )
     add_option(
         p,
         "out",
         type=Path,
         default=Path("runs/compare"),
-        help="runs go to <out>/<fusion>, or <out>/fold-<k>/<fusion> with --folds (default: %(default)s)",
+        help="runs go to <out>/<fusion>, <out>/fold-<k>/<fusion> with --folds, and the seeds after the first to "
+        "<out>[/fold-<k>]/seed-<s>/<fusion> with --seeds (default: %(default)s)",
+    )
+    add_option(
+        p,
+        "seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="feature and conversation datasets: train every model with the seeds --seed, --seed + 1, ..., "
+        "--seed + N - 1 and tabulate mean ± std over them (and the folds), as MMSA reports; finished runs are "
+        "reused, so raising N trains only the new seeds (default: %(default)s)",
     )
     unseen = p.add_argument_group("unseen people (tables of mean ± std, missing-modality rows, generalisation.png)")
     add_option(
@@ -634,8 +658,10 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="K",
-        help="actor k-fold: train every fusion K times, each actor in the test split once (default: 0 = the "
-        "--split_mode split only)",
+        help="clips: actor k-fold, train every fusion K times, each actor in the test split once; conversation "
+        "datasets: K folds over every dialogue of the file (train + test), each testing whole IEMOCAP sessions "
+        "(leave-sessions-out: their speakers never trained) or MELD dialogues once, validation 10 %% of the other "
+        "dialogues (default: 0 = the --split_mode split / the file's split)",
     )
     add_option(
         unseen,
@@ -667,7 +693,8 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="max epochs of the fusion models; the audio / video baselines keep --epochs (default: 0 = --epochs)",
+        help="max epochs of the fusion models; the baselines (audio / video / text) keep --epochs (default: 0 = "
+        "--epochs)",
     )
     add_option(
         p,
@@ -692,12 +719,44 @@ def compare_config_from_args(args: argparse.Namespace, fusions: list[str] | None
     A given flag is refused when it applies to none of ``fusions`` (default: gated); values that cannot
     work are refused for any of them.
     """
-    from avemo.training.models.config import ModelConfig
-    from avemo.training.train.config import TrainConfig
+    from avemo.training.models.config import UNIMODAL_FUSIONS, ModelConfig
+    from avemo.training.train.compare import BASELINE_MODALITIES
+    from avemo.training.train.config import CLASS_COUNTS, DIALOGUE_DATASETS, FEATURE_DATASETS, TrainConfig
 
     flags = given(args)
+    features = args.dataset in FEATURE_DATASETS + DIALOGUE_DATASETS
+    if args.seeds < 1:
+        raise UsageError(f"--seeds must be at least 1 (got {args.seeds})")
+    if not features and args.seeds > 1:
+        raise UsageError(
+            f"--seeds applies to feature and conversation datasets (--dataset {'|'.join(FEATURE_DATASETS)}|"
+            f"{'|'.join(DIALOGUE_DATASETS)}); clips: use --folds K for mean ± std over actor folds"
+        )
+    if features:
+        for dest in ("fresh_corpora", "fresh_root", "unseen_eval", "distill_baselines"):
+            if dest in flags:
+                raise UsageError(
+                    f"{flags[dest]} applies to clips (--dataset ravdess) only (got --dataset {args.dataset})"
+                )
+        if args.cv_folds and args.dataset in FEATURE_DATASETS:
+            raise UsageError(
+                f"{flags['cv_folds']} applies to clips (actor folds) and conversation datasets (folds of whole "
+                f"sessions / dialogues); --dataset {args.dataset} keeps its file's train / valid / test split: use "
+                "--seeds N for mean ± std"
+            )
+        if "num_classes" not in flags:  # as `avemo train`: the rounded score (classification) / the dataset's
+            args.num_classes = 7 if args.dataset in FEATURE_DATASETS else CLASS_COUNTS[args.dataset][0]
+        letters = args.modalities
+        for fusion in fusions or []:
+            if fusion in UNIMODAL_FUSIONS and letters and BASELINE_MODALITIES[fusion] not in letters:
+                raise UsageError(f"--fusions {fusion}: {fusion} is not among --modalities {letters}")
+            if fusion not in UNIMODAL_FUSIONS and len(letters) == 1:
+                raise UsageError(
+                    f"--fusions {fusion} needs two or more modalities (got --modalities {letters}; the one-modality "
+                    "models are the baselines text, audio, video)"
+                )
     if args.cv_folds and "split_mode" in flags:
-        raise UsageError("--split_mode does not apply with --folds (every fold is an actor k-fold split)")
+        raise UsageError("--split_mode does not apply with --folds (every fold is a k-fold split)")
     if args.cv_folds == 1 or args.cv_folds < 0:
         raise UsageError(f"--folds must be 0 (off) or at least 2 (got {args.cv_folds})")
     if args.fusion_epochs < 0:
@@ -714,6 +773,8 @@ def compare_config_from_args(args: argparse.Namespace, fusions: list[str] | None
     model = config_from_args(ModelConfig, args, num_classes=args.num_classes)
     cfg = config_from_args(TrainConfig, args, losses=losses_from_args(args).to_dict(), model=model)
     per_fusion = [replace(cfg, model=replace(model, fusion=f)) for f in fusions or [model.fusion]]
+    if features:  # the baselines read their one modality
+        per_fusion = [replace(c, modalities=BASELINE_MODALITIES.get(c.model.fusion, c.modalities)) for c in per_fusion]
     inapplicable = []
     for fusion_cfg in per_fusion:
         try:
@@ -729,14 +790,20 @@ def compare_config_from_args(args: argparse.Namespace, fusions: list[str] | None
 
 def compare_run(args: argparse.Namespace) -> int:
     from avemo.training.train.compare import TINY_MODEL, compare, parse_fusions
+    from avemo.training.train.config import CLIP_DATASETS
 
+    text = args.fusions
+    if "fusions" not in given(args) and args.dataset not in CLIP_DATASETS:  # features: a baseline per modality read
+        baselines = [b for b in ("text", "audio", "video") if not args.modalities or b[0] in args.modalities]
+        fusions = [f for f in text.split(",") if f not in ("audio", "video")]
+        text = ",".join(baselines + fusions * (len(baselines) > 1))
     try:
-        fusions = parse_fusions(args.fusions)
+        fusions = parse_fusions(text, args.dataset)
     except ValueError as e:
         raise UsageError(f"--fusions: {e}") from None
     base = compare_config_from_args(args, fusions)
     fresh_roots = []
-    with progress_to_stderr(args.json):
+    with progress_to_stderr(args.json), feature_file_errors():
         if args.fresh_corpora:
             from avemo.training.synthetic.fresh import fresh_corpora
 
@@ -756,6 +823,7 @@ def compare_run(args: argparse.Namespace) -> int:
             evaluate_test=args.unseen_eval or None,
             fusion_epochs=args.fusion_epochs,
             distill_baselines=args.distill_baselines,
+            seeds=args.seeds,
         )
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2))

@@ -92,12 +92,14 @@ class DialogueDataset(Dataset):
 
 
 def prepare_dialogues(
-    data_root: str | Path, dataset: str, modalities: tuple[str, ...] | None = None
+    data_root: str | Path, dataset: str, modalities: tuple[str, ...] | None = None, folds: int = 0, fold: int = 0
 ) -> tuple[dict, dict]:
     """A dialogue feature file -> ({"train", "val", "test": DialogueDataset}, info with the dims, speakers,
     class names and the dialogue / utterance counts of each split, which the trainer stores in the config).
-    ``modalities`` None: every modality the file has (MELD's 9-tuple: text and audio)."""
-    corpus = read_dialogues(data_root, dataset)
+    ``modalities`` None: every modality the file has (MELD's 9-tuple: text and audio). ``folds`` >= 2: fold
+    ``fold`` of the folds of whole IEMOCAP sessions / MELD dialogues (``read_dialogues``; info "folds" says
+    which groups it tests) instead of the file's trainVid / testVid."""
+    corpus = read_dialogues(data_root, dataset, folds=folds, fold=fold)
     if modalities is None:
         modalities = tuple(m for m in ("text", "audio", "video") if m in corpus.dims)
     check_modalities(corpus, modalities)
@@ -119,4 +121,6 @@ def prepare_dialogues(
         "samples": {k: v.utterances for k, v in datasets.items()},
         "problems": [],
     }
+    if corpus.fold:
+        info["folds"] = corpus.fold
     return datasets, info

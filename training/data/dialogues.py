@@ -23,11 +23,21 @@ with one dim per modality, NaN / inf, label ranges, speakers -- and returns a ``
 names (modalities text / audio / video; float32 [n, D] features per dialogue). The valid split is a seeded
 10 % of the training dialogues, as the papers' loaders take it. Every problem is one ``FeatureFileError``
 naming the file, the dialogue / key, what was expected and what was found.
+
+Folds (``read_dialogues(..., folds=K, fold=k)``): K folds over every dialogue of the file (trainVid and
+testVid together) that keep whole groups in one split: an IEMOCAP session (the 'Ses01' of 'Ses01F_impro01':
+its two actors speak in every dialogue of the session, so leave-sessions-out folds keep every speaker out of
+training when tested), a MELD dialogue (MELD's speakers are one-hot slots that name nobody across dialogues).
+Fold k tests the k-th of K near-equal chunks of the groups (IEMOCAP: the sorted sessions, so 5 folds leave
+one session out each; MELD: the dialogues in a permutation of ``seed``); the valid split is ``valid_fraction``
+of the remaining dialogues (from the training sessions: the test sessions stay unseen). ``check_no_leak``
+refuses a dialogue in two splits and a test session in train / valid.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +71,7 @@ _TUPLE_HELP = {
 FEATURE_KEYS = {"videoText": "text", "videoAudio": "audio", "videoVisual": "video"}  # file key -> our modality
 EMOTION_KEYS = ("videoLabels", "videoLabelsEmotion")
 IEMOCAP_SPEAKERS = {"M": 0, "F": 1}
+SESSION = re.compile(r"^Ses(\d+)")  # IEMOCAP dialogue id -> session number ('Ses01F_impro01' -> 1)
 
 
 @dataclass
@@ -88,6 +99,7 @@ class DialogueCorpus:
     dims: dict[str, int]  # the modalities the file has -> D (MELD's 9-tuple: no "video")
     num_speakers: int  # IEMOCAP 2; MELD the one-hot length
     class_names: tuple[str, ...]
+    fold: dict = field(default_factory=dict)  # with folds: folds, fold, group ("session" / "dialogue"), test_groups
 
 
 def _text(value: object) -> str:
@@ -324,18 +336,25 @@ def _keep(dialogue: Dialogue, classes: int) -> Dialogue | None:
     )
 
 
-def read_dialogues(path: str | Path, dataset: str, valid_fraction: float = 0.1, seed: int = 0) -> DialogueCorpus:
+def read_dialogues(
+    path: str | Path, dataset: str, valid_fraction: float = 0.1, seed: int = 0, folds: int = 0, fold: int = 0
+) -> DialogueCorpus:
     """Load and validate an IEMOCAP / MELD dialogue pickle; raises ``FeatureFileError`` naming file, dialogue, key.
 
     ``dataset`` is one of ``DIALOGUE_DATASETS``. The valid split is ``valid_fraction`` of the training
     dialogues (at least one), picked with ``numpy.random.default_rng(seed)`` over their sorted ids; the
     test split is ``testVid``. Dims and the number of speakers come from the file.
+    ``folds`` >= 2: fold ``fold`` of the leave-groups-out folds over trainVid + testVid instead (module
+    docstring: IEMOCAP sessions, MELD dialogues); the valid split is then ``valid_fraction`` of the dialogues
+    outside the test groups, and ``check_no_leak`` runs on the result.
     """
     path = Path(path)
     if dataset not in DIALOGUE_DATASETS:
         raise ValueError(f"unknown dialogue dataset {dataset!r}: one of {', '.join(DIALOGUE_DATASETS)}")
     if not 0.0 < valid_fraction < 1.0:
         raise ValueError(f"valid_fraction must lie in (0, 1), got {valid_fraction}")
+    if folds and not (folds >= 2 and 0 <= fold < folds):
+        raise ValueError(f"folds must be 0 (the file's split) or >= 2 with 0 <= fold < folds, got {folds}, {fold}")
     layout = LAYOUTS[dataset]
     entries, keys = _top(path, safe_load(path, encoding="latin1"), layout)
     split_ids = _split_ids(path, entries, keys["videoIDs"], layout)
@@ -354,6 +373,12 @@ def read_dialogues(path: str | Path, dataset: str, valid_fraction: float = 0.1, 
     dims = {m: found[m][0] for m in ("text", "audio", "video") if m in found}
     classes = len(CLASS_NAMES[dataset])
     kept = {did: d for did, d in ((k, _keep(v, classes)) for k, v in dialogues.items()) if d is not None}
+    if folds:
+        pool = sorted(d for d in split_ids["trainVid"] + split_ids["testVid"] if d in kept)
+        ids, about = fold_split_ids(path, dataset, pool, folds, fold, valid_fraction, seed)
+        check_no_leak(ids, dataset)
+        splits = {name: [kept[d] for d in v] for name, v in ids.items()}
+        return DialogueCorpus(dataset, path, splits, dims, slots[0], CLASS_NAMES[dataset], about)
     train = [d for d in split_ids["trainVid"] if d in kept]
     test = [kept[d] for d in split_ids["testVid"] if d in kept]
     if len(train) < 2 or not test:
@@ -361,15 +386,86 @@ def read_dialogues(path: str | Path, dataset: str, valid_fraction: float = 0.1, 
             f"{path}: {len(train)} training and {len(test)} test dialogues with {dataset} labels; "
             "expected at least 2 and 1 (the valid split comes from the training dialogues)"
         )
-    n_valid = max(1, int(valid_fraction * len(train) + 0.5))
-    n_valid = min(n_valid, len(train) - 1)
-    chosen = set(np.random.default_rng(seed).choice(len(train), size=n_valid, replace=False).tolist())
+    chosen = _valid_indices(len(train), valid_fraction, seed)
     splits = {
         "train": [kept[d] for i, d in enumerate(train) if i not in chosen],
         "valid": [kept[d] for i, d in enumerate(train) if i in chosen],
         "test": test,
     }
     return DialogueCorpus(dataset, path, splits, dims, slots[0], CLASS_NAMES[dataset])
+
+
+def _valid_indices(n: int, valid_fraction: float, seed: int) -> set[int]:
+    """Which of ``n`` training dialogues (sorted ids) are the valid split: ``valid_fraction`` of them, at least
+    one and at most n - 1, drawn with ``numpy.random.default_rng(seed)``."""
+    n_valid = min(max(1, int(valid_fraction * n + 0.5)), n - 1)
+    return set(np.random.default_rng(seed).choice(n, size=n_valid, replace=False).tolist())
+
+
+def fold_group(dataset: str, dialogue_id: str) -> str | None:
+    """What a fold keeps whole: the IEMOCAP session of a dialogue ('Ses01F_impro01' -> 'Ses01'; None when the
+    id names none), for MELD the dialogue itself."""
+    if LAYOUTS[dataset] != "iemocap":
+        return dialogue_id
+    m = SESSION.match(dialogue_id)
+    return f"Ses{int(m.group(1)):02d}" if m else None
+
+
+def fold_split_ids(
+    path: Path, dataset: str, ids: list[str], folds: int, fold: int, valid_fraction: float = 0.1, seed: int = 0
+) -> tuple[dict[str, list[str]], dict]:
+    """Fold ``fold`` of ``folds`` over the dialogue ``ids``: ({"train", "valid", "test": sorted ids}, what the
+    fold is: folds, fold, group, groups, test_groups). Test = the fold's chunk of the groups (``fold_group``);
+    valid = ``valid_fraction`` of the other dialogues (``_valid_indices``); train = the rest."""
+    group = "session" if LAYOUTS[dataset] == "iemocap" else "dialogue"
+    groups = {d: fold_group(dataset, d) for d in ids}
+    unnamed = [d for d, g in groups.items() if g is None]
+    if unnamed:
+        raise FeatureFileError(
+            f"{path}: dialogue {unnamed[0]!r} names no session ({len(unnamed)} such); session folds need IEMOCAP's "
+            "dialogue ids ('Ses01F_impro01': session 1)"
+        )
+    names = sorted(set(groups.values()))
+    if LAYOUTS[dataset] != "iemocap":  # dialogues: a seeded permutation (ids carry no order worth keeping)
+        names = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    if folds > len(names):
+        raise FeatureFileError(
+            f"{path}: {folds} folds need at least {folds} {group}s; the file has {len(names)} with {dataset} labels"
+        )
+    test_groups = {names[i] for i in np.array_split(np.arange(len(names)), folds)[fold]}
+    rest = [d for d in ids if groups[d] not in test_groups]
+    if len(rest) < 2:
+        raise FeatureFileError(
+            f"{path}: fold {fold} of {folds} leaves {len(rest)} dialogue(s) outside the test {group}s; expected at "
+            "least 2 (train and valid)"
+        )
+    chosen = _valid_indices(len(rest), valid_fraction, seed)
+    split = {
+        "train": [d for i, d in enumerate(rest) if i not in chosen],
+        "valid": [d for i, d in enumerate(rest) if i in chosen],
+        "test": [d for d in ids if groups[d] in test_groups],
+    }
+    about = {"folds": folds, "fold": fold, "group": group, "groups": len(names), "test_groups": sorted(test_groups)}
+    return split, about
+
+
+def check_no_leak(split_ids: dict[str, list[str]], dataset: str) -> None:
+    """Raise ``ValueError`` when a dialogue id is in two splits, or (IEMOCAP) a session of the test split is also
+    in train or valid: the test dialogues' speakers would have been seen in training."""
+    where: dict[str, str] = {}
+    for name, ids in split_ids.items():
+        for d in ids:
+            if d in where:
+                raise ValueError(f"leak: dialogue {d!r} is in both the {where[d]} and the {name} split")
+            where[d] = name
+    if LAYOUTS[dataset] == "iemocap":
+        sessions = {name: {fold_group(dataset, d) for d in ids} for name, ids in split_ids.items()}
+        seen = sessions.get("train", set()) | sessions.get("valid", set())
+        shared = sorted(str(s) for s in sessions.get("test", set()) & seen)
+        if shared:
+            raise ValueError(
+                f"leak: session {shared[0]} is in the test split and in train / valid ({len(shared)} such)"
+            )
 
 
 def check_modalities(corpus: DialogueCorpus, modalities: tuple[str, ...]) -> None:

@@ -17,12 +17,18 @@ e.g. --data_root, --fusion, --lr, --batch_size; give the mode first. Defaults a 
 A space with delta_va > 0 distils from an audio-only and a video-only teacher: trained once into
 <folder>/teachers/ unless --teacher_audio / --teacher_video are given.
 
+Feature files (--dataset mosi|mosei|sims --data_root FILE --modalities atv): seed 002's regression model,
+ranked by best validation MSE; the table adds Corr / MAE / Acc-2 (non-zero) / Acc-7 on val and test. The
+teachers are the unimodal feature models (--modalities a / v, text is the anchor), and a search of delta_nce
+adds --contrastive_pairs text (InfoNCE of audio and video against text) unless given.
+
 examples:
   avemo search quick                                      # 6 combinations, results in runs/search/quick_search_*/
   avemo search grid --workers 2                           # 49 trials, two processes on this machine
   avemo search quick --resume                             # continue the newest quick search after a kill
   avemo search custom --param lr=0.001,0.002 --param batch_size=16,32
   avemo search ablation --epochs 12                       # the loss-analysis grid on the hierarchical fusion
+  avemo search quick --dataset mosei --data_root data/mosei_unaligned.pkl --modalities atv   # seed 002 on features
   avemo search grid --storage postgresql+psycopg://user@db-host/avemo --study grid1 \\
       --teacher_audio /shared/audio.pt --teacher_video /shared/video.pt --workers 4   # same on every machine
 """
@@ -54,8 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "objective",
         choices=list(OBJECTIVES),
         default="val_loss",
-        help="what ranks the trials: best validation loss (lower is better, the guide's) or best validation "
-        "macro-F1; the results show both (default: %(default)s)",
+        help="what ranks the trials: best validation loss (lower is better, the guide's; MSE for a regression "
+        "run on a feature file) or best validation macro-F1 (classification only); the results show both "
+        "(default: %(default)s)",
     )
     add_option(
         p,
@@ -97,7 +104,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from avemo.training.cli import progress_to_stderr
     from avemo.training.search.launcher import SearchRequest, run_search
-    from avemo.training.search.report import OBJECTIVE_TEXT
+    from avemo.training.search.report import objective_text
     from avemo.training.search.space import build_space
 
     extra = list(getattr(args, "extra", []))
@@ -133,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
     print((folder / "results.md").read_text())
     best = doc["best"]
     if best:
-        print(f"best by {OBJECTIVE_TEXT[args.objective]}: trial {best['number']} ({best['label']})")
+        text = objective_text(args.objective, doc.get("task") == "regression")
+        print(f"best by {text}: trial {best['number']} ({best['label']})")
     for name in ("results.json", "results.md", "heatmap.png", "best_config.txt"):
         if (folder / name).exists():
             print(f"written {folder / name}")

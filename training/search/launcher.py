@@ -9,6 +9,7 @@ with a progress bar over trials showing the best so far, and writes the final re
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import shlex
@@ -26,7 +27,15 @@ from avemo.contract.options import UsageError, given
 from avemo.contract.progress import progress as progress_bar
 from avemo.training.search import study as st
 from avemo.training.search.report import write_reports
-from avemo.training.search.space import INFONCE_DEFAULTS, INFONCE_FLAGS, MODES, SEARCH_DEFAULTS, Space, point_key
+from avemo.training.search.space import (
+    FEATURE_INFONCE_DEFAULTS,
+    INFONCE_DEFAULTS,
+    INFONCE_FLAGS,
+    MODES,
+    SEARCH_DEFAULTS,
+    Space,
+    point_key,
+)
 from avemo.training.search.worker import OBJECTIVES, WorkerContext, train_parser, trial_argv, trial_config, worker_main
 
 SPEC_FILE = "search.json"
@@ -81,8 +90,32 @@ def _with_defaults(argv: list[str], defaults: tuple[str, ...], parser) -> list[s
     return out
 
 
+def _resolved(user, have: dict, dest: str):
+    """The value ``dest`` will have in the run: the command line's, else its ``--preset``'s, else the default."""
+    if dest not in have and getattr(user, "preset", None):
+        from avemo.training.train.presets import PRESETS
+
+        if dest in PRESETS[user.preset]:
+            return PRESETS[user.preset][dest]
+    return getattr(user, dest)
+
+
+def teacher_modalities(dataset: str, modalities: str) -> list[str]:
+    """The teachers a distilling search trains: an audio-only and a video-only model. On a feature file
+    (--dataset mosi|mosei|sims or a conversation file) text is the anchor and only the modalities the model
+    reads get a teacher (``--modalities at`` -> audio)."""
+    from avemo.training.train.config import DIALOGUE_DATASETS, FEATURE_DATASETS
+
+    if dataset not in FEATURE_DATASETS + DIALOGUE_DATASETS:
+        return ["audio", "video"]
+    letters = modalities or "atv"
+    return [m for m in ("audio", "video") if m[0] in letters]
+
+
 def fixed_train_argv(req: SearchRequest, folder: Path, parser) -> tuple[list[str], list[str]]:
     """(fixed train flags with defaults and teachers, the teachers this search must train: "audio"/"video")."""
+    from avemo.training.train.config import FEATURE_DATASETS
+
     try:
         user = parser.parse_args(req.train_argv)
     except SystemExit:
@@ -105,14 +138,39 @@ def fixed_train_argv(req: SearchRequest, folder: Path, parser) -> tuple[list[str
         fusion = PRESETS[user.preset].get("fusion")
     if searched & INFONCE_FLAGS and fusion != "joyful":
         defaults += INFONCE_DEFAULTS
+    dataset = _resolved(user, have, "dataset")
+    modalities = _resolved(user, have, "modalities") or ""
+    # seed 002's delta_nce on a feature file: InfoNCE(video, text) + InfoNCE(audio, text), text the anchor
+    if "delta_nce" in searched and dataset in FEATURE_DATASETS and "t" in (modalities or "atv"):
+        defaults += FEATURE_INFONCE_DEFAULTS
     argv = _with_defaults(req.train_argv, defaults, parser)
     distils = any(float(req.space.flags(p).get("delta_va", 0) or 0) > 0 for p in req.space.points())
     teachers = []
     if distils and "teacher_audio" not in have and "teacher_video" not in have:
-        teachers = ["audio", "video"]
+        teachers = teacher_modalities(dataset, modalities)
         for m in teachers:
             argv += [f"--teacher_{m}", str((folder / "teachers" / m / "best.pt").resolve())]
     return argv, teachers
+
+
+def teacher_config(base, m: str, out_dir: Path, progress: bool):
+    """The TrainConfig of the ``m``-only teacher ("audio"/"video") of the trials ``base``: the same data, task,
+    encoders and optimisation, one modality, no contrastive projection, no distillation. A clip teacher is
+    ``--fusion audio|video``; a feature teacher ``--modalities a|v`` (what ``--preset mosei_audio_teacher`` is)."""
+    losses = {**base.losses, "distill": 0.0}
+    if base.is_features:
+        losses["contrastive"] = 0.0  # one modality: nothing to pair (and no projection)
+    cfg = replace(
+        base,
+        out_dir=str(out_dir),
+        progress=progress,
+        teacher_audio="",
+        teacher_video="",
+        teacher_text="",
+        losses=losses,
+        model=replace(base.model, fusion=m, contrastive_proj_dim=0),
+    )
+    return replace(cfg, modalities=m[0]) if base.is_features else cfg
 
 
 def train_teachers(req: SearchRequest, folder: Path, fixed: list[str], which: list[str], parser) -> None:
@@ -122,18 +180,26 @@ def train_teachers(req: SearchRequest, folder: Path, fixed: list[str], which: li
     no_teachers = [
         w for i, w in enumerate(fixed) if not (w.startswith("--teacher_") or fixed[i - 1].startswith("--teacher_"))
     ]
-    base = trial_config(no_teachers, parser)
+    # --delta_va 0: a preset's distillation weight (mosei_tva) needs a teacher; the teachers distil nothing
+    base = trial_config([*no_teachers, "--delta_va", "0"], parser)
     for m in which:
-        cfg = replace(
-            base,
-            out_dir=str(folder / "teachers" / m),
-            progress=req.progress,
-            model=replace(base.model, fusion=m, contrastive_proj_dim=0),
-        )
+        cfg = teacher_config(base, m, folder / "teachers" / m, req.progress)
         print(f"[search] teacher {m}: training once into {cfg.out_dir} (every trial distils from it)", file=sys.stderr)
         metrics, _ = train_or_reuse(cfg, log=lambda s: print(s, file=sys.stderr), tag=f"[teacher {m}]")
-        f1 = metrics.get("test", {}).get("clip", {}).get("macro_f1", float("nan"))
-        print(f"[search] teacher {m}: val macro-F1 {metrics['best_val_macro_f1']:.3f}, test {f1:.3f}", file=sys.stderr)
+        print(f"[search] teacher {m}: {teacher_summary(metrics)}", file=sys.stderr)
+
+
+def teacher_summary(metrics: dict) -> str:
+    """One line of a teacher's results: val MSE and test Corr / MAE (regression), else val / test macro-F1."""
+    test = metrics.get("test", {})
+    if "regression" in test:
+        r = test["regression"]
+        return (
+            f"val MSE {metrics.get('best_val_loss', math.nan):.4f}, test Corr {r.get('Corr', math.nan):.3f}, "
+            f"MAE {r.get('MAE', math.nan):.3f}"
+        )
+    f1 = test.get("clip", {}).get("macro_f1", math.nan)
+    return f"val macro-F1 {metrics.get('best_val_macro_f1', math.nan):.3f}, test {f1:.3f}"
 
 
 def _line(t, space: Space, objective: str) -> str:
@@ -143,11 +209,14 @@ def _line(t, space: Space, objective: str) -> str:
     if t.state == TrialState.FAIL:
         return f"trial {t.number} {label}: failed ({u.get('error', 'worker died')})"
     early = ", stopped early" if u.get("stopped_early") else ""
-    return (
-        f"trial {t.number} {label}: val loss {u.get('best_val_loss', float('nan')):.4f}, "
-        f"val macro-F1 {u.get('val_macro_f1', float('nan')):.3f} ({u.get('epochs_run')} epochs{early}, "
-        f"{u.get('seconds', 0):.0f} s)"
-    )
+    if u.get("task") == "regression":
+        figures = (
+            f"val MSE {u.get('best_val_loss', math.nan):.4f}, val Corr {u.get('val_corr', math.nan):.3f}, "
+            f"test Corr {u.get('test_corr', math.nan):.3f}, MAE {u.get('test_mae', math.nan):.3f}"
+        )
+    else:
+        figures = f"val loss {u.get('best_val_loss', math.nan):.4f}, val macro-F1 {u.get('val_macro_f1', math.nan):.3f}"
+    return f"trial {t.number} {label}: {figures} ({u.get('epochs_run')} epochs{early}, {u.get('seconds', 0):.0f} s)"
 
 
 def run_search(req: SearchRequest) -> dict:
@@ -160,8 +229,13 @@ def run_search(req: SearchRequest) -> dict:
     parser = train_parser()
     folder = search_folder(req)
     fixed, teachers = fixed_train_argv(req, folder, parser)
-    for p in req.space.points():  # every trial's flags are refused now, not after hours of training
-        trial_config(trial_argv(fixed, req.space, p, parser), parser)
+    # every trial's flags are refused now, not after hours of training
+    configs = [trial_config(trial_argv(fixed, req.space, p, parser), parser) for p in req.space.points()]
+    if req.objective == "val_macro_f1" and any(c.resolved_task == "regression" for c in configs):
+        raise UsageError(
+            "--objective val_macro_f1: a regression run (the sentiment score of a feature file) has no macro-F1; "
+            "it is ranked by its best validation MSE (--objective val_loss)"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     storage = req.storage or str(folder / "study.journal")
     name = req.study or (MODES[req.mode].folder if st.is_url(storage) else folder.name)

@@ -47,6 +47,9 @@ COMBINATION = "combination"  # the quick search's one categorical parameter
 SEARCH_DEFAULTS: tuple[str, ...] = ("--epochs", "8", "--early_stopping_patience", "3")
 INFONCE_DEFAULTS = ("--contrastive_proj_dim", "64")  # InfoNCE (delta_nce, cl_loss_weight) reads 64-d projections
 INFONCE_FLAGS = {"delta_nce", "cl_loss_weight", "contrastive_weight", "contrastive_temperature"}
+# seed 002's delta_nce on a feature file (--dataset mosi|mosei|sims that reads text): InfoNCE(video, text) +
+# InfoNCE(audio, text), added by the launcher when delta_nce is searched (a --contrastive_pairs given wins)
+FEATURE_INFONCE_DEFAULTS = ("--contrastive_pairs", "text")
 
 
 @dataclass(frozen=True)

@@ -75,20 +75,73 @@ def trial_config(argv: list[str], parser=None):
     return train_config_from_args(args)
 
 
+def best_epoch(metrics: dict) -> dict:
+    """The history record of the epoch the best checkpoint comes from: the lowest validation loss for a
+    regression run, the best validation selection metric (macro-F1; weighted F1 for conversations) otherwise;
+    the last record when none matches (an older metrics.json)."""
+    history = metrics.get("history", [])
+    if not history:
+        return {}
+    if "regression" in metrics.get("test", {}):
+        scored = [h for h in history if isinstance(h.get("val_loss"), int | float)]
+        return min(scored, key=lambda h: h["val_loss"]) if scored else history[-1]  # min: the first of equals
+    for key in ("weighted_f1", "macro_f1"):
+        best = metrics.get(f"best_val_{key}")
+        if best is not None and (match := [h for h in history if h.get(f"val_{key}") == best]):
+            return match[0]
+    return history[-1]
+
+
+def modality_weights(metrics: dict, record: dict) -> dict[str, float]:
+    """{modality: mean validation weight} of every modality the model reads, in the model's order."""
+    names = list(metrics.get("config", {}).get("model", {}).get("modalities") or [])
+    names += [k.removeprefix("val_weight_") for k in record if k.startswith("val_weight_")]
+    return {m: record.get(f"val_weight_{m}", math.nan) for m in dict.fromkeys(names)}
+
+
+# the field's regression figures: stored name -> (MMSA's name in metrics.json's test.regression, the history key
+# of the validation epoch); Acc-2 = Non0_acc_2 (non-zero scores), Acc-7 = Mult_acc_7
+REGRESSION_FIGURES = {
+    "corr": ("Corr", "val_corr"),
+    "mae": ("MAE", "val_mae"),
+    "mse": ("MSE", "val_loss"),
+    "acc2": ("Non0_acc_2", "val_Non0_acc_2"),
+    "acc7": ("Mult_acc_7", "val_Mult_acc_7"),
+}
+
+
 def summarise_run(metrics: dict, epochs: int) -> dict:
-    """What the results table shows of one trained run (metrics.json of ``avemo train``)."""
+    """What the results table shows of one trained run (metrics.json of ``avemo train``).
+
+    Every run: the best validation loss, the epochs and the modality weights of the best validation epoch.
+    Regression (the sentiment score of a feature file): Corr, MAE, MSE, Acc-2 (non-zero), Acc-7 of the best
+    checkpoint on the test split (test_*) and of the best validation epoch (val_*). Classification: macro-F1
+    (and weighted F1 for conversations) on validation and test."""
     history = metrics.get("history", [])
     losses = [h["val_loss"] for h in history if "val_loss" in h]
-    last = history[-1] if history else {}
-    return {
+    record = best_epoch(metrics)
+    test = metrics.get("test", {})
+    regression = "regression" in test
+    summary = {
+        "task": "regression" if regression else "classification",
         "best_val_loss": min(losses) if losses else math.nan,
         "val_macro_f1": metrics.get("best_val_macro_f1", math.nan),
-        "test_macro_f1": metrics.get("test", {}).get("clip", {}).get("macro_f1", math.nan),
+        "test_macro_f1": test.get("clip", {}).get("macro_f1", math.nan),
         "epochs_run": metrics.get("epochs_run", len(history)),
+        "best_epoch": record.get("epoch"),
         "stopped_early": metrics.get("epochs_run", len(history)) < epochs,
-        "modality_weights": [last.get("val_weight_audio", math.nan), last.get("val_weight_video", math.nan)],
+        "modality_weights": modality_weights(metrics, record),
         "train_seconds": metrics.get("train_seconds", math.nan),
     }
+    if regression:
+        reg = test["regression"]
+        for short, (name, val_key) in REGRESSION_FIGURES.items():
+            summary[f"test_{short}"] = reg.get(name, math.nan)
+            summary[f"val_{short}"] = record.get(val_key, math.nan)
+    elif "weighted_f1" in test.get("clip", {}) and "best_val_weighted_f1" in metrics:  # a conversation run
+        summary["val_weighted_f1"] = metrics["best_val_weighted_f1"]
+        summary["test_weighted_f1"] = test["clip"]["weighted_f1"]
+    return summary
 
 
 def run_trial(ctx: WorkerContext, space: Space, trial: optuna.Trial, point: dict, parser) -> float:

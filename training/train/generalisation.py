@@ -12,6 +12,11 @@ the mask ("no_audio" / "no_video": that input zeroed and its mask entry 0). One 
 missing-modality rows (a bimodal model without video against the audio-only model of the same fold
 on the same clips, and the other way round) and the fusion gain (fused minus the better unimodal
 model, per fold and corpus). Without folds the one configured split counts as one fold.
+
+Feature and conversation comparisons (``avemo compare --dataset mosei|iemocap|... --seeds N [--folds K]``):
+``evaluate_feature_runs`` evaluates every multimodal run on its own test split with each modality dropped,
+``summarise_runs`` gives each model's test metrics (its metrics.json) as mean +- std over its runs (seeds x
+folds) and the missing-modality rows with their paired change, ``feature_markdown`` the tables.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from avemo.contract.geometry import WindowGeometry
 from avemo.contract.progress import progress as progress_bar
 from avemo.training.data.prepare import prepare_split
 from avemo.training.evaluation.predict import KEEPS, evaluate_predictions, predict_conditions
+from avemo.training.evaluation.sentiment_metrics import headline
 from avemo.training.models.checkpoint import model_from_checkpoint
 from avemo.training.models.config import CLIP_MODALITIES, UNIMODAL_FUSIONS
 
@@ -211,3 +217,130 @@ def plot(summary: dict, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- feature and conversation comparisons
+# MMSA's metric keys -> the names papers print (mosi / mosei: Acc-2 of the non-zero examples, Acc-7; sims: Acc-2/5)
+REGRESSION_LABELS = {
+    "Corr": "Corr",
+    "MAE": "MAE",
+    "Non0_acc_2": "Acc-2 (non-zero)",
+    "Mult_acc_7": "Acc-7",
+    "Mult_acc_2": "Acc-2",
+    "Mult_acc_5": "Acc-5",
+}
+CLASSIFICATION_COLUMNS = (("weighted_f1", "weighted F1"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"))
+
+
+def metric_columns(dataset: str, task: str) -> list[tuple[str, str]]:
+    """(metric key, column label) of a comparison's tables, the first one the headline: regression MMSA's
+    Corr, MAE, Acc-2, Acc-7 (sims: Acc-2, Acc-5); classification weighted F1, accuracy, macro-F1."""
+    if task == "regression":
+        return [(k, REGRESSION_LABELS.get(k, k)) for k in headline(dataset)]
+    return list(CLASSIFICATION_COLUMNS)
+
+
+def figures(result: dict) -> dict[str, float]:
+    """The scalar metrics of a metrics.json "test" entry or an ``evaluate_predictions`` result: MMSA's regression
+    metrics, or the clip / utterance classification metrics."""
+    found = result.get("regression") or result.get("clip") or {}
+    return {k: float(v) for k, v in found.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def dropped_conditions(modalities) -> list[str]:
+    """The missing-modality conditions of a model: "no_<m>" per modality when it reads two or more."""
+    return [f"no_{m}" for m in modalities] if len(modalities) >= 2 else []
+
+
+def evaluate_feature_runs(runs: dict[tuple[int, int, str], object], log=print) -> list[dict]:
+    """Evaluate every multimodal run on its own test split, with every modality and with each one dropped.
+
+    ``runs``: (fold, seed, fusion) -> the run's TrainConfig (its best.pt in ``out_dir``). The test split is
+    the one its training read (``avemo.training.train.loop.prepare_run``: the fold's, for conversations),
+    built once per fold and modalities. One record per (fold, seed, fusion, condition) with its "metrics"
+    (``figures``), the examples / utterances "n" and the mean modality weights.
+    """
+    from avemo.contract.geometry import DEFAULT_GEOMETRY
+    from avemo.training.train.loop import prepare_run
+
+    records: list[dict] = []
+    tests: dict[tuple, object] = {}
+    todo = [(k, cfg) for k, cfg in runs.items() if k[2] not in UNIMODAL_FUSIONS]
+    if todo:
+        log(f"[compare] evaluating {len(todo)} multimodal run(s) with each modality dropped")
+    for (fold, seed, fusion), cfg in todo:
+        model, ckpt = model_from_checkpoint(Path(cfg.out_dir) / "best.pt")
+        conditions = dropped_conditions(model.modalities)
+        if not conditions:
+            continue
+        key = (fold, cfg.modalities)
+        if key not in tests:
+            datasets, *_ = prepare_run(cfg, DEFAULT_GEOMETRY, progress=False)
+            tests[key] = datasets["test"]
+        for cond, pred in predict_conditions(model, tests[key], ["full", *conditions]).items():
+            res = evaluate_predictions(pred, list(ckpt["labels"]), cfg.dataset)
+            records.append(
+                {
+                    "fold": fold,
+                    "seed": seed,
+                    "fusion": fusion,
+                    "condition": cond,
+                    "metrics": figures(res),
+                    "n": int(len(np.unique(pred["clip"]))),
+                    "modality_weights": res["mean_modality_weights"],
+                }
+            )
+    return records
+
+
+def summarise_runs(rows: list[dict], records: list[dict], fusions: list[str], columns: list[tuple[str, str]]) -> dict:
+    """Mean +- std of each model's test metrics over its runs (``rows``: "fusion", "modalities", "test") and the
+    missing-modality rows of ``records`` (``evaluate_feature_runs``): each metric with the modality dropped and
+    its change from every modality, paired by (fold, seed)."""
+    keys = [k for k, _ in columns]
+    out: dict = {"metrics": keys, "labels": dict(columns), "primary": keys[0], "fusions": {}, "missing_modality": []}
+    for fusion in fusions:
+        mine = [r for r in rows if r["fusion"] == fusion]
+        out["fusions"][fusion] = {
+            "modalities": mine[0]["modalities"] if mine else "",
+            "runs": len(mine),
+            **{k: mean_std(r["test"].get(k) for r in mine) for k in keys},
+        }
+    full = {(r["fold"], r["seed"], r["fusion"]): r["metrics"] for r in records if r["condition"] == "full"}
+    for fusion in fusions:
+        dropped = [r for r in records if r["fusion"] == fusion and r["condition"] != "full"]
+        for cond in dict.fromkeys(r["condition"] for r in dropped):
+            rs = [r for r in dropped if r["condition"] == cond]
+            change = {}
+            for k in keys:
+                pairs = [(r["metrics"].get(k), full.get((r["fold"], r["seed"], fusion), {}).get(k)) for r in rs]
+                change[k] = mean_std(a - b for a, b in pairs if a is not None and b is not None)
+            out["missing_modality"].append(
+                {
+                    "fusion": fusion,
+                    "condition": cond,
+                    "dropped": cond.removeprefix("no_"),
+                    "metrics": {k: mean_std(r["metrics"].get(k) for r in rs) for k in keys},
+                    "change": change,
+                }
+            )
+    return out
+
+
+def feature_markdown(summary: dict) -> str:
+    """Two tables: each model's test metrics, and each multimodal model with a modality dropped (mean ± std)."""
+    keys, labels, primary = summary["metrics"], summary["labels"], summary["primary"]
+    head = ["model", "modalities", *[f"test {labels[k]}" for k in keys], "runs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for fusion, s in summary["fusions"].items():
+        cells = [fusion, s["modalities"] or "n/a", *[_pm(s[k]) for k in keys], str(s["runs"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    if summary["missing_modality"]:
+        head = ["model, modality dropped (mask 0)", *[labels[k] for k in keys]]
+        head.append(f"Δ {labels[primary]} (dropped - every modality)")
+        lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in summary["missing_modality"]:
+            cells = [f"{row['fusion']}, {row['dropped']} dropped", *[_pm(row["metrics"][k]) for k in keys]]
+            cells.append(_pm(row["change"][primary], signed=True))
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

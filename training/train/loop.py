@@ -166,8 +166,10 @@ def prepare_run(
         from avemo.training.data.dialogue_dataset import prepare_dialogues
         from avemo.training.data.features import parse_modalities
 
+        # --split_mode kfold: folds of whole sessions / dialogues instead of the file's split
+        folds = {"folds": cfg.folds, "fold": cfg.fold} if cfg.split_mode == "kfold" else {}
         datasets, info = prepare_dialogues(
-            cfg.data_root, cfg.dataset, parse_modalities(cfg.modalities) if cfg.modalities else None
+            cfg.data_root, cfg.dataset, parse_modalities(cfg.modalities) if cfg.modalities else None, **folds
         )
         modalities = tuple(info["modalities"])
         labels = list(datasets["train"].class_names)
