@@ -157,6 +157,12 @@ def test_compare_on_iemocap_session_folds(tmp_path, iemocap_file, capsys):
     assert doc["summary"]["fusions"]["gated"]["weighted_f1"]["mean"] == pytest.approx(np.mean(values["weighted_f1"]))
     full = [r for r in doc["records"] if r["condition"] == "full"]
     assert [r["metrics"]["weighted_f1"] for r in full] == pytest.approx(values["weighted_f1"])
+    # `avemo evaluate` on a fold's checkpoint scores that fold's test sessions, as the trainer did
+    ckpt = out / "fold-1" / "gated" / "best.pt"
+    assert main(["evaluate", str(ckpt), "--dataset", "iemocap", "--data_root", str(iemocap_file), "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["clip"]["n"] == runs[1]["test"]["clip"]["n"]
+    assert ev["clip"]["weighted_f1"] == pytest.approx(runs[1]["test"]["clip"]["weighted_f1"])
 
 
 # ---------------------------------------------------------------- usage errors (no training)

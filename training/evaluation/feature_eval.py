@@ -58,10 +58,12 @@ def _dialogue_split(ckpt: dict, data_root, dataset: str, split: str, modalities:
     from avemo.training.data.dialogue_dataset import prepare_dialogues
     from avemo.training.data.safe_pickle import FeatureFileError
 
-    trained_on = json.loads(ckpt.get("train_config_json", "{}")).get("dataset")
-    if trained_on and trained_on != dataset:
-        raise SystemExit(f"this checkpoint was trained on --dataset {trained_on}; got --dataset {dataset}")
-    datasets, info = prepare_dialogues(data_root, dataset, modalities)
+    trained = json.loads(ckpt.get("train_config_json", "{}"))
+    if trained.get("dataset") and trained["dataset"] != dataset:
+        raise SystemExit(f"this checkpoint was trained on --dataset {trained['dataset']}; got --dataset {dataset}")
+    # a fold's checkpoint is evaluated on that fold's splits (whole sessions / dialogues), not the file's
+    folds = {"folds": trained["folds"], "fold": trained["fold"]} if trained.get("split_mode") == "kfold" else {}
+    datasets, info = prepare_dialogues(data_root, dataset, modalities, **folds)
     want = {m: int(ckpt["model_config"]["input_dims"][m]) for m in modalities}
     if info["input_dims"] != want:
         raise FeatureFileError(f"{data_root}: features per utterance {info['input_dims']}, the checkpoint reads {want}")
