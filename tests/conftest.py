@@ -344,3 +344,15 @@ def launch_triton(triton_runtime, tmp_path):
     yield launch
     for srv in started:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def mosei_file(tmp_path_factory):
+    """A small generated MOSEI-layout feature file (120 / 40 / 40 samples, short sequences), shared by the
+    feature training, search and comparison tests (none of them writes to it)."""
+    from avemo.training.synthetic.features import write_mmsa_file
+
+    path = tmp_path_factory.mktemp("feat") / "mosei.pkl"
+    return write_mmsa_file(
+        path, dataset="mosei", samples=(120, 40, 40), seed=0, seq_lens={"text": 8, "audio": 20, "video": 15}
+    )

@@ -16,17 +16,9 @@ from avemo.training.data.dialogue_dataset import prepare_dialogues
 from avemo.training.data.dialogues import check_no_leak, fold_group, read_dialogues
 from avemo.training.data.safe_pickle import FeatureFileError
 from avemo.training.synthetic.dialogues import write_dialogue_file
-from avemo.training.synthetic.features import write_mmsa_file
 
-SMALL = {"text": 8, "audio": 20, "video": 15}
 DIMS = {"text": 6, "audio": 5, "video": 4}
 QUIET = ["--epochs", "1", "--tiny", "--no_progress", "--no-tensorboard", "--json"]
-
-
-@pytest.fixture(scope="module")
-def mosei_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("feat") / "mosei.pkl"
-    return write_mmsa_file(path, dataset="mosei", samples=(120, 40, 40), seed=0, seq_lens=SMALL)
 
 
 @pytest.fixture(scope="module")

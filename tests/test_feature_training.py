@@ -9,18 +9,7 @@ import pickle
 import subprocess
 import sys
 
-import pytest
-
 from avemo.cli import main
-from avemo.training.synthetic.features import write_mmsa_file
-
-SMALL = {"text": 8, "audio": 20, "video": 15}
-
-
-@pytest.fixture(scope="module")
-def mosei_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("feat") / "mosei.pkl"
-    return write_mmsa_file(path, dataset="mosei", samples=(120, 40, 40), seed=0, seq_lens=SMALL)
 
 
 def _train(tmp_path, mosei_file, *flags):

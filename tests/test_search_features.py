@@ -19,16 +19,8 @@ from avemo.contract.options import UsageError
 from avemo.training.search import launcher, report
 from avemo.training.search import worker as search_worker
 from avemo.training.search.space import build_space
-from avemo.training.synthetic.features import write_mmsa_file
 
-SMALL = {"text": 8, "audio": 20, "video": 15}
 MOSEI = ["--dataset", "mosei", "--data_root", "mosei.pkl", "--modalities", "atv"]
-
-
-@pytest.fixture(scope="module")
-def mosei_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("feat") / "mosei.pkl"
-    return write_mmsa_file(path, dataset="mosei", samples=(120, 40, 40), seed=0, seq_lens=SMALL)
 
 
 def _fixed(tmp_path, mode: str, argv: list[str], params=None):
