@@ -131,12 +131,7 @@ def fixed_train_argv(req: SearchRequest, folder: Path, parser) -> tuple[list[str
     defaults = SEARCH_DEFAULTS + MODES[req.mode].defaults
     searched = {n for p in req.space.points() for n in req.space.flags(p)}
     # an InfoNCE weight needs the projections too; JOYFUL's graph contrastive loss has its own
-    fusion = user.fusion if "fusion" in have or not getattr(user, "preset", None) else None
-    if fusion is None:
-        from avemo.training.train.presets import PRESETS
-
-        fusion = PRESETS[user.preset].get("fusion")
-    if searched & INFONCE_FLAGS and fusion != "joyful":
+    if searched & INFONCE_FLAGS and _resolved(user, have, "fusion") != "joyful":
         defaults += INFONCE_DEFAULTS
     dataset = _resolved(user, have, "dataset")
     modalities = _resolved(user, have, "modalities") or ""
