@@ -1,5 +1,8 @@
 """`avemo export CHECKPOINT`: checkpoint -> ONNX / TorchScript in the Triton model repository.
 
+Clip models (audio window + face frames) and utterance-level feature models (text / audio / vision
+feature sequences, served under the dataset's name) go through the same contract table and checks.
+
 avemo export runs/gated/best.pt                          # python flavour (the embedded server's)
 avemo export runs/gated/best.pt --backend all            # + native onnxruntime and pytorch_libtorch
 avemo export runs/gated/best.pt --version 2 --version-policy latest:2   # keep v1, serve both
@@ -39,8 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--model-name",
-        default=MODEL_NAME,
-        help="model name; native flavours get a suffix: <name>_onnx, <name>_libtorch (default: %(default)s)",
+        default=None,
+        help=f"model name; native flavours get a suffix: <name>_onnx, <name>_libtorch (default: {MODEL_NAME} for "
+        "a clip model, the dataset's name for a feature model: mosei, mosi, sims)",
     )
     p.add_argument(
         "--backend",
@@ -128,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         diffs = ", ".join(f"{k} {v:.2g}" for k, v in report.max_abs_diff.items())
         print(
-            f"exported {report.fusion} model ({', '.join(report.formats)}); "
+            f"exported {report.fusion} {report.kind} model ({', '.join(report.formats)}); "
             f"parity max|diff| {diffs} (atol {report.atol})"
         )
         for m in report.models:

@@ -16,9 +16,9 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from avemo.contract.geometry import WindowGeometry
-from avemo.contract.tensors import INPUTS, NUMPY_DTYPES, OUTPUTS, TRITON_PBTXT_DTYPES, resolve_dims
-from avemo.export.triton_config import FLAVOURS, LABELS_FILENAME, WARMUP_DIRNAME
+from avemo.contract.features import FeatureSignature
+from avemo.contract.tensors import NUMPY_DTYPES, PROBS, TRITON_PBTXT_DTYPES
+from avemo.export.triton_config import FLAVOURS, LABELS_FILENAME, WARMUP_DIRNAME, Spec, io_specs
 
 _ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 7: "TYPE_INT64"}  # onnx.TensorProto element types
 _TORCH_TO_TRITON = {"torch.float32": "TYPE_FP32", "torch.uint8": "TYPE_UINT8", "torch.int64": "TYPE_INT64"}
@@ -62,14 +62,15 @@ def _onnx_io(path: Path) -> tuple[list, list]:
     return table(g.input), table(g.output)
 
 
-def _torchscript_io(path: Path, geometry: WindowGeometry) -> tuple[list, list]:
+def _torchscript_io(path: Path, spec: Spec, num_classes: int) -> tuple[list, list]:
     import torch
 
     from avemo.export.onnx_export import example_inputs
     from avemo.export.torchscript_export import forward_argument_names, load_torchscript
 
     module = load_torchscript(path)
-    inputs = example_inputs(geometry, 2, seed=3)
+    inputs = example_inputs(spec, 2, seed=3)
+    outputs = io_specs(spec, num_classes)[1]
     with torch.no_grad():
         outs = module(*inputs)
     ins = [
@@ -78,16 +79,17 @@ def _torchscript_io(path: Path, geometry: WindowGeometry) -> tuple[list, list]:
     # outputs have no names in TorchScript: the config's order is the binding, so compare position by position
     outs_rows = [
         (spec.name, _TORCH_TO_TRITON.get(str(y.dtype), str(y.dtype)), tuple(y.shape[1:]))
-        for spec, y in zip(OUTPUTS, outs)
+        for spec, y in zip(outputs, outs)
     ]
-    if len(outs) != len(OUTPUTS):
+    if len(outs) != len(outputs):
         outs_rows.append(("<extra outputs>", f"{len(outs)} returned", ()))
     return ins, outs_rows
 
 
-def check_model_dir(model_dir: Path, geometry: WindowGeometry, version: int | None = None) -> mc.ModelConfig:
-    """Parse ``model_dir/config.pbtxt`` and check it against the contract, the exported file of ``version``
-    (default: the newest folder) and the files it names; raises ConfigError listing every problem."""
+def check_model_dir(model_dir: Path, spec: Spec, version: int | None = None) -> mc.ModelConfig:
+    """Parse ``model_dir/config.pbtxt`` and check it against the contract (the clip model's window geometry
+    or a feature model's signature), the exported file of ``version`` (default: the newest folder) and the
+    files it names; raises ConfigError listing every problem."""
     model_dir = Path(model_dir)
     cfg = parse_config((model_dir / "config.pbtxt").read_text(), str(model_dir / "config.pbtxt"))
     problems: list[str] = []
@@ -107,15 +109,26 @@ def check_model_dir(model_dir: Path, geometry: WindowGeometry, version: int | No
     if not labels:
         problems.append(f"{LABELS_FILENAME} is missing or empty")
 
-    want_in = [(s.name, TRITON_PBTXT_DTYPES[s.dtype], resolve_dims(s, geometry, num_classes)) for s in INPUTS]
-    want_out = [(s.name, TRITON_PBTXT_DTYPES[s.dtype], resolve_dims(s, geometry, num_classes)) for s in OUTPUTS]
+    specs_in, specs_out = io_specs(spec, num_classes)
+    want_in = [(s.name, TRITON_PBTXT_DTYPES[s.dtype], tuple(s.dims)) for s in specs_in]
+    want_out = [(s.name, TRITON_PBTXT_DTYPES[s.dtype], tuple(s.dims)) for s in specs_out]
     if _io_table(cfg.input) != want_in:
         problems.append(f"inputs {_io_table(cfg.input)} differ from the contract {want_in}")
     if _io_table(cfg.output) != want_out:
         problems.append(f"outputs {_io_table(cfg.output)} differ from the contract {want_out}")
     label_files = [o.label_filename for o in cfg.output if o.label_filename]
-    if label_files != [LABELS_FILENAME]:
-        problems.append(f"label_filename {label_files}, expected exactly one {LABELS_FILENAME!r} (on probs)")
+    want_files = [LABELS_FILENAME] if any(s.name == PROBS for s in specs_out) else []
+    if label_files != want_files:
+        problems.append(f"label_filename {label_files}, expected {want_files} (on probs; none for a prediction)")
+    if isinstance(spec, FeatureSignature):
+        params = {k: v.string_value for k, v in cfg.parameters.items()}
+        try:
+            served = FeatureSignature.from_parameters(params)
+        except ValueError as e:
+            problems.append(f"feature parameters: {e}")
+        else:
+            if served != spec:
+                problems.append(f"the config's feature parameters describe {served}, the export is {spec}")
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     if params.get("labels", "").split(",") != labels:
         problems.append(f"parameter labels {params.get('labels')!r} differs from {LABELS_FILENAME} {labels}")
@@ -143,7 +156,9 @@ def check_model_dir(model_dir: Path, geometry: WindowGeometry, version: int | No
     if v is None or not artefact.is_file():
         problems.append(f"no {flavour.filename} in version folder {v} (versions {versions})")
     else:
-        graph_in, graph_out = _onnx_io(artefact) if flavour.artefact == "onnx" else _torchscript_io(artefact, geometry)
+        graph_in, graph_out = (
+            _onnx_io(artefact) if flavour.artefact == "onnx" else _torchscript_io(artefact, spec, num_classes)
+        )
         cfg_in, cfg_out = _io_table(cfg.input), _io_table(cfg.output)
         if flavour.artefact == "onnx":  # ONNX flavours bind tensors by name: order is free
             graph_in, graph_out, cfg_in, cfg_out = sorted(graph_in), sorted(graph_out), sorted(cfg_in), sorted(cfg_out)

@@ -18,8 +18,11 @@ import onnxruntime as ort
 import torch
 
 from avemo.contract import tensors
+from avemo.contract.features import FeatureSignature
 from avemo.contract.geometry import WindowGeometry
-from avemo.training.models.model import ExportWrapper
+
+# What a model is exported for: the clip model's window geometry, or a feature model's signature
+Spec = WindowGeometry | FeatureSignature
 
 OPSET = 18
 MIN_OPSET = 17  # the dynamo exporter's floor
@@ -33,8 +36,23 @@ class ParityError(RuntimeError):
     """An exported model and eager PyTorch disagree beyond the stated tolerance, or the graph is unfit."""
 
 
-def example_inputs(geometry: WindowGeometry, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random contract inputs: audio [B, S] f32, frames [B, F, H, W, 3] u8, mask [B, 2] f32 (one missing modality)."""
+def input_names(spec: Spec) -> list[str]:
+    """The exported graph's input names, in argument order."""
+    return [t.name for t in (spec.inputs if isinstance(spec, FeatureSignature) else tensors.INPUTS)]
+
+
+def output_names(spec: Spec) -> list[str]:
+    """The exported graph's output names, in order."""
+    return [t.name for t in (spec.outputs if isinstance(spec, FeatureSignature) else tensors.OUTPUTS)]
+
+
+def example_inputs(spec: Spec, batch: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Random contract inputs, one tensor per graph input (``input_names``); with batch >= 2, row 1 lacks a
+    modality. Clips: audio [B, S] f32, frames [B, F, H, W, 3] u8, mask [B, 2] f32. Features
+    (``feature_example_inputs``): per modality [B, L, D] f32 and lengths [B, 1] i64, then mask [B, M] f32."""
+    if isinstance(spec, FeatureSignature):
+        return feature_example_inputs(spec, batch, seed)
+    geometry = spec
     g = torch.Generator().manual_seed(seed)
     audio = 0.3 * torch.randn(batch, geometry.window_samples, generator=g)
     frames = torch.randint(
@@ -54,14 +72,36 @@ def example_inputs(geometry: WindowGeometry, batch: int, seed: int) -> tuple[tor
     return audio, frames, mask
 
 
-def to_onnx(wrapper: ExportWrapper, geometry: WindowGeometry, path: Path, opset: int = OPSET) -> Path:
+def feature_example_inputs(sig: FeatureSignature, batch: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Features [B, L, D] (zero after each row's valid length), lengths [B, 1] and mask [B, M]. The valid
+    lengths differ with the seed and the row (the full length, one step, random in between), so a parity
+    check on another seed and batch size meets lengths the trace never saw."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, len(sig.modalities))
+    if batch > 1 and len(sig.modalities) > 1:
+        mask[1, seed % len(sig.modalities)] = 0.0
+    out: list[torch.Tensor] = []
+    for i, m in enumerate(sig.modalities):
+        steps = sig.seq_lens[m]
+        lengths = torch.randint(1, steps + 1, (batch, 1), generator=g, dtype=torch.int64)
+        lengths[0, 0] = steps
+        if batch > 2:
+            lengths[2, 0] = 1
+        x = torch.randn(batch, steps, sig.dims[m], generator=g)
+        x = x * (torch.arange(steps)[None, :, None] < lengths[:, :, None])
+        x = x * mask[:, i, None, None]  # a missing modality is zeros
+        out += [x, lengths]
+    return (*out, mask)
+
+
+def to_onnx(wrapper: torch.nn.Module, spec: Spec, path: Path, opset: int = OPSET) -> Path:
     """Export with a dynamic batch dim and the contract's tensor names; save one self-contained file."""
-    names_in = [t.name for t in tensors.INPUTS]
-    names_out = [t.name for t in tensors.OUTPUTS]
+    names_in = input_names(spec)
+    names_out = output_names(spec)
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.onnx.export(
         wrapper,
-        example_inputs(geometry, 2, seed=0),
+        example_inputs(spec, 2, seed=0),
         input_names=names_in,
         output_names=names_out,
         dynamic_shapes={n: {0: batch} for n in names_in},
@@ -103,28 +143,28 @@ def graph_op_types(model: Path | onnx.ModelProto) -> set[str]:
     return ops
 
 
-def parity(
-    wrapper: ExportWrapper, onnx_path: Path, geometry: WindowGeometry, batch: int = 3, seed: int = 1
-) -> dict[str, float]:
+def parity(wrapper: torch.nn.Module, onnx_path: Path, spec: Spec, batch: int = 3, seed: int = 1) -> dict[str, float]:
     """Max abs difference per output between onnxruntime and eager PyTorch on fresh inputs."""
-    inputs = example_inputs(geometry, batch, seed)
+    inputs = example_inputs(spec, batch, seed)
     with torch.no_grad():
         eager = [t.numpy() for t in wrapper(*inputs)]
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    feed = {t.name: x.numpy() for t, x in zip(tensors.INPUTS, inputs)}
-    got = sess.run([t.name for t in tensors.OUTPUTS], feed)
-    return {t.name: float(np.abs(a - b).max()) for t, a, b in zip(tensors.OUTPUTS, got, eager)}
+    feed = {name: x.numpy() for name, x in zip(input_names(spec), inputs)}
+    got = sess.run(output_names(spec), feed)
+    return {name: float(np.abs(a - b).max()) for name, a, b in zip(output_names(spec), got, eager)}
 
 
-def smoke_run(onnx_path: Path, geometry: WindowGeometry) -> float:
+def smoke_run(onnx_path: Path, spec: Spec) -> float:
     """Run the repository's ONNX file once with onnxruntime; returns milliseconds for a batch of 1."""
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    inputs = example_inputs(geometry, 1, seed=2)
+    inputs = example_inputs(spec, 1, seed=2)
     t = time.perf_counter()
-    probs, weights = sess.run(None, {t.name: x.numpy() for t, x in zip(tensors.INPUTS, inputs)})
+    first, weights = sess.run(output_names(spec), dict(zip(input_names(spec), (x.numpy() for x in inputs))))
     ms = (time.perf_counter() - t) * 1000
-    if not np.allclose(probs.sum(-1), 1.0, atol=1e-4) or weights.shape != (1, 2):
-        raise ParityError(
-            f"smoke run of {onnx_path} gave malformed outputs: probs sum {probs.sum(-1)}, weights {weights.shape}"
-        )
+    modalities = len(spec.modalities) if isinstance(spec, FeatureSignature) else 2
+    probs = not (isinstance(spec, FeatureSignature) and spec.task == "regression")
+    if (probs and not np.allclose(first.sum(-1), 1.0, atol=1e-4)) or not np.isfinite(first).all():
+        raise ParityError(f"smoke run of {onnx_path} gave malformed outputs: {output_names(spec)[0]} {first}")
+    if weights.shape != (1, modalities):
+        raise ParityError(f"smoke run of {onnx_path}: modality_weights {weights.shape}, expected (1, {modalities})")
     return ms

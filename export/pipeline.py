@@ -2,9 +2,9 @@
 
     report = export_checkpoint(Path("runs/gated/best.pt"), Path("model_repository"), backends=("python",))
 
-The model is rebuilt from the checkpoint alone (config, labels, geometry). Each format is exported once
-and checked against eager PyTorch on another batch size (``PARITY_ATOL``); each flavour's model folder is
-written from the one contract table and its config.pbtxt checked with Triton's schema against the file
+The model is rebuilt from the checkpoint alone (config, labels, window geometry or feature signature). Each
+format is exported once and checked against eager PyTorch on another batch size (``PARITY_ATOL``); each
+flavour's model folder is written from the one contract table and its config.pbtxt checked with Triton's schema against the file
 it serves (``export.config_check``); the ONNX file ends with an onnxruntime smoke run.
 """
 
@@ -18,13 +18,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from avemo.contract.endpoint import MODEL_NAME
+from avemo.contract.features import FeatureSignature
 from avemo.contract.geometry import WindowGeometry
 from avemo.export.config_check import check_model_dir
-from avemo.export.onnx_export import OPSET, PARITY_ATOL, ParityError, parity, smoke_run, to_onnx
+from avemo.export.onnx_export import OPSET, PARITY_ATOL, ParityError, Spec, parity, smoke_run, to_onnx
 from avemo.export.torchscript_export import TORCHSCRIPT_FILENAME, to_torchscript, torchscript_parity
 from avemo.export.triton_config import FLAVOURS, MAX_BATCH_SIZE, flavour_model_name
 from avemo.export.triton_repo import ONNX_FILENAME, write_model_repository
 from avemo.training.models.checkpoint import load_checkpoint, model_from_checkpoint
+from avemo.training.models.feature_export import feature_export_wrapper, feature_signature_of
 from avemo.training.models.model import ExportWrapper
 
 FORMATS = ("onnx", "torchscript")
@@ -53,6 +55,8 @@ class ExportReport:
     seconds: float = 0.0
     formats: list[str] = field(default_factory=list)
     models: list[ServedModelReport] = field(default_factory=list)
+    kind: str = "clip"  # clip | features
+    task: str = "classification"  # classification | regression
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -82,7 +86,7 @@ def resolve_formats(backends: Sequence[str], formats: Sequence[str] | None) -> l
 def export_checkpoint(
     checkpoint: Path,
     repository: Path,
-    model_name: str = MODEL_NAME,
+    model_name: str | None = None,
     version: int = 1,
     opset: int = OPSET,
     atol: float = PARITY_ATOL,
@@ -96,37 +100,46 @@ def export_checkpoint(
     tensorrt: bool = False,
 ) -> ExportReport:
     """Export a checkpoint into ``repository`` (one model folder per backend flavour); raises ParityError
-    (an export disagrees with eager PyTorch) or ValueError (bad options, or a config Triton would refuse)."""
+    (an export disagrees with eager PyTorch) or ValueError (bad options, or a config Triton would refuse).
+    ``model_name`` defaults to ``default_model_name(checkpoint)``: the clip model and a feature model of each
+    dataset live side by side in one repository."""
     t0 = time.time()
     formats = resolve_formats(list(backends), formats)
     if tensorrt and "onnxruntime" not in backends:
         raise ValueError("--tensorrt is an accelerator of the onnxruntime flavour: add --backend onnxruntime (or all)")
     ckpt = load_checkpoint(checkpoint)
-    if ckpt["model_config"].get("input_dims"):
-        kind = "conversation" if ckpt["model_config"].get("num_speakers") else "feature"
+    if ckpt["model_config"].get("num_speakers"):
         raise ValueError(
-            f"{checkpoint} is a {kind} model (inputs {', '.join(ckpt['model_config']['modalities'])} features): "
-            "the serving contract and this export cover the audio-video clip model only"
+            f"{checkpoint} is a conversation model: it answers a whole dialogue at once (speakers, context over "
+            "the utterances), which the utterance-level serving contract does not describe; export covers clip "
+            "models and utterance-level feature models (see docs/export.md)"
         )
     model, _ = model_from_checkpoint(ckpt)
-    geometry = WindowGeometry.from_dict(ckpt["geometry"])
-    wrapper = ExportWrapper(model).eval()
-    extra = {
-        "fusion": ckpt["model_config"]["fusion"],
-        "checkpoint": Path(checkpoint).name,
-        "val_macro_f1": f"{ckpt['metrics'].get('val_macro_f1', float('nan')):.4f}",
-    }
+    spec: Spec
+    model_name = model_name or default_model_name(ckpt)
+    if ckpt["model_config"].get("input_dims"):
+        spec = feature_signature_of(ckpt)
+        wrapper = feature_export_wrapper(model, spec).eval()
+    else:
+        spec = WindowGeometry.from_dict(ckpt["geometry"])
+        wrapper = ExportWrapper(model).eval()
+    metrics = ckpt.get("metrics", {})
+    extra = {"fusion": ckpt["model_config"]["fusion"], "checkpoint": Path(checkpoint).name}
+    if isinstance(spec, FeatureSignature) and spec.task == "regression":  # val_score = -MSE (training.train.loop)
+        extra["val_mse"] = f"{-metrics.get('val_score', float('nan')):.4f}"
+    else:
+        extra["val_macro_f1"] = f"{metrics.get('val_macro_f1', float('nan')):.4f}"
     diffs: dict[str, float] = {}
     models: list[ServedModelReport] = []
     with tempfile.TemporaryDirectory() as tmp:
         files = {}
         if "onnx" in formats:
-            files["onnx"] = to_onnx(wrapper, geometry, Path(tmp) / ONNX_FILENAME, opset)
-            diffs.update({f"onnx/{k}": v for k, v in parity(wrapper, files["onnx"], geometry).items()})
+            files["onnx"] = to_onnx(wrapper, spec, Path(tmp) / ONNX_FILENAME, opset)
+            diffs.update({f"onnx/{k}": v for k, v in parity(wrapper, files["onnx"], spec).items()})
         if "torchscript" in formats:
-            files["torchscript"] = to_torchscript(wrapper, geometry, Path(tmp) / TORCHSCRIPT_FILENAME)
+            files["torchscript"] = to_torchscript(wrapper, spec, Path(tmp) / TORCHSCRIPT_FILENAME)
             diffs.update(
-                {f"torchscript/{k}": v for k, v in torchscript_parity(wrapper, files["torchscript"], geometry).items()}
+                {f"torchscript/{k}": v for k, v in torchscript_parity(wrapper, files["torchscript"], spec).items()}
             )
         bad = {k: v for k, v in diffs.items() if not v <= atol}
         if bad:
@@ -144,7 +157,7 @@ def export_checkpoint(
                 name,
                 files[fl.artefact],
                 ckpt["labels"],
-                geometry,
+                spec,
                 flavour=backend,
                 version=version,
                 version_policy=version_policy,
@@ -155,12 +168,12 @@ def export_checkpoint(
                 extra_parameters=extra,
                 extra_files=unserved if i == 0 else (),
             )
-            check_model_dir(model_dir, geometry, version)
+            check_model_dir(model_dir, spec, version)
             models.append(
                 ServedModelReport(backend, name, str(model_dir), version, str(model_dir / str(version) / fl.filename))
             )
     onnx_path = next((m.file for m in models if m.file.endswith(".onnx")), "")
-    smoke_ms = smoke_run(Path(onnx_path), geometry) if onnx_path else 0.0
+    smoke_ms = smoke_run(Path(onnx_path), spec) if onnx_path else 0.0
     return ExportReport(
         models[0].model_dir,
         onnx_path,
@@ -173,4 +186,13 @@ def export_checkpoint(
         round(time.time() - t0, 1),
         formats,
         models,
+        "features" if isinstance(spec, FeatureSignature) else "clip",
+        spec.task if isinstance(spec, FeatureSignature) else "classification",
     )
+
+
+def default_model_name(ckpt: dict) -> str:
+    """``emotion`` for the clip model, the dataset's name (``mosei``, ``mosi``, ``sims``) for a feature model."""
+    if not ckpt["model_config"].get("input_dims"):
+        return MODEL_NAME
+    return feature_signature_of(ckpt).dataset or "features"

@@ -7,9 +7,9 @@ size into the graph where the code reads ``x.shape`` into Python arithmetic; the
 catches that.
 
 Triton's libtorch backend binds inputs by the ``forward`` argument names (``audio``, ``frames``,
-``modality_mask``, the contract's names, checked here) and outputs by their order in config.pbtxt
-(``probs``, ``modality_weights``, the order of ``contract.tensors.OUTPUTS``), so the served tensors
-keep the contract's names.
+``modality_mask``; a feature model's ``text``, ``text_lengths``, ...: the contract's names, checked here)
+and outputs by their order in config.pbtxt (``probs`` or ``prediction``, then ``modality_weights``), so
+the served tensors keep the contract's names.
 """
 
 from __future__ import annotations
@@ -21,10 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avemo.contract import tensors
-from avemo.contract.geometry import WindowGeometry
-from avemo.export.onnx_export import example_inputs
-from avemo.training.models.model import ExportWrapper
+from avemo.export.onnx_export import Spec, example_inputs, input_names, output_names
 
 TORCHSCRIPT_FILENAME = "model.pt"
 
@@ -34,15 +31,15 @@ def forward_argument_names(module: torch.jit.ScriptModule) -> list[str]:
     return [a.name for a in module.forward.schema.arguments[1:]]
 
 
-def to_torchscript(wrapper: ExportWrapper, geometry: WindowGeometry, path: Path) -> Path:
+def to_torchscript(wrapper: torch.nn.Module, spec: Spec, path: Path) -> Path:
     """Trace with batch 2 and save; raises ValueError when the traced inputs lose the contract's names."""
-    inputs = example_inputs(geometry, 2, seed=0)
+    inputs = example_inputs(spec, 2, seed=0)
     with torch.no_grad(), _quiet():
         traced = torch.jit.trace(wrapper.eval(), inputs, check_trace=False)
         # Not frozen: weights stay parameters, which the backend's torch::jit::load(path, device) places on
         # the instance's GPU like any module's.
         names = forward_argument_names(traced)
-        want = [t.name for t in tensors.INPUTS]
+        want = input_names(spec)
         if names != want:
             raise ValueError(f"traced forward takes {names}, the serving contract needs {want}")
         torch.jit.save(traced, str(path))
@@ -66,15 +63,15 @@ def _quiet():
 
 
 def torchscript_parity(
-    wrapper: ExportWrapper, pt_path: Path, geometry: WindowGeometry, batch: int = 3, seed: int = 1
+    wrapper: torch.nn.Module, pt_path: Path, spec: Spec, batch: int = 3, seed: int = 1
 ) -> dict[str, float]:
     """Max abs difference per output between the saved TorchScript file and eager PyTorch on fresh inputs."""
-    inputs = example_inputs(geometry, batch, seed)
+    inputs = example_inputs(spec, batch, seed)
     loaded = load_torchscript(pt_path)
     with torch.no_grad():
         eager = [t.numpy() for t in wrapper(*inputs)]
         got = [t.numpy() for t in loaded(*inputs)]
     diffs = {}
-    for spec, a, b in zip(tensors.OUTPUTS, got, eager):
-        diffs[spec.name] = float(np.abs(a - b).max()) if a.shape == b.shape else float("inf")
+    for name, a, b in zip(output_names(spec), got, eager):
+        diffs[name] = float(np.abs(a - b).max()) if a.shape == b.shape else float("inf")
     return diffs

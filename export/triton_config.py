@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from avemo.contract.features import FeatureSignature, lengths_name
 from avemo.contract.geometry import WindowGeometry
 from avemo.contract.tensors import (
     AUDIO,
@@ -35,8 +36,12 @@ from avemo.contract.tensors import (
     OUTPUTS,
     PROBS,
     TRITON_PBTXT_DTYPES,
+    TensorSpec,
     resolve_dims,
 )
+
+# What a model is served for: the clip model's window geometry, or a feature model's signature
+Spec = WindowGeometry | FeatureSignature
 
 LABELS_FILENAME = "labels.txt"
 WARMUP_DIRNAME = "warmup"
@@ -52,7 +57,21 @@ WARMUP_BATCH_SIZES = (1, 8)  # warm-up runs per model at load time (capped by ma
 
 # parameters the writer owns; extra_parameters may not override them
 GEOMETRY_PARAMETER_KEYS = ("sample_rate", "video_fps", "face_size", "window_seconds", "hop_seconds")
-OWNED_PARAMETER_KEYS = GEOMETRY_PARAMETER_KEYS + ("labels", "num_classes", "window_samples", "frames_per_window")
+FEATURE_PARAMETER_KEYS = ("kind", "dataset", "layout", "task", "modalities", "feature_dims", "seq_lens")
+OWNED_PARAMETER_KEYS = (
+    GEOMETRY_PARAMETER_KEYS + FEATURE_PARAMETER_KEYS + ("labels", "num_classes", "window_samples", "frames_per_window")
+)
+
+
+def io_specs(spec: Spec, num_classes: int) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """(inputs, outputs) of the served model with concrete dims (without the batch dim), in graph order."""
+    if isinstance(spec, FeatureSignature):
+        return spec.inputs, spec.outputs
+
+    def concrete(specs):
+        return tuple(TensorSpec(s.name, s.dtype, resolve_dims(s, spec, num_classes), s.meaning) for s in specs)
+
+    return concrete(INPUTS), concrete(OUTPUTS)
 
 
 @dataclass(frozen=True)
@@ -121,11 +140,27 @@ def parse_version_policy(policy: str) -> str:
 
 
 def config_parameters(
-    labels: Sequence[str], geometry: WindowGeometry, extra_parameters: Mapping[str, str] | None = None
+    labels: Sequence[str], spec: Spec, extra_parameters: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The string parameters stored in config.pbtxt (what the client reads back over gRPC)."""
+    """The string parameters stored in config.pbtxt (what the client reads back over gRPC): the window
+    geometry and labels of a clip model, or a feature model's ``FeatureSignature.parameters()``."""
     labels = validate_labels(labels)
-    params: dict[str, str] = {
+    if isinstance(spec, FeatureSignature):
+        if list(spec.labels) != labels:
+            raise ValueError(f"labels {labels} differ from the feature signature's {list(spec.labels)}")
+        params = spec.parameters()
+    else:
+        params = _clip_parameters(labels, spec)
+    for k, v in (extra_parameters or {}).items():
+        if str(k) in OWNED_PARAMETER_KEYS:
+            raise ValueError(f"extra parameter {k!r} would override a parameter written from the geometry/labels")
+        params[str(k)] = str(v)
+    return params
+
+
+def _clip_parameters(labels: list[str], geometry: WindowGeometry) -> dict[str, str]:
+    return {
+        "kind": "clip",
         "sample_rate": str(int(geometry.sample_rate)),
         "video_fps": str(int(geometry.video_fps)),
         "face_size": str(int(geometry.face_size)),
@@ -136,15 +171,17 @@ def config_parameters(
         "labels": ",".join(labels),
         "num_classes": str(len(labels)),
     }
-    for k, v in (extra_parameters or {}).items():
-        if str(k) in OWNED_PARAMETER_KEYS:
-            raise ValueError(f"extra parameter {k!r} would override a parameter written from the geometry/labels")
-        params[str(k)] = str(v)
-    return params
 
 
-def flavour_parameters(flavour: str) -> dict[str, str]:
+def flavour_parameters(flavour: str, spec: Spec | None = None) -> dict[str, str]:
     """Backend-specific parameters."""
+    if flavour == "python" and isinstance(spec, FeatureSignature):
+        return {
+            "execution_provider": "auto",
+            "intra_op_threads": "0",
+            # a request whose modality_mask has a row with nothing present is refused with INVALID_ARG
+            "refuse_empty_mask": "true",
+        }
     if flavour == "python":
         return {
             # onnxruntime execution provider inside the Python backend:
@@ -161,9 +198,20 @@ def flavour_parameters(flavour: str) -> dict[str, str]:
     return {}
 
 
-def warmup_samples(geometry: WindowGeometry) -> dict[str, np.ndarray]:
+def warmup_samples(spec: Spec) -> dict[str, np.ndarray]:
     """One realistic window per input, without batch dim (what ``warmup/<input>`` holds, row-major):
-    a quiet chord for audio, a smooth grey gradient for frames, both modalities present."""
+    a quiet chord for audio, a smooth grey gradient for frames, both modalities present. A feature model:
+    smooth features of unit scale over the whole padded length, every modality present."""
+    if isinstance(spec, FeatureSignature):
+        samples: dict[str, np.ndarray] = {}
+        for m, name in zip(spec.modalities, spec.served):
+            steps, dim = spec.seq_lens[m], spec.dims[m]
+            grid = np.arange(steps)[:, None] * 0.3 + np.arange(dim)[None, :] * 0.7
+            samples[name] = np.sin(grid).astype(np.float32)  # [L, D]
+            samples[lengths_name(name)] = np.array([steps], np.int64)  # [1]
+        samples[MODALITY_MASK] = np.ones(len(spec.modalities), np.float32)  # [M]
+        return samples
+    geometry = spec
     t = np.arange(geometry.window_samples, dtype=np.float64) / geometry.sample_rate
     audio = 0.1 * (np.sin(2 * math.pi * 220 * t) + 0.5 * np.sin(2 * math.pi * 330 * t))  # [S]
     size = geometry.face_size
@@ -185,16 +233,16 @@ def _tensor_block(name: str, dtype: str, dims: Sequence[int], label_filename: st
     return "\n".join(lines + ["  }"])
 
 
-def _warmup_blocks(geometry: WindowGeometry, num_classes: int, max_batch_size: int) -> str:
+def _warmup_blocks(spec: Spec, num_classes: int, max_batch_size: int) -> str:
     sizes = sorted({min(b, max_batch_size) for b in WARMUP_BATCH_SIZES})
     blocks = []
     for b in sizes:
         inputs = "\n".join(
             f"  inputs {{\n    key: {pbtxt_str(s.name)}\n    value {{\n"
             f"      data_type: {TRITON_PBTXT_DTYPES[s.dtype]}\n"
-            f"      dims: [ {', '.join(map(str, resolve_dims(s, geometry, num_classes)))} ]\n"
+            f"      dims: [ {', '.join(map(str, s.dims))} ]\n"
             f"      input_data_file: {pbtxt_str(s.name)}\n    }}\n  }}"
-            for s in INPUTS
+            for s in io_specs(spec, num_classes)[0]
         )
         blocks.append(f"model_warmup {{\n  name: {pbtxt_str(f'window_batch{b}')}\n  batch_size: {b}\n{inputs}\n}}")
     return "\n".join(blocks)
@@ -203,7 +251,7 @@ def _warmup_blocks(geometry: WindowGeometry, num_classes: int, max_batch_size: i
 def render_config_pbtxt(
     model_name: str,
     labels: Sequence[str],
-    geometry: WindowGeometry,
+    spec: Spec,
     *,
     flavour: str = "python",
     max_batch_size: int = MAX_BATCH_SIZE,
@@ -215,7 +263,7 @@ def render_config_pbtxt(
     version_policy: str = "latest:1",
     extra_parameters: Mapping[str, str] | None = None,
 ) -> str:
-    """config.pbtxt text for one flavour (inputs/outputs from contract.tensors)."""
+    """config.pbtxt text for one flavour (inputs/outputs from contract.tensors, or the feature signature)."""
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r}; expected one of {sorted(FLAVOURS)}")
     fl = FLAVOURS[flavour]
@@ -230,15 +278,13 @@ def render_config_pbtxt(
     if tensorrt and not (fl.key == "onnxruntime" and device == "gpu"):
         raise ValueError("the TensorRT accelerator applies to the onnxruntime flavour on a GPU (--device gpu)")
     num_classes = len(labels)
-    params = {**config_parameters(labels, geometry, extra_parameters), **flavour_parameters(flavour)}
+    params = {**config_parameters(labels, spec, extra_parameters), **flavour_parameters(flavour, spec)}
     preferred = sorted({int(b) for b in preferred_batch_sizes if 1 <= int(b) <= max_batch_size})
 
-    inputs = ",\n".join(_tensor_block(s.name, s.dtype, resolve_dims(s, geometry, num_classes)) for s in INPUTS)
+    in_specs, out_specs = io_specs(spec, num_classes)
+    inputs = ",\n".join(_tensor_block(s.name, s.dtype, s.dims) for s in in_specs)
     outputs = ",\n".join(
-        _tensor_block(
-            s.name, s.dtype, resolve_dims(s, geometry, num_classes), LABELS_FILENAME if s.name == PROBS else None
-        )
-        for s in OUTPUTS
+        _tensor_block(s.name, s.dtype, s.dims, LABELS_FILENAME if s.name == PROBS else None) for s in out_specs
     )
     batching = ["dynamic_batching {"]
     if preferred:
@@ -250,7 +296,8 @@ def render_config_pbtxt(
         "# still runs the graph on the CUDA execution provider (parameter execution_provider = auto).\n",
         "onnxruntime": "# Inputs and outputs are bound by name (the ONNX graph's names are the contract's).\n",
         "libtorch": "# TorchScript keeps no output names: inputs bind by forward()'s argument names (the contract's),\n"
-        "# outputs by their order here (probs, modality_weights), as the pytorch_libtorch backend documents.\n",
+        f"# outputs by their order here ({', '.join(s.name for s in out_specs)}), as the pytorch_libtorch backend "
+        "documents.\n",
     }[flavour]
     optimization = ""
     if tensorrt:
@@ -276,6 +323,6 @@ def render_config_pbtxt(
         f"output [\n{outputs}\n]\n" + "\n".join(batching) + "\n"
         f"instance_group [\n  {{\n    count: {int(instance_count)}\n    kind: {kind}\n  }}\n]\n"
         f"{optimization}"
-        f"{_warmup_blocks(geometry, num_classes, max_batch_size)}\n"
+        f"{_warmup_blocks(spec, num_classes, max_batch_size)}\n"
         f"{param_blocks}\n"
     )

@@ -2,7 +2,7 @@
 
 Layout written for a model ``<name>`` of flavour ``python`` (see ``export.triton_config`` for the others)::
 
-    <repo>/<name>/config.pbtxt          generated from contract.tensors (+ geometry/labels parameters)
+    <repo>/<name>/config.pbtxt          generated from the contract (+ geometry or feature-signature parameters)
     <repo>/<name>/labels.txt            one label per line (``label_filename`` of the probs output)
     <repo>/<name>/warmup/<input>        one sample window per input, raw row-major (``model_warmup``)
     <repo>/<name>/<version>/model.onnx  the exported graph (single self-contained file)
@@ -23,8 +23,6 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from avemo.contract.geometry import WindowGeometry
-from avemo.contract.tensors import INPUTS, OUTPUTS
 from avemo.export.triton_config import (
     FLAVOURS,
     LABELS_FILENAME,
@@ -32,6 +30,8 @@ from avemo.export.triton_config import (
     MAX_QUEUE_DELAY_US,
     PREFERRED_BATCH_SIZES,
     WARMUP_DIRNAME,
+    Spec,
+    io_specs,
     render_config_pbtxt,
     validate_labels,
     warmup_samples,
@@ -43,7 +43,7 @@ ONNX_FILENAME = FLAVOURS["python"].filename
 __all__ = ["LABELS_FILENAME", "MAX_BATCH_SIZE", "ONNX_FILENAME", "write_model_repository", "version_folders"]
 
 
-def check_onnx_file(onnx_path: Path) -> None:
+def check_onnx_file(onnx_path: Path, spec: Spec, num_classes: int) -> None:
     """Fail early on an ONNX file that would not serve: external data or wrong tensor names."""
     import onnx  # export dependency; the writer is only called by export
 
@@ -56,8 +56,9 @@ def check_onnx_file(onnx_path: Path) -> None:
             )
     graph_inputs = {i.name for i in model.graph.input} - {i.name for i in model.graph.initializer}
     graph_outputs = {o.name for o in model.graph.output}
-    missing_in = [s.name for s in INPUTS if s.name not in graph_inputs]
-    missing_out = [s.name for s in OUTPUTS if s.name not in graph_outputs]
+    want_in, want_out = io_specs(spec, num_classes)
+    missing_in = [s.name for s in want_in if s.name not in graph_inputs]
+    missing_out = [s.name for s in want_out if s.name not in graph_outputs]
     if missing_in or missing_out:
         raise ValueError(
             f"{onnx_path} does not follow the serving contract: missing inputs {missing_in}, missing outputs "
@@ -85,7 +86,7 @@ def write_model_repository(
     model_name: str,
     artefact_path: Path,
     labels: Sequence[str],
-    geometry: WindowGeometry,
+    spec: Spec,
     *,
     flavour: str = "python",
     version: int = 1,
@@ -101,7 +102,8 @@ def write_model_repository(
 ) -> Path:
     """Write (or replace) version ``version`` of ``<repo_dir>/<model_name>`` for one flavour; returns the
     model dir. ``artefact_path`` is the exported file the flavour serves (ONNX, or TorchScript for libtorch);
-    ``extra_files`` are copied next to it (an export format no written flavour serves)."""
+    ``extra_files`` are copied next to it (an export format no written flavour serves). ``spec`` is the clip
+    model's window geometry or a feature model's signature (``contract.features``)."""
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r}; expected one of {sorted(FLAVOURS)}")
     fl = FLAVOURS[flavour]
@@ -111,7 +113,7 @@ def write_model_repository(
     if int(version) < 1:
         raise ValueError("version must be >= 1")
     if fl.artefact == "onnx":
-        check_onnx_file(artefact_path)
+        check_onnx_file(artefact_path, spec, len(labels))
     if flavour == "python" and not BACKEND_MODEL_SOURCE.is_file():
         raise FileNotFoundError(f"backend model source missing: {BACKEND_MODEL_SOURCE}")
 
@@ -120,7 +122,7 @@ def write_model_repository(
     config = render_config_pbtxt(
         model_name,
         labels,
-        geometry,
+        spec,
         flavour=flavour,
         max_batch_size=max_batch_size,
         preferred_batch_sizes=preferred_batch_sizes,
@@ -141,7 +143,7 @@ def write_model_repository(
         (tmp / "config.pbtxt").write_text(config)
         (tmp / LABELS_FILENAME).write_text("\n".join(validate_labels(labels)) + "\n")
         (tmp / WARMUP_DIRNAME).mkdir()
-        for name, sample in warmup_samples(geometry).items():
+        for name, sample in warmup_samples(spec).items():
             (tmp / WARMUP_DIRNAME / name).write_bytes(sample.tobytes(order="C"))
         for kept in version_folders(model_dir):
             if kept != int(version):  # earlier (and later) versions stay; hard links cost no space
