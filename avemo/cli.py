@@ -25,7 +25,7 @@ COMMANDS = {
     "search": ("avemo.training.search.cli", "add_arguments", "run", "loss-weight search: Optuna grid, many workers"),
     "export": ("avemo.export.cli", "add_arguments", "run", "checkpoint -> ONNX in the Triton model repository"),
     "serve": ("avemo.serving.cli", "add_arguments", "run", "run the bundled Triton server on the model repository"),
-    "predict": ("avemo.client.cli", "add_arguments", "run", "stream clips through Triton over gRPC, print predictions"),
+    "predict": ("avemo.predict", "add_arguments", "run", "clips or a feature file's split through Triton over gRPC"),
     "live": ("avemo.client.live", "add_arguments", "run", "webcam + microphone through Triton, running label"),
     "loadgen": ("avemo.client.loadgen_cli", "add_arguments", "run", "load on a running Triton: concurrency, streams"),
     "app": ("avemo.client.app", "add_arguments", "run", "the Gradio web demo (upload and live tabs) on Triton"),

@@ -1,6 +1,9 @@
 """`avemo predict CLIP [CLIP...]`: stream clips through the served model; each window is printed as its
 answer arrives, then the clip label. `--realtime` plays each file at 1x, like a live source, and reports
-the lag from each window's last media sample to its answer."""
+the lag from each window's last media sample to its answer.
+
+`avemo predict --dataset mosei --data_root FILE --split test` sends a feature file's split through the
+served feature model instead (``avemo.feature_predict``: it needs the training install to read the file)."""
 
 from __future__ import annotations
 
@@ -10,11 +13,23 @@ import sys
 
 from avemo.client.options import add_client_options
 from avemo.contract.media import MediaError
+from avemo.contract.options import add_option
+
+FEATURE_DATASETS = ("mosi", "mosei", "sims")  # the utterance-level feature datasets a served model can read
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("clips", nargs="+", metavar="CLIP", help="audio/video files (.mp4, .wav, ...)")
+    parser.add_argument("clips", nargs="*", metavar="CLIP", help="audio/video files (.mp4, .wav, ...)")
     add_client_options(parser)
+    feat = parser.add_argument_group("feature files (instead of clips; model: the dataset's name unless --model)")
+    add_option(feat, "dataset", choices=FEATURE_DATASETS, default=None, help="a feature dataset's served model")
+    add_option(feat, "data_root", default=None, metavar="FILE", help="the feature file (MMSA pickle)")
+    add_option(feat, "split", choices=("train", "val", "test"), default="test", help="(default: %(default)s)")
+    add_option(feat, "cache_dir", default="cache", help="feature cache, shared with training (default: %(default)s)")
+    add_option(
+        feat, "batch_size", type=int, default=None, help="samples per request (default: the served max_batch_size)"
+    )
+    add_option(feat, "concurrency", type=int, default=4, help="requests in flight (default: %(default)s)")
     parser.add_argument(
         "--realtime",
         action="store_true",

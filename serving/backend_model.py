@@ -5,11 +5,12 @@ Python backend stub, so it is self-contained: numpy, onnxruntime and triton_pyth
 (never torch, never this project's packages -- the production container does not have them).
 
 Per ``execute`` call: every request is validated (inputs present, dtype, shape [batch, *dims], finite
-FP32 values, audio PCM within +-``audio_abs_max`` of the config, default 4: PCM belongs in [-1, 1], and a
-1e19 sample used to come back as NaN probabilities); invalid requests get an INVALID_ARG error response
-naming the input and the expected value; the valid ones are concatenated (grouped by shape) and run in
-ONE onnxruntime call per group (a lone request's arrays are passed as they are, no copy), then split
-back per request (views of the batch output, no copy). An onnxruntime failure becomes an error
+FP32 values; a clip model's audio PCM within +-``audio_abs_max`` of the config: PCM belongs in [-1, 1],
+and a 1e19 sample used to come back as NaN probabilities; a feature model's ``<x>_lengths`` within
+0..L of its input x, and with ``refuse_empty_mask``, at least one modality present); invalid requests
+get an INVALID_ARG error response naming the input and the expected value; the valid ones are
+concatenated (grouped by shape) and run in ONE onnxruntime call per group (a lone request's arrays are
+passed as they are, no copy), then split back per request (views of the batch output, no copy). An onnxruntime failure becomes an error
 response for the requests of that group; the model keeps serving.
 """
 
@@ -116,7 +117,17 @@ class TritonPythonModel:
             dtype = str(out["data_type"]).replace("TYPE_", "")
             self.outputs.append((out["name"], _TRITON_TO_NP.get(dtype, np.float32)))
         self.hints = self._shape_hints(config)
-        self.audio_abs_max = float(_param(config, "audio_abs_max", "4.0"))
+        # clip models: PCM audio beyond this is refused (feature models' "audio" is features: no such limit)
+        abs_max = _param(config, "audio_abs_max")
+        self.audio_abs_max = float(abs_max) if abs_max is not None else None
+        # feature models: "<x>_lengths" is the valid steps of input x, 0..L (L = x's first dim)
+        steps = {n: dims[0] for n, _, dims in self.inputs if len(dims) == 2}
+        self.lengths_of = {
+            n: (n[: -len("_lengths")], steps[n[: -len("_lengths")]])
+            for n, _, _ in self.inputs
+            if n.endswith("_lengths") and n[: -len("_lengths")] in steps
+        }
+        self.refuse_empty_mask = _param(config, "refuse_empty_mask", "false") == "true"
 
         # ---- onnxruntime session
         instance_kind = str(args.get("model_instance_kind", "CPU")).upper()
@@ -174,7 +185,17 @@ class TritonPythonModel:
 
     @staticmethod
     def _shape_hints(config: dict) -> dict:
-        """Human explanations of the expected dims, from the geometry parameters of the config."""
+        """Human explanations of the expected dims, from the geometry (clip) or feature parameters."""
+        if _param(config, "kind") == "features":
+            modalities = _param(config, "modalities", "")
+            hints = {}
+            for pair in (_param(config, "feature_dims", "") or "").split(","):
+                name, _, dim = pair.partition(":")
+                if name:
+                    hints[name] = f"L = padded steps, D = {dim} features per step of the trained {name} features"
+                    hints[f"{name}_lengths"] = f"valid steps of '{name}'"
+            hints["modality_mask"] = f"({modalities}) presence flags, 1 = present"
+            return hints
         sr = _param(config, "sample_rate")
         fps = _param(config, "video_fps")
         win = _param(config, "window_seconds")
@@ -231,7 +252,23 @@ class TritonPythonModel:
             if arr.dtype.kind == "f" and not np.isfinite(arr).all():
                 bad = int(arr.size - np.isfinite(arr).sum())
                 raise ValueError(f"input '{name}' contains {bad} non-finite values (NaN or Inf)")
-            if name == "audio" and arr.size:
+            if name in self.lengths_of and arr.size:
+                of, steps = self.lengths_of[name]
+                low, high = int(arr.min()), int(arr.max())
+                if low < 0 or high > steps:
+                    raise ValueError(
+                        f"input '{name}' has {high if high > steps else low} steps, beyond the padding of '{of}': "
+                        f"valid lengths are 0..{steps} (L = {steps} padded steps in the served config)"
+                    )
+            if name == "modality_mask" and self.refuse_empty_mask and arr.size:
+                empty = np.flatnonzero((arr > 0).sum(axis=-1) == 0)
+                if empty.size:
+                    raise ValueError(
+                        f"input 'modality_mask' row {int(empty[0])} has no modality present "
+                        f"({arr[empty[0]].tolist()}); "
+                        "at least one entry must be 1 (a missing modality is zeros with mask 0)"
+                    )
+            if name == "audio" and arr.size and self.audio_abs_max is not None:
                 peak = float(np.abs(arr).max())
                 if peak > self.audio_abs_max:
                     raise ValueError(
