@@ -1,4 +1,5 @@
-"""`avemo demo`: the main job, end to end on the generated corpus.
+"""`avemo demo`: the main job, end to end on the generated corpus (`--dataset mosei`: the feature path,
+``avemo.feature_demo``).
 
 corpus -> cache -> train gated fusion + audio-only + video-only baselines -> export the gated model
 -> start the bundled Triton server -> stream every held-out test clip through gRPC -> clip-level
@@ -18,7 +19,19 @@ from avemo.contract.endpoint import HOST, MODEL_NAME, MODEL_REPOSITORY
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-root", type=Path, default=Path("data/corpus"), help="corpus folder (default: %(default)s)")
+    p.add_argument(
+        "--dataset",
+        choices=("ravdess", "mosi", "mosei", "sims"),
+        default="ravdess",
+        help="ravdess: audio-video clips; mosi|mosei|sims: a generated feature file through the text-audio-video "
+        "teachers and the seed-002 regression model (default: %(default)s)",
+    )
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="corpus folder, or the feature file with --dataset mosei (default: data/corpus, data/<dataset>.pkl)",
+    )
     p.add_argument(
         "--actors", type=int, default=24, help="actors in the generated corpus, 30 clips each (default: %(default)s)"
     )
@@ -30,7 +43,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=Path(MODEL_REPOSITORY),
         help="Triton model repository (default: %(default)s)",
     )
-    p.add_argument("--epochs", type=int, default=12, help="max epochs of the baselines (default: %(default)s)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="max epochs of the baselines (default: 12; feature models: 8, the grid-search guide's)",
+    )
     p.add_argument(
         "--fusion-epochs",
         type=int,
@@ -64,6 +82,12 @@ def run(args: argparse.Namespace) -> int:
 
     out = sys.stdout
     with progress_to_stderr(args.json):
+        if args.dataset != "ravdess":
+            from avemo import feature_demo
+
+            return feature_demo.run(args, out)
+        args.data_root = args.data_root or Path("data/corpus")
+        args.epochs = args.epochs or 12
         return _run(args, out)
 
 

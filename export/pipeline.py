@@ -4,8 +4,8 @@
 
 The model is rebuilt from the checkpoint alone (config, labels, window geometry or feature signature). Each
 format is exported once and checked against eager PyTorch on another batch size (``PARITY_ATOL``); each
-flavour's model folder is written from the one contract table and its config.pbtxt checked with Triton's schema against the file
-it serves (``export.config_check``); the ONNX file ends with an onnxruntime smoke run.
+flavour's model folder is written from the one contract table and its config.pbtxt checked with
+Triton's schema against the file it serves (``export.config_check``); the ONNX file ends with an onnxruntime smoke run.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ and a 1e19 sample used to come back as NaN probabilities; a feature model's ``<x
 0..L of its input x, and with ``refuse_empty_mask``, at least one modality present); invalid requests
 get an INVALID_ARG error response naming the input and the expected value; the valid ones are
 concatenated (grouped by shape) and run in ONE onnxruntime call per group (a lone request's arrays are
-passed as they are, no copy), then split back per request (views of the batch output, no copy). An onnxruntime failure becomes an error
-response for the requests of that group; the model keeps serving.
+passed as they are, no copy), then split back per request (views of the batch output, no copy). An
+onnxruntime failure becomes an error response for the requests of that group; the model keeps serving.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ PRESETS: dict[str, dict] = {
         "modalities": "atv",
         # the guide says "adaptive TVA model" without naming the fusion: the learned softmax gate over the three
         "fusion": "gated",
-        "delta_va": 0.3,
+        "distill": 0.3,  # --delta_va
         "delta_nce": 0.001,
         "contrastive_pairs": "text",
         "contrastive_proj_dim": 64,  # the projection size of seed 003's contrastive module (seed 002 is silent)
@@ -73,6 +73,9 @@ def apply_preset(args, name: str, given_flags: dict[str, str]) -> list[str]:
     dests it set. ValueError for an unknown name."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+    unknown = [dest for dest in PRESETS[name] if not hasattr(args, dest)]
+    if unknown:  # a key that is no option's dest would be set and never read
+        raise ValueError(f"preset {name!r} sets {unknown}, which are not options of this command")
     applied = []
     for dest, value in PRESETS[name].items():
         if dest not in given_flags:
