@@ -90,12 +90,12 @@ def predict_feature_split(
 def run(args: argparse.Namespace) -> int:
     """The feature path of `avemo predict` (``avemo.predict`` dispatches here when --dataset is given)."""
     from avemo.client.grpc_stream import EmotionClientError
-    from avemo.training.cli import feature_file_errors
+    from avemo.training.cli import feature_file_errors, progress_to_stderr
     from avemo.training.evaluation.feature_eval import feature_summary
 
     model = args.model if args.model != MODEL_NAME else args.dataset  # export names a feature model after its data
     try:
-        with feature_file_errors():
+        with progress_to_stderr(args.json), feature_file_errors():  # --json: stdout is the document only
             res = predict_feature_split(
                 args.url,
                 model,

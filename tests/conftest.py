@@ -356,3 +356,87 @@ def mosei_file(tmp_path_factory):
     return write_mmsa_file(
         path, dataset="mosei", samples=(120, 40, 40), seed=0, seq_lens={"text": 8, "audio": 20, "video": 15}
     )
+
+
+def _fake_pb_utils():
+    """Just enough of triton_python_backend_utils to drive serving/backend_model.py in-process."""
+    import types
+
+    pb = types.ModuleType("triton_python_backend_utils")
+
+    class TritonError(Exception):
+        UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED = range(6)
+
+        def __init__(self, msg, code=0):
+            super().__init__(msg)
+            self.msg, self.code = msg, code
+
+        def message(self):
+            return self.msg
+
+    class Tensor:
+        def __init__(self, name, arr):
+            self._name, self._arr = name, arr
+
+        def name(self):
+            return self._name
+
+        def as_numpy(self):
+            return self._arr
+
+    class InferenceResponse:
+        def __init__(self, output_tensors, error=None):
+            self.output_tensors, self.error = output_tensors, error
+
+    class Request:
+        def __init__(self, arrays, rid=""):
+            self.tensors = {k: Tensor(k, v) for k, v in arrays.items()}
+            self.rid = rid
+
+        def request_id(self):
+            return self.rid
+
+    pb.TritonError = TritonError
+    pb.TritonModelException = type("TritonModelException", (Exception,), {})
+    pb.Tensor = Tensor
+    pb.InferenceResponse = InferenceResponse
+    pb.get_input_tensor_by_name = lambda req, name: req.tensors.get(name)
+    pb.FakeRequest = Request
+    return pb
+
+
+@pytest.fixture
+def load_backend_model(monkeypatch) -> Callable:
+    """``load_backend_model(model_dir) -> (model, pb)``: the repository's ``<model_dir>/1/model.py`` (a copy of
+    serving/backend_model.py) initialised in-process on its config.pbtxt, with just enough of
+    ``triton_python_backend_utils`` (``pb``: ``FakeRequest``, ``TritonError`` codes) to drive ``execute``."""
+    import importlib.util
+    import json
+    import sys
+
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    pb = _fake_pb_utils()
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # leave the shared repository as written
+
+    def load(model_dir: Path):
+        spec = importlib.util.spec_from_file_location("avemo_backend_model_under_test", model_dir / "1" / "model.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        cfg = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        model = mod.TritonPythonModel()
+        model.initialize(
+            {
+                "model_config": json.dumps(json_format.MessageToDict(cfg, preserving_proto_field_name=True)),
+                "model_repository": str(model_dir),
+                "model_version": "1",
+                "model_name": model_dir.name,
+                "model_instance_kind": "CPU",
+                "model_instance_device_id": "0",
+            }
+        )
+        return model, pb
+
+    return load

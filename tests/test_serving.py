@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
@@ -133,80 +132,10 @@ def test_rewrite_replaces_model_dir_atomically(tmp_path, tiny_onnx, geo, serving
 # ------------------------------------------------------------------- backend model without Triton
 
 
-def _fake_pb_utils():
-    """Just enough of triton_python_backend_utils to drive serving/backend_model.py in-process."""
-    import types
-
-    pb = types.ModuleType("triton_python_backend_utils")
-
-    class TritonError(Exception):
-        UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED = range(6)
-
-        def __init__(self, msg, code=0):
-            super().__init__(msg)
-            self.msg, self.code = msg, code
-
-        def message(self):
-            return self.msg
-
-    class Tensor:
-        def __init__(self, name, arr):
-            self._name, self._arr = name, arr
-
-        def name(self):
-            return self._name
-
-        def as_numpy(self):
-            return self._arr
-
-    class InferenceResponse:
-        def __init__(self, output_tensors, error=None):
-            self.output_tensors, self.error = output_tensors, error
-
-    class Request:
-        def __init__(self, arrays, rid=""):
-            self.tensors = {k: Tensor(k, v) for k, v in arrays.items()}
-            self.rid = rid
-
-        def request_id(self):
-            return self.rid
-
-    pb.TritonError = TritonError
-    pb.TritonModelException = type("TritonModelException", (Exception,), {})
-    pb.Tensor = Tensor
-    pb.InferenceResponse = InferenceResponse
-    pb.get_input_tensor_by_name = lambda req, name: req.tensors.get(name)
-    pb.FakeRequest = Request
-    return pb
-
-
 def test_backend_model_validates_batches_and_survives_errors(
-    triton_repository, ort_session, geo, served_model_name, monkeypatch
+    triton_repository, ort_session, geo, served_model_name, load_backend_model
 ):
-    import importlib.util
-
-    from google.protobuf import json_format, text_format
-    from tritonclient.grpc import model_config_pb2
-
-    pb = _fake_pb_utils()
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
-    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # leave the shared repository as written
-    model_dir = triton_repository / served_model_name
-    spec = importlib.util.spec_from_file_location("avemo_backend_model_under_test", model_dir / "1" / "model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-    model = mod.TritonPythonModel()
-    model.initialize(
-        {
-            "model_config": json.dumps(json_format.MessageToDict(cfg, preserving_proto_field_name=True)),
-            "model_repository": str(model_dir),
-            "model_version": "1",
-            "model_name": served_model_name,
-            "model_instance_kind": "CPU",
-            "model_instance_device_id": "0",
-        }
-    )
+    model, pb = load_backend_model(triton_repository / served_model_name)
 
     ws = _windows(geo, 3)
     a = np.stack([w.audio for w in ws])

@@ -589,7 +589,7 @@ def evaluate_features_run(args: argparse.Namespace, cfg) -> int:
                 f"--modalities {cfg.modalities}: the checkpoint reads {', '.join(ckpt['model_config']['modalities'])}"
                 " (use --drop to evaluate it without one)"
             )
-    with feature_file_errors():
+    with progress_to_stderr(args.json), feature_file_errors():  # --json: stdout is the document only
         res = evaluate_feature_checkpoint(
             model, ckpt, args.data_root[0], cfg.dataset, cfg.cache_dir, args.split, args.drop, cfg.progress
         )
