@@ -20,6 +20,11 @@
 The load generator runs in this process: its client work shares the CPU with the server, as any
 same-host client would. A piece that is not there (no model.pt, a flavour the server did not load) is
 printed as "skipped (why)".
+
+A feature checkpoint (``model_config.input_dims``: text / audio / vision feature sequences, e.g. MOSEI) is
+measured the same way on its own flavours (``<dataset>``, ``<dataset>_onnx``, ``<dataset>_libtorch``), one
+sample per request, at concurrency 1, 8, 16 by default; streams do not apply; its ratios are the Triton
+overhead at c=1 (ms) and the c=8 throughput over in-process onnxruntime at batch 8 (``serving_features``).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import serving_features as feat  # benchmarks/serving_features.py: this script's folder is on sys.path
 
 from avemo.client.loadgen import make_windows, run_concurrency, run_streams
 from avemo.client.loadgen_cli import format_table, summary_line
@@ -65,6 +71,7 @@ class RepoModel:
     kind: str  # "python" (ONNX through the Python backend), "onnxruntime", "libtorch" or "other"
     onnx: Path | None  # the newest version's model.onnx, if any
     torchscript: Path | None  # the newest version's model.pt, if any (also kept beside an ONNX by --format all)
+    served_kind: str = "clip"  # the config's ``kind`` parameter: "clip" or "features"
 
 
 def scan_repository(repo: Path) -> list[RepoModel]:
@@ -73,12 +80,22 @@ def scan_repository(repo: Path) -> list[RepoModel]:
     kind_of |= {"pytorch": "libtorch", "pytorch_libtorch": "libtorch"}
     found = []
     for cfg in sorted(Path(repo).glob("*/config.pbtxt")):
-        words = re.findall(r'^\s*(?:backend|platform)\s*:\s*"([^"]+)"', cfg.read_text(), re.M)
+        text = cfg.read_text()
+        words = re.findall(r'^\s*(?:backend|platform)\s*:\s*"([^"]+)"', text, re.M)
+        served_kind = re.search(r'key\s*:\s*"kind"\s*value\s*:\s*\{\s*string_value\s*:\s*"([^"]*)"', text)
         kind = next((kind_of[w] for w in words if w in kind_of), "other")
         versions = [v for v in cfg.parent.iterdir() if v.is_dir() and v.name.isdigit()]
         versions.sort(key=lambda v: -int(v.name))  # newest first
         newest = {f: next((v / f for v in versions if (v / f).is_file()), None) for f in ("model.onnx", "model.pt")}
-        found.append(RepoModel(cfg.parent.name, kind, newest["model.onnx"], newest["model.pt"]))
+        found.append(
+            RepoModel(
+                cfg.parent.name,
+                kind,
+                newest["model.onnx"],
+                newest["model.pt"],
+                served_kind.group(1) if served_kind else "clip",
+            )
+        )
     return found
 
 
@@ -121,7 +138,8 @@ def latency_and_throughput(run_b1, run_b8, warmup: int, iters: int, batch_iters:
 
 
 def measure_in_process(ckpt_path: Path, repo_models: list[RepoModel], prof: dict, threads: int) -> dict:
-    """Eager, TorchScript and onnxruntime figures (see the module docstring); entries are None when skipped."""
+    """Eager, TorchScript and onnxruntime figures (see the module docstring); entries are None when skipped.
+    A feature checkpoint is measured through its ``FeatureExportWrapper`` on its signature's inputs."""
     import torch
 
     from avemo.contract.geometry import WindowGeometry
@@ -131,20 +149,27 @@ def measure_in_process(ckpt_path: Path, repo_models: list[RepoModel], prof: dict
 
     torch.set_num_threads(threads)
     ckpt = load_checkpoint(ckpt_path)
-    geometry = WindowGeometry.from_dict(ckpt["geometry"])
-    b1 = example_inputs(geometry, 1, seed=0)
-    b8 = example_inputs(geometry, THROUGHPUT_BATCH, seed=1)
+    if ckpt["model_config"].get("input_dims"):
+        spec, wrapper = feat.feature_wrapper(ckpt)
+        out: dict = {"signature": spec.parameters(), "threads": threads, "skipped": {}}
+    else:
+        spec = WindowGeometry.from_dict(ckpt["geometry"])
+        wrapper = None  # built below, after the inputs, as before
+        out = {"geometry": spec.to_dict(), "threads": threads, "skipped": {}}
+    unit = "samples" if wrapper is not None else "windows"
+    b1 = example_inputs(spec, 1, seed=0)
+    b8 = example_inputs(spec, THROUGHPUT_BATCH, seed=1)
     reps = (prof["warmup"], prof["iters"], prof["batch_iters"])
-    out: dict = {"geometry": geometry.to_dict(), "threads": threads, "skipped": {}}
 
     def torch_figures(module) -> dict:
         with torch.inference_mode():
             return latency_and_throughput(lambda: module(*b1), lambda: module(*b8), *reps)
 
     log("[in-process] eager PyTorch ...")
-    wrapper = ExportWrapper(model_from_checkpoint(ckpt)[0]).eval()
+    if wrapper is None:
+        wrapper = ExportWrapper(model_from_checkpoint(ckpt)[0]).eval()
     out["eager"] = torch_figures(wrapper)
-    log(f"[in-process]   {_brief(out['eager'])}")
+    log(f"[in-process]   {_brief(out['eager'], unit)}")
     del wrapper
 
     scripted = sorted((m for m in repo_models if m.torchscript is not None), key=lambda m: m.kind != "libtorch")
@@ -155,7 +180,7 @@ def measure_in_process(ckpt_path: Path, repo_models: list[RepoModel], prof: dict
             warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated": it is what Triton loads
             module = torch.jit.load(str(path), map_location="cpu").eval()
         out["torchscript"] = {"file": str(path), **torch_figures(module)}
-        log(f"[in-process]   {_brief(out['torchscript'])}")
+        log(f"[in-process]   {_brief(out['torchscript'], unit)}")
         del module
     else:
         out["torchscript"] = None
@@ -175,7 +200,7 @@ def measure_in_process(ckpt_path: Path, repo_models: list[RepoModel], prof: dict
         log(f"[in-process] onnxruntime {m.onnx} ({threads} intra-op threads) ...")
         figs = _ort_figures(m.onnx, threads, [t.numpy() for t in b1], [t.numpy() for t in b8], reps)
         out["onnxruntime"][m.name] = {"file": str(m.onnx), **figs}
-        log(f"[in-process]   {_brief(figs)}")
+        log(f"[in-process]   {_brief(figs, unit)}")
     if not seen:
         out["skipped"]["onnxruntime"] = "no model.onnx in the repository"
         log(f"[in-process] onnxruntime skipped ({out['skipped']['onnxruntime']})")
@@ -195,17 +220,17 @@ def _ort_figures(path: Path, threads: int, b1: list[np.ndarray], b8: list[np.nda
     return latency_and_throughput(lambda: sess.run(None, f1), lambda: sess.run(None, f8), *reps)
 
 
-def _brief(f: dict) -> str:
+def _brief(f: dict, unit: str = "windows") -> str:
     return (
         f"batch 1 p50 {f['p50_ms']:.2f} ms p95 {f['p95_ms']:.2f} ms; "
-        f"batch {THROUGHPUT_BATCH} {f['throughput_b8']:.1f} windows/s"
+        f"batch {THROUGHPUT_BATCH} {f['throughput_b8']:.1f} {unit}/s"
     )
 
 
-def ort_reference(inproc: dict) -> tuple[str, dict] | None:
+def ort_reference(inproc: dict, default: str = MODEL_NAME) -> tuple[str, dict] | None:
     """The in-process onnxruntime figures the Triton ratios are taken against: the default model's graph."""
     ort_figs = inproc.get("onnxruntime") or {}
-    for name in [MODEL_NAME, *ort_figs]:
+    for name in [default, *ort_figs]:
         f = ort_figs.get(name)
         if f is not None:
             f = ort_figs.get(f["same_as"], f) if "same_as" in f else f
@@ -263,8 +288,10 @@ def start_server(repo: Path, log_file: Path):
 # ------------------------------------------------------------------------------------ report
 
 
-def ratios(inproc: dict, triton: dict | None) -> list[dict]:
+def ratios(inproc: dict, triton: dict | None, model_kind: str = "clip", default: str = MODEL_NAME) -> list[dict]:
     """The issue's ratios, each with its target and PASS / MISS (None when a figure is missing)."""
+    if model_kind == "features":
+        return feat.feature_ratios(ort_reference(inproc, default), triton)
     rows = []
 
     def add(name: str, value: float | None, op: str, target: float, why: str = "") -> None:
@@ -306,9 +333,11 @@ def ratios(inproc: dict, triton: dict | None) -> list[dict]:
 
 
 def print_report(env: dict, inproc: dict, triton: dict | None, rows: list[dict], skipped: dict) -> None:
-    print(f"\n{env['cpu']}, {env['cores']} cores; checkpoint {env['checkpoint']}; repository {env['repository']}\n")
+    print(f"\n{env['cpu']}, {env['cores']} cores; checkpoint {env['checkpoint']}; repository {env['repository']}")
+    print(f"model kind: {env['model_kind']} ({env['model']})\n")
+    unit = "samples" if env["model_kind"] == "features" else "windows"
     print("in process (batch 1 latency, batch 8 throughput):\n")
-    print("| runtime | p50 ms | p95 ms | windows/s batch 1 | windows/s batch 8 |")
+    print(f"| runtime | p50 ms | p95 ms | {unit}/s batch 1 | {unit}/s batch 8 |")
     print("|---|---|---|---|---|")
     table = [("eager PyTorch", inproc.get("eager")), ("TorchScript", inproc.get("torchscript"))]
     table += [(f"onnxruntime ({k})", v) for k, v in (inproc.get("onnxruntime") or {}).items()]
@@ -326,7 +355,10 @@ def print_report(env: dict, inproc: dict, triton: dict | None, rows: list[dict],
         runs = [r for rs in triton["models"].values() for r in rs]
         if triton["streams"] is not None:
             runs.append(triton["streams"])
-        print("\nTriton gRPC (closed loop, one window per request; shm = system shared memory; streams at 1x):\n")
+        if env["model_kind"] == "features":
+            print("\nTriton gRPC (closed loop, one sample per request; the windows/s column counts samples):\n")
+        else:
+            print("\nTriton gRPC (closed loop, one window per request; shm = system shared memory; streams at 1x):\n")
         print(format_table(runs))
         s = triton["streams"]
         if s is not None:
@@ -337,8 +369,9 @@ def print_report(env: dict, inproc: dict, triton: dict | None, rows: list[dict],
     print("\nratios (each from this run):")
     for r in rows:
         verdict = "-" if r["met"] is None else ("PASS" if r["met"] else "MISS")
-        value = f"{r['value']:.2f}" if r["value"] is not None else f"n/a ({r['missing']})"
-        print(f"  {r['name']}: {value} (target {r['op']} {r['target']:g}) {verdict}")
+        unit = r.get("unit", "")
+        value = f"{r['value']:.2f}{unit}" if r["value"] is not None else f"n/a ({r['missing']})"
+        print(f"  {r['name']}: {value} (target {r['op']} {r['target']:g}{unit}) {verdict}")
 
 
 def _cpu_name() -> str:
@@ -359,7 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, required=True, help="the checkpoint the repository was exported from")
     p.add_argument("--model-repository", type=Path, default=Path(MODEL_REPOSITORY), help="(default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="smoke run: few iterations, short runs")
-    p.add_argument("--concurrency", default="1,4,8,16", help="closed-loop concurrencies (default: %(default)s)")
+    p.add_argument(
+        "--concurrency",
+        help=f"closed-loop concurrencies (default: 1,4,8,16; a feature model {feat.DEFAULT_CONCURRENCY})",
+    )
     p.add_argument("--duration", type=float, help="seconds per closed-loop run (default: 10; --quick 1.5)")
     p.add_argument("--streams", type=int, default=16, help="concurrent streams of the load run (0 = none)")
     p.add_argument("--stream-seconds", type=float, help="seconds of the stream run (default: 60; --quick 5)")
@@ -376,13 +412,24 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in (("warmup", args.warmup), ("iters", args.iters)):
         if value is not None:
             prof[key] = value
-    concurrency = [int(x) for x in args.concurrency.split(",") if x.strip() and int(x) > 0]
     repo = args.model_repository.resolve()
     if not args.checkpoint.is_file():
         p.error(f"checkpoint {args.checkpoint} does not exist")
+    try:
+        model_kind, served_name = feat.checkpoint_kind(args.checkpoint)  # ("clip", "emotion") / ("features", "mosei")
+    except ValueError as exc:
+        p.error(str(exc))
+    default_c = feat.DEFAULT_CONCURRENCY if model_kind == "features" else "1,4,8,16"
+    concurrency = [int(x) for x in (args.concurrency or default_c).split(",") if x.strip() and int(x) > 0]
     repo_models = scan_repository(repo) if repo.is_dir() else []
     if not repo_models:
         p.error(f"no model (<model>/config.pbtxt) in {repo}: run `avemo export {args.checkpoint}` first")
+    if model_kind == "features":  # only this checkpoint's flavours; a clip model may live beside them
+        repo_models = feat.own_models(repo_models, served_name)
+    else:
+        repo_models = [m for m in repo_models if m.served_kind != "features"]
+    if not repo_models:
+        p.error(f"no {model_kind} model {served_name!r} in {repo}: run `avemo export {args.checkpoint}` first")
 
     env = {
         "cpu": _cpu_name(),
@@ -391,12 +438,16 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": str(args.checkpoint),
         "repository": str(repo),
         "repository_models": {m.name: m.kind for m in repo_models},
+        "model_kind": model_kind,
+        "model": served_name,
         "profile": prof,
         "concurrency": concurrency,
     }
     skipped: dict[str, str] = {}
     inproc = measure_in_process(args.checkpoint, repo_models, prof, args.threads)
     skipped.update(inproc["skipped"])
+    if model_kind == "features":
+        env["model"] = feat.describe(inproc["signature"])
 
     server, why = start_server(repo, Path(os.environ.get("TMPDIR", "/tmp")) / f"avemo-bench-{os.getpid()}.log")
     triton = None
@@ -405,18 +456,23 @@ def main(argv: list[str] | None = None) -> int:
         log(f"[triton] skipped ({why})")
     else:
         try:
-            loaded = [name for name, _ in server.ready_models()]
+            ours = {m.name for m in repo_models}
+            loaded = [name for name, _ in server.ready_models() if name in ours]
             env["served_models"] = loaded
             lacking = getattr(server, "skipped_models", {})
             for m in repo_models:
                 if m.name not in loaded:
                     why = f"no {lacking[m.name]} backend" if m.name in lacking else "not ready"
                     skipped[f"triton {m.name}"] = f"the embedded server did not load it: {why} ({m.kind} flavour)"
-            triton = measure_triton(server.url, loaded, concurrency, prof, args)
+            if model_kind == "features":
+                triton = feat.measure_triton_features(server.url, loaded, concurrency, prof, log)
+                skipped["triton streams"] = feat.STREAMS_SKIPPED
+            else:
+                triton = measure_triton(server.url, loaded, concurrency, prof, args)
             skipped.update({f"triton {k}": v for k, v in triton["skipped"].items()})
         finally:
             server.stop()
-    rows = ratios(inproc, triton)
+    rows = ratios(inproc, triton, model_kind, served_name)
     print_report(env, inproc, triton, rows, skipped)
 
     if args.json:
