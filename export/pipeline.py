@@ -112,7 +112,7 @@ def export_checkpoint(
         raise ValueError(
             f"{checkpoint} is a conversation model: it answers a whole dialogue at once (speakers, context over "
             "the utterances), which the utterance-level serving contract does not describe; export covers clip "
-            "models and utterance-level feature models (see docs/export.md)"
+            "models and utterance-level feature models (see docs/features.md)"
         )
     model, _ = model_from_checkpoint(ckpt)
     spec: Spec

@@ -178,7 +178,10 @@ def flavour_parameters(flavour: str, spec: Spec | None = None) -> dict[str, str]
     if flavour == "python" and isinstance(spec, FeatureSignature):
         return {
             "execution_provider": "auto",
-            "intra_op_threads": "0",
+            # one thread: a feature graph is a few passes over ~350 KB of input, which a second thread does not
+            # speed up, while the other core serves gRPC (measured, 2 cores, c = 8: 980-1010 samples/s against
+            # 880-900 with 2 threads; benchmarks/serving.py)
+            "intra_op_threads": "1",
             # a request whose modality_mask has a row with nothing present is refused with INVALID_ARG
             "refuse_empty_mask": "true",
         }
