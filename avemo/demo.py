@@ -43,12 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=Path(MODEL_REPOSITORY),
         help="Triton model repository (default: %(default)s)",
     )
-    p.add_argument(
-        "--epochs",
-        type=int,
-        default=None,
-        help="max epochs of the baselines (default: 12; feature models: 8, the grid-search guide's)",
-    )
+    p.add_argument("--epochs", type=int, default=12, help="max epochs of the baselines (default: %(default)s)")
     p.add_argument(
         "--fusion-epochs",
         type=int,
@@ -58,6 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--fusions", default="audio,video,gated", help="models to train; the last is served (default: %(default)s)"
+    )
+    p.add_argument(
+        "--feature-epochs",
+        type=int,
+        default=8,
+        help="--dataset mosei: epochs of each feature model, the grid-search guide's (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument("--retrain", action="store_true", help="train even when a finished run exists")
@@ -87,7 +88,6 @@ def run(args: argparse.Namespace) -> int:
 
             return feature_demo.run(args, out)
         args.data_root = args.data_root or Path("data/corpus")
-        args.epochs = args.epochs or 12
         return _run(args, out)
 
 

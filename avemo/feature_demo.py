@@ -15,7 +15,6 @@ import json
 import time
 from pathlib import Path
 
-FEATURE_DEMO_EPOCHS = 8  # the grid-search guide's epochs per configuration
 METRICS = (("Corr", "Corr"), ("MAE", "MAE"), ("Non0_acc_2", "Acc-2"), ("Mult_acc_7", "Acc-7"), ("MSE", "MSE"))
 
 
@@ -28,7 +27,7 @@ def train_preset(preset: str, out_dir: Path, args: argparse.Namespace, *extra: s
 
     argv = [
         "--preset", preset, "--data_root", str(args.data_root), "--cache_dir", str(args.cache_dir),
-        "--out_dir", str(out_dir), "--epochs", str(args.epochs), "--seed", str(args.seed), "--no_progress",
+        "--out_dir", str(out_dir), "--epochs", str(args.feature_epochs), "--seed", str(args.seed), "--no_progress",
         "--dataset", args.dataset, *extra,
     ]  # fmt: skip
     cfg = train_config_from_args(build_parser("train").commands["train"].parse_args(argv))
@@ -47,7 +46,6 @@ def run(args: argparse.Namespace, out) -> int:
     t0 = time.time()
     runs = args.runs / "feature_demo"
     args.data_root = args.data_root or Path("data") / f"{args.dataset}.pkl"
-    args.epochs = args.epochs or FEATURE_DEMO_EPOCHS
     print(f"[demo] 1/6 features: a generated {args.dataset.upper()}-layout file -> {args.data_root}")
     if not args.data_root.is_file():
         args.data_root.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """`avemo predict --dataset mosei --data_root FILE --split test`: every sample of a feature file's split
-through the served feature model on Triton, scored with the same metrics as `avemo evaluate`.
+through the served feature model on Triton, scored with the same metrics as `avemo evaluate`
+(`--dataset iemocap|meld|...`: every dialogue of a conversation file's split, one request per dialogue).
 
 The served config says which modalities, feature sizes, padded lengths, task and classes the model has
 (``client.features``); the file is read by the training package's validated reader (restricted unpickler,
@@ -18,6 +19,7 @@ import numpy as np
 
 from avemo.contract.endpoint import MODEL_NAME
 
+DIALOGUE_DATASETS = ("iemocap", "iemocap_4", "meld", "meld_sentiment")
 CHUNK = 256  # samples read from the memory map and sent per round (bounded memory on big files)
 
 
@@ -87,6 +89,51 @@ def predict_feature_split(
     return res
 
 
+def predict_dialogue_split(
+    url: str,
+    model_name: str,
+    data_root: str | Path,
+    dataset: str,
+    split: str = "test",
+    timeout: float = 30.0,
+    progress: bool = False,
+) -> dict:
+    """Metrics of a served conversation model on ``split`` of a dialogue file, one request per dialogue: the
+    dict `avemo evaluate --json` prints for the checkpoint, plus "served_model" and "url"."""
+    from avemo.client.features import FeatureClient
+    from avemo.contract.dialogues import DialogueSignature
+    from avemo.contract.progress import progress as progress_bar
+    from avemo.training.data.dialogue_dataset import prepare_dialogues
+    from avemo.training.evaluation.predict import evaluate_predictions
+
+    with FeatureClient(url, model_name, timeout) as client:
+        sig = client.signature()
+        if not isinstance(sig, DialogueSignature):
+            raise ValueError(f"the served model '{model_name}' is not a conversation model")
+        if sig.dataset and sig.dataset != dataset:
+            raise ValueError(f"the served model '{model_name}' was trained on {sig.dataset}, not --dataset {dataset}")
+        datasets, info = prepare_dialogues(data_root, dataset, sig.modalities)
+        if info["input_dims"] != sig.dims:
+            raise ValueError(
+                f"{data_root}: features per utterance {info['input_dims']}, the served model reads {sig.dims}"
+            )
+        part = datasets[split]
+        probs, weights = [], []
+        for d in progress_bar(part.dialogues, desc="predict via Triton", unit="dialogue", disable=not progress):
+            p, w = client.infer_dialogue(d.features, d.speakers)
+            probs.append(p)
+            weights.append(w)
+    labels = part.labels
+    pred = {"probs": np.concatenate(probs), "modality_weights": np.concatenate(weights), "clip": np.arange(len(labels)),
+            "label": labels}  # fmt: skip
+    res = evaluate_predictions(pred, list(sig.labels), dataset)
+    res["split"], res["data_root"] = split, str(data_root)
+    res["condition"] = {"drop": None, "description": "every modality"}
+    res["modalities"] = list(sig.modalities)
+    res["served_model"], res["url"] = model_name, url
+    return res
+
+
 def run(args: argparse.Namespace) -> int:
     """The feature path of `avemo predict` (``avemo.predict`` dispatches here when --dataset is given)."""
     from avemo.client.grpc_stream import EmotionClientError
@@ -95,19 +142,25 @@ def run(args: argparse.Namespace) -> int:
 
     model = args.model if args.model != MODEL_NAME else args.dataset  # export names a feature model after its data
     try:
+        progress = not args.json and sys.stderr.isatty()
         with progress_to_stderr(args.json), feature_file_errors():  # --json: stdout is the document only
-            res = predict_feature_split(
-                args.url,
-                model,
-                args.data_root,
-                args.dataset,
-                args.split,
-                args.cache_dir,
-                args.timeout,
-                args.batch_size,
-                args.concurrency,
-                progress=not args.json and sys.stderr.isatty(),
-            )
+            if args.dataset in DIALOGUE_DATASETS:
+                res = predict_dialogue_split(
+                    args.url, model, args.data_root, args.dataset, args.split, args.timeout, progress
+                )
+            else:
+                res = predict_feature_split(
+                    args.url,
+                    model,
+                    args.data_root,
+                    args.dataset,
+                    args.split,
+                    args.cache_dir,
+                    args.timeout,
+                    args.batch_size,
+                    args.concurrency,
+                    progress=progress,
+                )
     except EmotionClientError as exc:
         print(f"error: {exc}\n(is the server running? start it with `avemo serve`)", file=sys.stderr)
         return 2

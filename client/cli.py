@@ -15,7 +15,8 @@ from avemo.client.options import add_client_options
 from avemo.contract.media import MediaError
 from avemo.contract.options import add_option
 
-FEATURE_DATASETS = ("mosi", "mosei", "sims")  # the utterance-level feature datasets a served model can read
+# the feature datasets a served model can read: utterance-level, then conversations (one dialogue per request)
+FEATURE_DATASETS = ("mosi", "mosei", "sims", "iemocap", "iemocap_4", "meld", "meld_sentiment")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_client_options(parser)
     feat = parser.add_argument_group("feature files (instead of clips; model: the dataset's name unless --model)")
     add_option(feat, "dataset", choices=FEATURE_DATASETS, default=None, help="a feature dataset's served model")
-    add_option(feat, "data_root", default=None, metavar="FILE", help="the feature file (MMSA pickle)")
+    add_option(feat, "data_root", default=None, metavar="FILE", help="the feature file (MMSA or dialogue pickle)")
     add_option(feat, "split", choices=("train", "val", "test"), default="test", help="(default: %(default)s)")
     add_option(feat, "cache_dir", default="cache", help="feature cache, shared with training (default: %(default)s)")
     add_option(

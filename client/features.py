@@ -1,13 +1,15 @@
-"""gRPC client of a served feature model (text / audio / vision feature sequences; ``contract.features``).
+"""gRPC client of a served feature model (text / audio / vision feature sequences; ``contract.features``)
+or conversation model (one dialogue per request; ``contract.dialogues``).
 
 Everything it knows about the model -- modalities, feature sizes, padded lengths, task, class names,
-batch limit -- comes from the served config (``FeatureSignature.from_parameters``); it keeps no copy.
+speakers, batch limit -- comes from the served config (``<Signature>.from_parameters``); it keeps no copy.
 
     client = FeatureClient("127.0.0.1:8001", "mosei")
     sig = client.signature()                                     # modalities, dims, lengths, task
     x, n = pad_features(sig, "text", text_steps)                 # [L, D] zero padded, valid steps
     out = client.infer({"text": X_t, "audio": X_a, "video": X_v}, lengths, mask)
     out.values                                                   # prediction [B] or probs [B, C]
+    probs, weights = client.infer_dialogue({"text": T, ...}, speakers)   # conversation model: [U, C], [U, M]
 
 ``infer`` splits a batch larger than the served ``max_batch_size`` into several requests and keeps up to
 ``concurrency`` of them in flight (the dynamic batcher groups what arrives together). A request the
@@ -25,9 +27,10 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from avemo.client.grpc_stream import EmotionClientError
+from avemo.contract.dialogues import SPEAKERS, DialogueSignature
 from avemo.contract.endpoint import CLIENT_TIMEOUT, GRPC_URL
 from avemo.contract.features import FeatureSignature, lengths_name
-from avemo.contract.tensors import MODALITY_MASK, MODALITY_WEIGHTS
+from avemo.contract.tensors import MODALITY_MASK, MODALITY_WEIGHTS, NUMPY_DTYPES
 
 _MAX_MESSAGE = 256 * 1024 * 1024  # a full batch of MOSEI-sized features is tens of MB
 
@@ -38,7 +41,7 @@ class FeatureAnswers:
 
     values: np.ndarray
     modality_weights: np.ndarray  # [B, M]
-    signature: FeatureSignature
+    signature: FeatureSignature | DialogueSignature
 
     @property
     def labels(self) -> list[str] | None:
@@ -69,11 +72,12 @@ class FeatureClient:
         self.url, self.model_name, self.timeout = url, model_name, float(timeout)
         args = [("grpc.max_send_message_length", _MAX_MESSAGE), ("grpc.max_receive_message_length", _MAX_MESSAGE)]
         self._client = grpcclient.InferenceServerClient(url=url, channel_args=args)
-        self._sig: FeatureSignature | None = None
+        self._sig: FeatureSignature | DialogueSignature | None = None
         self.max_batch_size = 0
 
-    def signature(self, refresh: bool = False) -> FeatureSignature:
-        """What the served config says about the model (cached)."""
+    def signature(self, refresh: bool = False) -> FeatureSignature | DialogueSignature:
+        """What the served config says about the model (cached): a ``DialogueSignature`` for a conversation
+        model (parameter kind ``dialogue``), else a ``FeatureSignature``."""
         if self._sig is not None and not refresh:
             return self._sig
         try:
@@ -86,31 +90,54 @@ class FeatureClient:
             k: v.get("string_value", "") if isinstance(v, dict) else str(v)
             for k, v in (config.get("parameters") or {}).items()
         }
+        kind = DialogueSignature if params.get("kind") == "dialogue" else FeatureSignature
         try:
-            self._sig = FeatureSignature.from_parameters(params)
+            self._sig = kind.from_parameters(params)
         except ValueError as exc:
             raise EmotionClientError(f"served model '{self.model_name}' is not a feature model: {exc}") from exc
         self.max_batch_size = int(config.get("max_batch_size", 0) or 0)
         return self._sig
 
-    def _request(self, features: dict, lengths: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _send(self, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """One request: ``arrays`` by served input name (the signature's dtypes) -> (first output, weights)."""
         sig = self.signature()
         inputs = []
-        for i, (m, name) in enumerate(zip(sig.modalities, sig.served)):
-            for tname, arr in ((name, features[m]), (lengths_name(name), lengths[:, i : i + 1])):
-                arr = np.ascontiguousarray(arr)
-                inp = grpcclient.InferInput(tname, list(arr.shape), "INT64" if arr.dtype == np.int64 else "FP32")
-                inp.set_data_from_numpy(arr)
-                inputs.append(inp)
-        inp = grpcclient.InferInput(MODALITY_MASK, list(mask.shape), "FP32")
-        inp.set_data_from_numpy(np.ascontiguousarray(mask))
-        inputs.append(inp)
+        for spec in sig.inputs:
+            arr = np.ascontiguousarray(arrays[spec.name], dtype=NUMPY_DTYPES[spec.dtype])
+            inp = grpcclient.InferInput(spec.name, list(arr.shape), spec.dtype)
+            inp.set_data_from_numpy(arr)
+            inputs.append(inp)
         outputs = [grpcclient.InferRequestedOutput(sig.output_name), grpcclient.InferRequestedOutput(MODALITY_WEIGHTS)]
         try:
             result = self._client.infer(self.model_name, inputs, outputs=outputs, client_timeout=self.timeout)
         except InferenceServerException as exc:
             raise EmotionClientError(f"inference failed on '{self.model_name}': {exc.message() or exc}") from exc
         return result.as_numpy(sig.output_name), result.as_numpy(MODALITY_WEIGHTS)
+
+    def _request(self, features: dict, lengths: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One request of a feature model: features by model modality [b, L, D], lengths [b, M], mask [b, M]."""
+        sig = self.signature()
+        arrays = {MODALITY_MASK: mask}
+        for i, (m, name) in enumerate(zip(sig.modalities, sig.served)):
+            arrays[name], arrays[lengths_name(name)] = features[m], lengths[:, i : i + 1]
+        return self._send(arrays)
+
+    def infer_dialogue(
+        self, features: dict[str, np.ndarray], speakers: np.ndarray, mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One whole dialogue through a conversation model: features by model modality [U, D_m], speakers [U]
+        (0..S-1), mask [U, M] (default: every modality present) -> (probs [U, C], modality_weights [U, M])."""
+        sig = self.signature()
+        if not isinstance(sig, DialogueSignature):
+            raise EmotionClientError(f"served model '{self.model_name}' is not a conversation model")
+        speakers = np.asarray(speakers, np.int64).reshape(1, -1)  # [1, U]
+        u = speakers.shape[1]
+        arrays = {SPEAKERS: speakers}
+        arrays[MODALITY_MASK] = (np.ones((u, len(sig.modalities)), np.float32) if mask is None else mask)[None]
+        for m, name in zip(sig.modalities, sig.served):
+            arrays[name] = np.asarray(features[m], np.float32)[None]  # [1, U, D]
+        probs, weights = self._send(arrays)
+        return probs[0], weights[0]
 
     def infer(
         self,
@@ -124,6 +151,8 @@ class FeatureClient:
         mask order); mask float32 [B, M] (default: every modality present). Requests of ``batch_size`` samples
         (default: the served max_batch_size), ``concurrency`` in flight."""
         sig = self.signature()
+        if isinstance(sig, DialogueSignature):
+            raise EmotionClientError(f"served model '{self.model_name}' is a conversation model: use infer_dialogue")
         missing = [m for m in sig.modalities if m not in features]
         if missing:
             raise ValueError(f"the served model reads {sig.modalities}; missing features of {missing}")

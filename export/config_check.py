@@ -16,7 +16,7 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from avemo.contract.features import FeatureSignature
+from avemo.contract.dialogues import SIGNATURES
 from avemo.contract.tensors import NUMPY_DTYPES, PROBS, TRITON_PBTXT_DTYPES
 from avemo.export.triton_config import FLAVOURS, LABELS_FILENAME, WARMUP_DIRNAME, Spec, io_specs
 
@@ -86,6 +86,13 @@ def _torchscript_io(path: Path, spec: Spec, num_classes: int) -> tuple[list, lis
     return ins, outs_rows
 
 
+def _fit(concrete: tuple, pattern: tuple) -> tuple:
+    """``concrete`` with -1 where ``pattern`` (config dims) has -1 and the ranks agree: a variable dim fits any size."""
+    if len(concrete) != len(pattern):
+        return tuple(concrete)
+    return tuple(-1 if p == -1 else c for c, p in zip(concrete, pattern))
+
+
 def check_model_dir(model_dir: Path, spec: Spec, version: int | None = None) -> mc.ModelConfig:
     """Parse ``model_dir/config.pbtxt`` and check it against the contract (the clip model's window geometry
     or a feature model's signature), the exported file of ``version`` (default: the newest folder) and the
@@ -120,10 +127,10 @@ def check_model_dir(model_dir: Path, spec: Spec, version: int | None = None) -> 
     want_files = [LABELS_FILENAME] if any(s.name == PROBS for s in specs_out) else []
     if label_files != want_files:
         problems.append(f"label_filename {label_files}, expected {want_files} (on probs; none for a prediction)")
-    if isinstance(spec, FeatureSignature):
+    if isinstance(spec, SIGNATURES):
         params = {k: v.string_value for k, v in cfg.parameters.items()}
         try:
-            served = FeatureSignature.from_parameters(params)
+            served = type(spec).from_parameters(params)
         except ValueError as e:
             problems.append(f"feature parameters: {e}")
         else:
@@ -136,8 +143,9 @@ def check_model_dir(model_dir: Path, spec: Spec, version: int | None = None) -> 
     for w in cfg.model_warmup:
         if not 1 <= w.batch_size <= cfg.max_batch_size:
             problems.append(f"warm-up {w.name!r}: batch_size {w.batch_size} outside 1..{cfg.max_batch_size}")
-        got = {k: (mc.DataType.Name(v.data_type), tuple(v.dims)) for k, v in w.inputs.items()}
-        if got != {n: (d, dims) for n, d, dims in want_in}:
+        got = {k: (mc.DataType.Name(v.data_type), _fit(tuple(v.dims), dims)) for k, v in w.inputs.items()
+               for n, _, dims in want_in if n == k}  # fmt: skip
+        if len(got) != len(w.inputs) or got != {n: (d, dims) for n, d, dims in want_in}:
             problems.append(f"warm-up {w.name!r}: inputs {got} differ from the config's inputs")
         for v in w.inputs.values():
             f = model_dir / WARMUP_DIRNAME / v.input_data_file
@@ -160,6 +168,9 @@ def check_model_dir(model_dir: Path, spec: Spec, version: int | None = None) -> 
             _onnx_io(artefact) if flavour.artefact == "onnx" else _torchscript_io(artefact, spec, num_classes)
         )
         cfg_in, cfg_out = _io_table(cfg.input), _io_table(cfg.output)
+        # a traced TorchScript run has concrete sizes where the config says -1 (a dialogue's utterances)
+        graph_in = [(n, d, _fit(g, dict((c[0], c[2]) for c in cfg_in).get(n, g))) for n, d, g in graph_in]
+        graph_out = [(n, d, _fit(g, dict((c[0], c[2]) for c in cfg_out).get(n, g))) for n, d, g in graph_out]
         if flavour.artefact == "onnx":  # ONNX flavours bind tensors by name: order is free
             graph_in, graph_out, cfg_in, cfg_out = sorted(graph_in), sorted(graph_out), sorted(cfg_in), sorted(cfg_out)
         if graph_in != cfg_in:

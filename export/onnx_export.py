@@ -19,11 +19,9 @@ import onnxruntime as ort
 import torch
 
 from avemo.contract import tensors
+from avemo.contract.dialogues import SIGNATURES, DialogueSignature
 from avemo.contract.features import FeatureSignature
-from avemo.contract.geometry import WindowGeometry
-
-# What a model is exported for: the clip model's window geometry, or a feature model's signature
-Spec = WindowGeometry | FeatureSignature
+from avemo.export.triton_config import Spec
 
 OPSET = 18
 MIN_OPSET = 17  # the dynamo exporter's floor
@@ -39,20 +37,23 @@ class ParityError(RuntimeError):
 
 def input_names(spec: Spec) -> list[str]:
     """The exported graph's input names, in argument order."""
-    return [t.name for t in (spec.inputs if isinstance(spec, FeatureSignature) else tensors.INPUTS)]
+    return [t.name for t in (spec.inputs if isinstance(spec, SIGNATURES) else tensors.INPUTS)]
 
 
 def output_names(spec: Spec) -> list[str]:
     """The exported graph's output names, in order."""
-    return [t.name for t in (spec.outputs if isinstance(spec, FeatureSignature) else tensors.OUTPUTS)]
+    return [t.name for t in (spec.outputs if isinstance(spec, SIGNATURES) else tensors.OUTPUTS)]
 
 
 def example_inputs(spec: Spec, batch: int, seed: int) -> tuple[torch.Tensor, ...]:
     """Random contract inputs, one tensor per graph input (``input_names``); with batch >= 2, row 1 lacks a
     modality. Clips: audio [B, S] f32, frames [B, F, H, W, 3] u8, mask [B, 2] f32. Features
-    (``feature_example_inputs``): per modality [B, L, D] f32 and lengths [B, 1] i64, then mask [B, M] f32."""
+    (``feature_example_inputs``): per modality [B, L, D] f32 and lengths [B, 1] i64, then mask [B, M] f32.
+    Conversations (``dialogue_example_inputs``): one dialogue of 3 x ``batch`` utterances."""
     if isinstance(spec, FeatureSignature):
         return feature_example_inputs(spec, batch, seed)
+    if isinstance(spec, DialogueSignature):
+        return dialogue_example_inputs(spec, 3 * batch, seed)
     geometry = spec
     g = torch.Generator().manual_seed(seed)
     audio = 0.3 * torch.randn(batch, geometry.window_samples, generator=g)
@@ -95,6 +96,19 @@ def feature_example_inputs(sig: FeatureSignature, batch: int, seed: int) -> tupl
     return (*out, mask)
 
 
+def dialogue_example_inputs(sig: DialogueSignature, utterances: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """One dialogue: per modality [1, U, D] f32, speakers [1, U] i64 (random turns), mask [1, U, M] f32 with
+    utterance 1 lacking a modality (when there are two or more)."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(1, utterances, len(sig.modalities))
+    if utterances > 1 and len(sig.modalities) > 1:
+        mask[0, 1, seed % len(sig.modalities)] = 0.0
+    xs = [torch.randn(1, utterances, sig.dims[m], generator=g) * mask[:, :, i, None] for i, m in
+          enumerate(sig.modalities)]  # fmt: skip
+    speakers = torch.randint(0, sig.num_speakers, (1, utterances), generator=g, dtype=torch.int64)
+    return (*xs, speakers, mask)
+
+
 def to_onnx(wrapper: torch.nn.Module, spec: Spec, path: Path, opset: int = OPSET) -> Path:
     """Export with a dynamic batch dim and the contract's tensor names; save one self-contained file."""
     names_in = input_names(spec)
@@ -102,7 +116,7 @@ def to_onnx(wrapper: torch.nn.Module, spec: Spec, path: Path, opset: int = OPSET
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings():
         # every input shares the one batch Dim: the exporter says it keeps one name for them, which is the intent
-        warnings.filterwarnings("ignore", message=r".*axis name: batch will not be used", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r".*axis name: \w+ will not be used", category=UserWarning)
         program = _export(wrapper, spec, names_in, names_out, batch, opset)
     program.save(str(path), external_data=False)
     onnx.checker.check_model(str(path))
@@ -118,12 +132,16 @@ def to_onnx(wrapper: torch.nn.Module, spec: Spec, path: Path, opset: int = OPSET
 
 
 def _export(wrapper: torch.nn.Module, spec: Spec, names_in: list[str], names_out: list[str], batch, opset: int):
+    if isinstance(spec, DialogueSignature):  # one dialogue: batch 1, the utterance axis dynamic
+        dynamic = {n: {1: torch.export.Dim("utterances", min=1, max=4096)} for n in names_in}
+    else:
+        dynamic = {n: {0: batch} for n in names_in}
     return torch.onnx.export(
         wrapper,
         example_inputs(spec, 2, seed=0),
         input_names=names_in,
         output_names=names_out,
-        dynamic_shapes={n: {0: batch} for n in names_in},
+        dynamic_shapes=dynamic,
         opset_version=opset,
         dynamo=True,
         verbose=False,
@@ -169,10 +187,12 @@ def smoke_run(onnx_path: Path, spec: Spec) -> float:
     t = time.perf_counter()
     first, weights = sess.run(output_names(spec), dict(zip(input_names(spec), (x.numpy() for x in inputs))))
     ms = (time.perf_counter() - t) * 1000
-    modalities = len(spec.modalities) if isinstance(spec, FeatureSignature) else 2
+    modalities = len(spec.modalities) if isinstance(spec, SIGNATURES) else 2
     probs = not (isinstance(spec, FeatureSignature) and spec.task == "regression")
     if (probs and not np.allclose(first.sum(-1), 1.0, atol=1e-4)) or not np.isfinite(first).all():
         raise ParityError(f"smoke run of {onnx_path} gave malformed outputs: {output_names(spec)[0]} {first}")
-    if weights.shape != (1, modalities):
-        raise ParityError(f"smoke run of {onnx_path}: modality_weights {weights.shape}, expected (1, {modalities})")
+    if weights.shape[0] != 1 or weights.shape[-1] != modalities:
+        raise ParityError(
+            f"smoke run of {onnx_path}: modality_weights {weights.shape}, expected (1, ..., {modalities})"
+        )
     return ms

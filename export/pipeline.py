@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from avemo.contract.dialogues import DialogueSignature
 from avemo.contract.endpoint import MODEL_NAME
 from avemo.contract.features import FeatureSignature
 from avemo.contract.geometry import WindowGeometry
@@ -26,7 +27,12 @@ from avemo.export.torchscript_export import TORCHSCRIPT_FILENAME, to_torchscript
 from avemo.export.triton_config import FLAVOURS, MAX_BATCH_SIZE, flavour_model_name
 from avemo.export.triton_repo import ONNX_FILENAME, write_model_repository
 from avemo.training.models.checkpoint import load_checkpoint, model_from_checkpoint
-from avemo.training.models.feature_export import feature_export_wrapper, feature_signature_of
+from avemo.training.models.feature_export import (
+    dialogue_export_wrapper,
+    dialogue_signature_of,
+    feature_export_wrapper,
+    feature_signature_of,
+)
 from avemo.training.models.model import ExportWrapper
 
 FORMATS = ("onnx", "torchscript")
@@ -55,7 +61,7 @@ class ExportReport:
     seconds: float = 0.0
     formats: list[str] = field(default_factory=list)
     models: list[ServedModelReport] = field(default_factory=list)
-    kind: str = "clip"  # clip | features
+    kind: str = "clip"  # clip | features | dialogue
     task: str = "classification"  # classification | regression
 
     def to_json(self) -> str:
@@ -108,16 +114,20 @@ def export_checkpoint(
     if tensorrt and "onnxruntime" not in backends:
         raise ValueError("--tensorrt is an accelerator of the onnxruntime flavour: add --backend onnxruntime (or all)")
     ckpt = load_checkpoint(checkpoint)
-    if ckpt["model_config"].get("num_speakers"):
+    if ckpt["model_config"].get("fusion") == "joyful":
         raise ValueError(
-            f"{checkpoint} is a conversation model: it answers a whole dialogue at once (speakers, context over "
-            "the utterances), which the utterance-level serving contract does not describe; export covers clip "
-            "models and utterance-level feature models (see docs/features.md)"
+            f"{checkpoint} is a JOYFUL model: its relational graph builds its edges with sizes that depend on the "
+            "data (a window of utterances per utterance, torch_geometric message passing), which the ONNX and "
+            "TorchScript exporters do not trace; conversation models with --fusion other than joyful export "
+            "(see docs/dialogues.md)"
         )
     model, _ = model_from_checkpoint(ckpt)
     spec: Spec
     model_name = model_name or default_model_name(ckpt)
-    if ckpt["model_config"].get("input_dims"):
+    if ckpt["model_config"].get("num_speakers"):
+        spec = dialogue_signature_of(ckpt)
+        wrapper = dialogue_export_wrapper(model, spec).eval()
+    elif ckpt["model_config"].get("input_dims"):
         spec = feature_signature_of(ckpt)
         wrapper = feature_export_wrapper(model, spec).eval()
     else:
@@ -125,10 +135,15 @@ def export_checkpoint(
         wrapper = ExportWrapper(model).eval()
     metrics = ckpt.get("metrics", {})
     extra = {"fusion": ckpt["model_config"]["fusion"], "checkpoint": Path(checkpoint).name}
-    if isinstance(spec, FeatureSignature) and spec.task == "regression":  # val_score = -MSE (training.train.loop)
-        extra["val_mse"] = f"{-metrics.get('val_score', float('nan')):.4f}"
+    # val_score: what picked the checkpoint (training.train.loop.selection_score): -MSE for regression, the
+    # validation weighted F1 for conversations, macro-F1 otherwise
+    score = metrics.get("val_score", metrics.get("val_macro_f1", float("nan")))
+    if isinstance(spec, FeatureSignature) and spec.task == "regression":
+        extra["val_mse"] = f"{-score:.4f}"
+    elif isinstance(spec, DialogueSignature):
+        extra["val_weighted_f1"] = f"{score:.4f}"
     else:
-        extra["val_macro_f1"] = f"{metrics.get('val_macro_f1', float('nan')):.4f}"
+        extra["val_macro_f1"] = f"{metrics.get('val_macro_f1', score):.4f}"
     diffs: dict[str, float] = {}
     models: list[ServedModelReport] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -186,13 +201,14 @@ def export_checkpoint(
         round(time.time() - t0, 1),
         formats,
         models,
-        "features" if isinstance(spec, FeatureSignature) else "clip",
+        {FeatureSignature: "features", DialogueSignature: "dialogue"}.get(type(spec), "clip"),
         spec.task if isinstance(spec, FeatureSignature) else "classification",
     )
 
 
 def default_model_name(ckpt: dict) -> str:
-    """``emotion`` for the clip model, the dataset's name (``mosei``, ``mosi``, ``sims``) for a feature model."""
+    """``emotion`` for the clip model, the dataset's name (``mosei``, ``iemocap``, ...) for a feature model."""
     if not ckpt["model_config"].get("input_dims"):
         return MODEL_NAME
-    return feature_signature_of(ckpt).dataset or "features"
+    sig = dialogue_signature_of(ckpt) if ckpt["model_config"].get("num_speakers") else feature_signature_of(ckpt)
+    return sig.dataset or "features"

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from avemo.contract.dialogues import SIGNATURES, SPEAKERS, DialogueSignature
 from avemo.contract.features import FeatureSignature, lengths_name
 from avemo.contract.geometry import WindowGeometry
 from avemo.contract.tensors import (
@@ -40,8 +41,9 @@ from avemo.contract.tensors import (
     resolve_dims,
 )
 
-# What a model is served for: the clip model's window geometry, or a feature model's signature
-Spec = WindowGeometry | FeatureSignature
+# What a model is served for: the clip model's window geometry, or a feature / conversation model's signature
+Spec = WindowGeometry | FeatureSignature | DialogueSignature
+WARMUP_UTTERANCES = 8  # utterances of the warm-up dialogue of a conversation model
 
 LABELS_FILENAME = "labels.txt"
 WARMUP_DIRNAME = "warmup"
@@ -64,8 +66,8 @@ OWNED_PARAMETER_KEYS = (
 
 
 def io_specs(spec: Spec, num_classes: int) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """(inputs, outputs) of the served model with concrete dims (without the batch dim), in graph order."""
-    if isinstance(spec, FeatureSignature):
+    """(inputs, outputs) of the served model (dims without the batch dim; -1 = a conversation's utterances)."""
+    if isinstance(spec, SIGNATURES):
         return spec.inputs, spec.outputs
 
     def concrete(specs):
@@ -145,7 +147,7 @@ def config_parameters(
     """The string parameters stored in config.pbtxt (what the client reads back over gRPC): the window
     geometry and labels of a clip model, or a feature model's ``FeatureSignature.parameters()``."""
     labels = validate_labels(labels)
-    if isinstance(spec, FeatureSignature):
+    if isinstance(spec, SIGNATURES):
         if list(spec.labels) != labels:
             raise ValueError(f"labels {labels} differ from the feature signature's {list(spec.labels)}")
         params = spec.parameters()
@@ -175,7 +177,7 @@ def _clip_parameters(labels: list[str], geometry: WindowGeometry) -> dict[str, s
 
 def flavour_parameters(flavour: str, spec: Spec | None = None) -> dict[str, str]:
     """Backend-specific parameters."""
-    if flavour == "python" and isinstance(spec, FeatureSignature):
+    if flavour == "python" and isinstance(spec, SIGNATURES):
         return {
             "execution_provider": "auto",
             # one thread: a feature graph is a few passes over ~350 KB of input, which a second thread does not
@@ -204,7 +206,16 @@ def flavour_parameters(flavour: str, spec: Spec | None = None) -> dict[str, str]
 def warmup_samples(spec: Spec) -> dict[str, np.ndarray]:
     """One realistic window per input, without batch dim (what ``warmup/<input>`` holds, row-major):
     a quiet chord for audio, a smooth grey gradient for frames, both modalities present. A feature model:
-    smooth features of unit scale over the whole padded length, every modality present."""
+    smooth features of unit scale over the whole padded length, every modality present. A conversation model:
+    a dialogue of ``WARMUP_UTTERANCES`` utterances, speakers taking turns."""
+    if isinstance(spec, DialogueSignature):
+        dialogue: dict[str, np.ndarray] = {}
+        for m, name in zip(spec.modalities, spec.served):
+            grid = np.arange(WARMUP_UTTERANCES)[:, None] * 0.3 + np.arange(spec.dims[m])[None, :] * 0.7
+            dialogue[name] = np.sin(grid).astype(np.float32)  # [U, D]
+        dialogue[SPEAKERS] = (np.arange(WARMUP_UTTERANCES) % spec.num_speakers).astype(np.int64)  # [U]
+        dialogue[MODALITY_MASK] = np.ones((WARMUP_UTTERANCES, len(spec.modalities)), np.float32)  # [U, M]
+        return dialogue
     if isinstance(spec, FeatureSignature):
         samples: dict[str, np.ndarray] = {}
         for m, name in zip(spec.modalities, spec.served):
@@ -238,12 +249,13 @@ def _tensor_block(name: str, dtype: str, dims: Sequence[int], label_filename: st
 
 def _warmup_blocks(spec: Spec, num_classes: int, max_batch_size: int) -> str:
     sizes = sorted({min(b, max_batch_size) for b in WARMUP_BATCH_SIZES})
+    samples = warmup_samples(spec)  # the dims of each warm-up input are its sample's (no -1)
     blocks = []
     for b in sizes:
         inputs = "\n".join(
             f"  inputs {{\n    key: {pbtxt_str(s.name)}\n    value {{\n"
             f"      data_type: {TRITON_PBTXT_DTYPES[s.dtype]}\n"
-            f"      dims: [ {', '.join(map(str, s.dims))} ]\n"
+            f"      dims: [ {', '.join(map(str, samples[s.name].shape))} ]\n"
             f"      input_data_file: {pbtxt_str(s.name)}\n    }}\n  }}"
             for s in io_specs(spec, num_classes)[0]
         )
@@ -280,6 +292,9 @@ def render_config_pbtxt(
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
     if tensorrt and not (fl.key == "onnxruntime" and device == "gpu"):
         raise ValueError("the TensorRT accelerator applies to the onnxruntime flavour on a GPU (--device gpu)")
+    dialogue = isinstance(spec, DialogueSignature)
+    if dialogue:  # one request = one dialogue of any length: nothing to batch ([1, U, ...] of different U)
+        max_batch_size, preferred_batch_sizes = 1, ()
     num_classes = len(labels)
     params = {**config_parameters(labels, spec, extra_parameters), **flavour_parameters(flavour, spec)}
     preferred = sorted({int(b) for b in preferred_batch_sizes if 1 <= int(b) <= max_batch_size})
@@ -293,6 +308,8 @@ def render_config_pbtxt(
     if preferred:
         batching.append(f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]")
     batching += [f"  max_queue_delay_microseconds: {int(max_queue_delay_us)}", "}"]
+    if dialogue:
+        batching = ["# one dialogue per request (max_batch_size 1, U variable): no dynamic batcher"]
     kind = "KIND_GPU" if fl.native and device == "gpu" else "KIND_CPU"
     note = {
         "python": "# KIND_CPU: the Python backend instance is a CPU process; on a GPU server onnxruntime inside it\n"

@@ -128,6 +128,9 @@ class TritonPythonModel:
             if n.endswith("_lengths") and n[: -len("_lengths")] in steps
         }
         self.refuse_empty_mask = _param(config, "refuse_empty_mask", "false") == "true"
+        # conversation models: one dialogue per request; every input has the same utterances, speakers 0..S-1
+        self.dialogue = _param(config, "kind") == "dialogue"
+        self.num_speakers = int(_param(config, "num_speakers", "0") or 0)
 
         # ---- onnxruntime session
         instance_kind = str(args.get("model_instance_kind", "CPU")).upper()
@@ -186,6 +189,14 @@ class TritonPythonModel:
     @staticmethod
     def _shape_hints(config: dict) -> dict:
         """Human explanations of the expected dims, from the geometry (clip) or feature parameters."""
+        if _param(config, "kind") == "dialogue":
+            pairs = [p.partition(":") for p in (_param(config, "feature_dims", "") or "").split(",")]
+            hints = {name: f"[1, U, D]: one row per utterance, D = {dim}" for name, _, dim in pairs if name}
+            hints["speakers"] = (
+                f"[1, U]: the speaker of each utterance, 0..{int(_param(config, 'num_speakers', '1')) - 1}"
+            )
+            hints["modality_mask"] = f"[1, U, M]: ({_param(config, 'modalities', '')}) per utterance, 1 = present"
+            return hints
         if _param(config, "kind") == "features":
             modalities = _param(config, "modalities", "")
             hints = {}
@@ -216,6 +227,7 @@ class TritonPythonModel:
         """(arrays by name, batch size) or raises ValueError with a message for the client."""
         arrays = {}
         batch = None
+        utterances = None  # (input name, U) of a dialogue's first input
         for name, dtype, dims in self.inputs:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
@@ -260,12 +272,29 @@ class TritonPythonModel:
                         f"input '{name}' has {high if high > steps else low} steps, beyond the padding of '{of}': "
                         f"valid lengths are 0..{steps} (L = {steps} padded steps in the served config)"
                     )
-            if name == "modality_mask" and self.refuse_empty_mask and arr.size:
-                empty = np.flatnonzero((arr > 0).sum(axis=-1) == 0)
-                if empty.size:
+            if self.dialogue and arr.ndim >= 2:
+                if utterances is None:
+                    utterances = (name, arr.shape[1])
+                elif arr.shape[1] != utterances[1]:
                     raise ValueError(
-                        f"input 'modality_mask' row {int(empty[0])} has no modality present "
-                        f"({arr[empty[0]].tolist()}); "
+                        f"input '{name}' has {arr.shape[1]} utterances, but '{utterances[0]}' has {utterances[1]}: "
+                        "every input of a dialogue gives one row per utterance"
+                    )
+            if name == "speakers" and self.num_speakers and arr.size:
+                low, high = int(arr.min()), int(arr.max())
+                if low < 0 or high >= self.num_speakers:
+                    raise ValueError(
+                        f"input 'speakers' has speaker {high if high >= self.num_speakers else low}; the model knows "
+                        f"speakers 0..{self.num_speakers - 1}"
+                    )
+            if name == "modality_mask" and self.refuse_empty_mask and arr.size:
+                rows = arr.reshape(-1, arr.shape[-1])  # [B, M], or [U, M] for a dialogue
+                empty = np.flatnonzero((rows > 0).sum(axis=-1) == 0)
+                if empty.size:
+                    what = "utterance" if self.dialogue else "row"
+                    raise ValueError(
+                        f"input 'modality_mask' {what} {int(empty[0])} has no modality present "
+                        f"({rows[empty[0]].tolist()}); "
                         "at least one entry must be 1 (a missing modality is zeros with mask 0)"
                     )
             if name == "audio" and arr.size and self.audio_abs_max is not None:

@@ -95,7 +95,17 @@ def test_bad_feature_requests_are_refused_by_name_and_the_server_keeps_serving(b
 
 
 def test_feature_demo_runs_end_to_end(mosei_file, tmp_path, capsys):
-    argv = ["demo", "--dataset", "mosei", "--data-root", str(mosei_file), "--epochs", "1", "--runs", str(tmp_path)]
+    argv = [
+        "demo",
+        "--dataset",
+        "mosei",
+        "--data-root",
+        str(mosei_file),
+        "--feature-epochs",
+        "1",
+        "--runs",
+        str(tmp_path),
+    ]
     argv += ["--cache-dir", str(tmp_path / "cache"), "--model-repository", str(tmp_path / "repo")]
     assert main(argv) == 0
     out = capsys.readouterr().out

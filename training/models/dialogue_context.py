@@ -96,13 +96,16 @@ class DialogueContext(nn.Module):
         return (x + self.out(self.norm(h))) * utterances[:, :, None].to(x.dtype)
 
 
-def flatten_utterances(x: torch.Tensor, utterances: torch.Tensor) -> torch.Tensor:
-    """[B, U, ...] -> [N, ...]: the real utterances in row-major order (dialogue 0's first)."""
-    return x[utterances]
+def flatten_utterances(x: torch.Tensor, utterances: torch.Tensor | None) -> torch.Tensor:
+    """[B, U, ...] -> [N, ...]: the real utterances in row-major order (dialogue 0's first). ``utterances``
+    None: every utterance is real (N = B U; a plain reshape, which export traces with U dynamic)."""
+    return x.reshape(-1, *x.shape[2:]) if utterances is None else x[utterances]
 
 
-def scatter_utterances(rows: torch.Tensor, utterances: torch.Tensor) -> torch.Tensor:
-    """[N, D] rows of ``flatten_utterances`` -> [B, U, D], zeros on padding."""
+def scatter_utterances(rows: torch.Tensor, utterances: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """[N, D] rows of ``flatten_utterances`` -> [B, U, D] (the B, U of ``like``), zeros on padding."""
+    if utterances is None:
+        return rows.reshape(like.shape[0], like.shape[1], rows.shape[-1])
     out = rows.new_zeros(*utterances.shape, rows.shape[-1])
     out[utterances] = rows
     return out
@@ -136,6 +139,8 @@ class DialogueModel(nn.Module):
         return args[:n], args[n], args[n + 1], args[n + 2]
 
     def _run(self, inputs, mask, speakers, utterances, keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``utterances`` None: every utterance of every dialogue is real (what an exported model serves:
+        one whole dialogue per request)."""
         um = self.utterance_model
         rows = [flatten_utterances(x, utterances)[:, None, :] for x in inputs]  # [N, 1, D_m]: one step each
         m = flatten_utterances(mask, utterances)  # [N, M]
@@ -145,12 +150,11 @@ class DialogueModel(nn.Module):
             m = modality_dropout(m, um.modality_dropout)
         lengths = torch.ones_like(m, dtype=torch.int64)  # [N, M]
         hs, ctx, extra = um._encode(rows, m, lengths)
+        real = torch.ones_like(speakers, dtype=torch.bool) if utterances is None else utterances  # [B, U]
         for i, name in enumerate(self.modalities):
             if hs[i] is not None and name in self.contexts:
-                grid = scatter_utterances(hs[i], utterances)  # [B, U, E]
-                hs[i] = (
-                    flatten_utterances(self.contexts[name](grid, speakers, utterances), utterances) * m[:, i : i + 1]
-                )
+                grid = scatter_utterances(hs[i], utterances, speakers)  # [B, U, E]
+                hs[i] = flatten_utterances(self.contexts[name](grid, speakers, real), utterances) * m[:, i : i + 1]
         return um._fuse(hs, ctx, extra, m)
 
     def forward(self, *args: torch.Tensor) -> dict[str, torch.Tensor]:
