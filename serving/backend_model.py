@@ -330,6 +330,8 @@ class TritonPythonModel:
                 responses[i] = _error_response(f"{self._request_tag(request)}bad request: {exc}", "INTERNAL")
                 continue
             key = tuple(arrays[n].shape[1:] for n, _, _ in self.inputs)
+            if self.max_batch_size <= 1:  # a graph of batch 1 (one dialogue per request): never concatenate
+                key = (i, key)
             groups.setdefault(key, []).append((i, arrays, batch))
 
         for members in groups.values():
