@@ -71,7 +71,7 @@ class RepoModel:
     kind: str  # "python" (ONNX through the Python backend), "onnxruntime", "libtorch" or "other"
     onnx: Path | None  # the newest version's model.onnx, if any
     torchscript: Path | None  # the newest version's model.pt, if any (also kept beside an ONNX by --format all)
-    served_kind: str = "clip"  # the config's ``kind`` parameter: "clip" or "features"
+    served_kind: str = "clip"  # the config's ``kind`` parameter: "clip", "features" or "dialogue"
 
 
 def scan_repository(repo: Path) -> list[RepoModel]:
@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     if model_kind == "features":  # only this checkpoint's flavours; a clip model may live beside them
         repo_models = feat.own_models(repo_models, served_name)
     else:
-        repo_models = [m for m in repo_models if m.served_kind != "features"]
+        repo_models = [m for m in repo_models if m.served_kind == "clip"]
     if not repo_models:
         p.error(f"no {model_kind} model {served_name!r} in {repo}: run `avemo export {args.checkpoint}` first")
 

@@ -38,15 +38,17 @@ STREAMS_SKIPPED = (
 
 def checkpoint_kind(path) -> tuple[str, str]:
     """("features", served name) for an utterance-level feature checkpoint (the served name is its dataset,
-    e.g. ``mosei``), ("clip", ``emotion``) for the clip model. ValueError for a conversation model (it has
-    no serving contract)."""
+    e.g. ``mosei``), ("clip", ``emotion``) for the clip model. ValueError for a conversation model."""
     from avemo.export.pipeline import default_model_name
     from avemo.training.models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
     cfg = ckpt["model_config"]
     if cfg.get("num_speakers"):
-        raise ValueError(f"{path} is a conversation model (num_speakers {cfg['num_speakers']}): it is not served")
+        raise ValueError(
+            f"{path} is a conversation model (one dialogue per request): this benchmark measures clip and "
+            "utterance-level feature models"
+        )
     if cfg.get("input_dims"):
         return "features", default_model_name(ckpt)
     return "clip", MODEL_NAME
