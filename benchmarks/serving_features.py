@@ -18,13 +18,12 @@ model answers whole utterances, it has no windows nor a hop to pace them at.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from avemo.client.loadgen import ConcurrencyResult, Latency, _Clock, _run_workers, _Tally
+from avemo.client.loadgen import ConcurrencyResult, closed_loop
 from avemo.contract.endpoint import CLIENT_TIMEOUT, MODEL_NAME
 
 DEFAULT_CONCURRENCY = "1,8,16"
@@ -129,50 +128,17 @@ def run_feature_concurrency(
     answer, samples/s in ``throughput``, the server's split per request)."""
     from avemo.client.features import FeatureClient
 
-    tally = _Tally()
+    def open_sender():
+        client = FeatureClient(url, model, timeout=timeout)
+        pool = samples or feature_samples(client.signature())
 
-    def worker(k: int, clock: _Clock) -> None:
-        client = None
-        try:
-            try:
-                client = FeatureClient(url, model, timeout=timeout)
-                pool = samples or feature_samples(client.signature())
-                client._request(pool[0].features, pool[0].lengths, pool[0].mask)  # untimed: channel, config
-            except Exception as exc:  # noqa: BLE001 - reported as this run's error
-                tally.error(f"{type(exc).__name__}: {exc}")
-                clock.barrier.wait()
-                return
-            clock.barrier.wait()
-            end, i = clock.start + duration, k
-            while time.perf_counter() < end:
-                s = pool[i % len(pool)]
-                i += 1
-                t0 = time.perf_counter()
-                try:
-                    client._request(s.features, s.lengths, s.mask)
-                except Exception as exc:  # noqa: BLE001
-                    tally.error(f"{type(exc).__name__}: {exc}")
-                    time.sleep(0.01)  # a dead server fails fast: do not spin
-                    continue
-                tally.ok((time.perf_counter() - t0) * 1000.0)
-        finally:
-            if client is not None:
-                client.close()
+        def send(i: int) -> None:
+            s = pool[i % len(pool)]
+            client._request(s.features, s.lengths, s.mask)
 
-    clock, split = _run_workers(url, model, concurrency, worker, "loadgen-features")
-    elapsed = max(tally.last - clock.start, 1e-9) if tally.latency else 0.0
-    return ConcurrencyResult(
-        model=model,
-        concurrency=concurrency,
-        duration_s=elapsed,
-        shared_memory=False,
-        requests=len(tally.latency),
-        errors=tally.errors,
-        error_messages=tally.messages,
-        latency_ms=Latency.of(tally.latency),
-        throughput=len(tally.latency) / elapsed if elapsed else 0.0,
-        server=split,
-    )
+        return client, send
+
+    return closed_loop(url, model, concurrency, duration, open_sender, name="loadgen-features")
 
 
 def measure_triton_features(url: str, models: list[str], concurrency: list[int], prof: dict, log: Callable) -> dict:

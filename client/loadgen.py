@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -246,28 +248,27 @@ def _run_workers(url: str, model: str, n: int, worker, name: str) -> tuple[_Cloc
 # ------------------------------------------------------------------------------------------ runs
 
 
-def run_concurrency(
+def closed_loop(
     url: str,
     model: str,
     concurrency: int,
     duration: float,
+    open_sender: Callable[[], tuple[Any, Callable[[int], None]]],
     *,
     shared_memory: bool = False,
-    windows: list[Window] | None = None,
-    timeout: float = CLIENT_TIMEOUT,
+    name: str = "loadgen",
 ) -> ConcurrencyResult:
-    """Closed loop: ``concurrency`` threads, each with its own client, one window per request, ``duration`` s."""
-    from avemo.client.grpc_client import EmotionClient
-
+    """``concurrency`` threads, each with ``open_sender()`` -> (its own client, ``send(i)`` doing request i),
+    one untimed request each, then requests back to back for ``duration`` s; latency from send to answer and
+    the server's split per request. The client is closed at the end."""
     tally = _Tally()
 
     def worker(k: int, clock: _Clock) -> None:
         client = None
         try:
             try:
-                client = EmotionClient(url, model, timeout=timeout, shared_memory=shared_memory)
-                pool = windows or make_windows(client.model())
-                client.infer(pool[0].audio, pool[0].frames, pool[0].mask)  # untimed: channel, config, regions
+                client, send = open_sender()
+                send(0)  # untimed: channel, config, regions
             except Exception as exc:  # noqa: BLE001 - reported as this run's error
                 tally.error(f"{type(exc).__name__}: {exc}")
                 clock.barrier.wait()
@@ -275,21 +276,21 @@ def run_concurrency(
             clock.barrier.wait()
             end, i = clock.start + duration, k
             while time.perf_counter() < end:
-                w = pool[i % len(pool)]
-                i += 1
                 t0 = time.perf_counter()
                 try:
-                    client.infer(w.audio, w.frames, w.mask)
+                    send(i)
                 except Exception as exc:  # noqa: BLE001
                     tally.error(f"{type(exc).__name__}: {exc}")
                     time.sleep(0.01)  # a dead server fails fast: do not spin
                     continue
+                finally:
+                    i += 1
                 tally.ok((time.perf_counter() - t0) * 1000.0)
         finally:
             if client is not None:
                 client.close()
 
-    clock, split = _run_workers(url, model, concurrency, worker, "loadgen")
+    clock, split = _run_workers(url, model, concurrency, worker, name)
     elapsed = max(tally.last - clock.start, 1e-9) if tally.latency else 0.0
     return ConcurrencyResult(
         model=model,
@@ -303,6 +304,32 @@ def run_concurrency(
         throughput=len(tally.latency) / elapsed if elapsed else 0.0,
         server=split,
     )
+
+
+def run_concurrency(
+    url: str,
+    model: str,
+    concurrency: int,
+    duration: float,
+    *,
+    shared_memory: bool = False,
+    windows: list[Window] | None = None,
+    timeout: float = CLIENT_TIMEOUT,
+) -> ConcurrencyResult:
+    """Closed loop: ``concurrency`` threads, each with its own client, one window per request, ``duration`` s."""
+    from avemo.client.grpc_client import EmotionClient
+
+    def open_sender():
+        client = EmotionClient(url, model, timeout=timeout, shared_memory=shared_memory)
+        pool = windows or make_windows(client.model())
+
+        def send(i: int) -> None:
+            w = pool[i % len(pool)]
+            client.infer(w.audio, w.frames, w.mask)
+
+        return client, send
+
+    return closed_loop(url, model, concurrency, duration, open_sender, shared_memory=shared_memory)
 
 
 def run_streams(

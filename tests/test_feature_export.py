@@ -164,20 +164,6 @@ def test_schema_check_catches_configs_and_graphs_that_disagree(regression_repo, 
         check_model_dir(tmp_path / "swap" / "mosei", sig)
 
 
-def test_conversation_checkpoints_are_refused_with_the_reason(tmp_path):
-    from avemo.contract.geometry import WindowGeometry
-    from avemo.export.pipeline import export_checkpoint
-    from avemo.training.models.checkpoint import make_checkpoint
-    from avemo.training.models.config import ModelConfig
-    from avemo.training.models.model import build_model
-
-    cfg = ModelConfig(modalities=("text", "audio"), input_dims={"text": 6, "audio": 4}, num_speakers=2, num_classes=4)
-    ckpt = tmp_path / "dialogue.pt"
-    torch.save(make_checkpoint(build_model(cfg, WindowGeometry()), cfg, list("abcd"), WindowGeometry()), ckpt)
-    with pytest.raises(ValueError, match="conversation model: it answers a whole dialogue"):
-        export_checkpoint(ckpt, tmp_path / "repo")
-
-
 def test_backend_refuses_bad_feature_requests_and_keeps_serving(regression_repo, regression_ckpt, load_backend_model):
     from avemo.export.onnx_export import example_inputs, input_names
 
