@@ -98,7 +98,8 @@ def _run(args: argparse.Namespace, out) -> int:
     from avemo.client.predict import predict_clip
     from avemo.contract.progress import progress
     from avemo.export.pipeline import export_checkpoint
-    from avemo.serving.server import ServerPorts, TritonServer
+    from avemo.serving.server import ServerPorts
+    from avemo.serving.supervisor import SupervisedServer
     from avemo.training.cli import summary_line
     from avemo.training.data import ravdess
     from avemo.training.evaluation.metrics import classification_metrics
@@ -125,7 +126,13 @@ def _run(args: argparse.Namespace, out) -> int:
     ports = ServerPorts.free()
     print(f"[demo] 4/5 starting Triton on {HOST}:{ports.grpc} (gRPC)")
     y_true, y_pred, latencies, failed = [], [], [], []
-    with TritonServer(args.model_repository, ports=ports, log_file=args.runs / "triton.log") as server:
+    supervised = SupervisedServer(
+        args.model_repository,
+        ports=ports,
+        log_file=args.runs / "triton.log",
+        on_event=lambda line: print(f"[demo]   {line}"),
+    )
+    with supervised as server:
         client = EmotionClient(server.url, MODEL_NAME)
         print(f"[demo] 5/5 streaming {len(test_items)} test clips through Triton")
         for it in progress(test_items, desc="predict via Triton", unit="clip"):

@@ -38,7 +38,8 @@ def train_preset(preset: str, out_dir: Path, args: argparse.Namespace, *extra: s
 def run(args: argparse.Namespace, out) -> int:
     from avemo.export.pipeline import export_checkpoint
     from avemo.feature_predict import predict_feature_split
-    from avemo.serving.server import ServerPorts, TritonServer
+    from avemo.serving.server import ServerPorts
+    from avemo.serving.supervisor import SupervisedServer
     from avemo.training.evaluation.feature_eval import evaluate_feature_checkpoint
     from avemo.training.models.checkpoint import model_from_checkpoint
     from avemo.training.synthetic.features import write_mmsa_file
@@ -70,7 +71,13 @@ def run(args: argparse.Namespace, out) -> int:
     ports = ServerPorts.free()
     print(f"[demo] 6/6 Triton on 127.0.0.1:{ports.grpc}: every test sample through gRPC")
     t_serve = time.time()
-    with TritonServer(args.model_repository, ports=ports, log_file=runs / "triton.log") as server:
+    supervised = SupervisedServer(
+        args.model_repository,
+        ports=ports,
+        log_file=runs / "triton.log",
+        on_event=lambda line: print(f"[demo]   {line}"),
+    )
+    with supervised as server:
         served = predict_feature_split(server.url, args.dataset, args.data_root, args.dataset, "test", args.cache_dir)
     t_serve = time.time() - t_serve
     diff = max(abs(served["regression"][k] - local["regression"][k]) for k in local["regression"])

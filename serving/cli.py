@@ -6,9 +6,11 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from avemo.contract.endpoint import GRPC_PORT, HOST, HTTP_PORT, METRICS_PORT, MODEL_REPOSITORY
+from avemo.serving.supervisor import RestartPolicy
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,10 +33,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=180.0, help="seconds to wait for models to load (default: %(default)s)"
     )
+    policy = RestartPolicy()
+    parser.add_argument(
+        "--no-restart",
+        action="store_true",
+        help="exit when tritonserver exits unexpectedly instead of restarting it",
+    )
+    parser.add_argument(
+        "--max-crashes",
+        type=int,
+        default=policy.max_crashes,
+        help="give up after this many crashes within --crash-window (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--crash-window",
+        type=float,
+        default=policy.window_s,
+        help="seconds the crashes are counted over (default: %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from avemo.serving.server import ServerPorts, TritonServer, TritonServerError, models_in_repository
+    from avemo.serving.server import ServerPorts, TritonServerError, models_in_repository
+    from avemo.serving.supervisor import SupervisedServer
 
     repo = Path(args.model_repository)
     if not repo.is_dir() or not models_in_repository(repo):
@@ -44,12 +65,23 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    server = TritonServer(
+    try:
+        policy = None if args.no_restart else RestartPolicy(max_crashes=args.max_crashes, window_s=args.crash_window)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    def on_event(line: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+    server = SupervisedServer(
         repo,
         ServerPorts(grpc=args.grpc_port, http=args.http_port, metrics=args.metrics_port),
         host=args.host,
         log_file=args.log_file,
         log_verbose=1 if args.verbose else 0,
+        restart=policy,
+        on_event=on_event,
     )
     server.delete_own_log = False  # the path is printed; keep it for the user
     stop = threading.Event()
@@ -71,9 +103,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"  model skipped: {name} (backend {backend!r} is not in the embedded server; see docs/deploy.md)")
         print(f"gRPC: {server.url}   HTTP: {server.http_url}   metrics: {server.client_host}:{server.ports.metrics}")
         print(f"log: {server.log_file}")
-        print("serving; Ctrl-C to stop", flush=True)
+        if policy is None:
+            print("serving; Ctrl-C to stop (--no-restart: a crash ends it)", flush=True)
+        else:
+            print(
+                f"serving; Ctrl-C to stop (a crashed server is restarted; giving up after {policy.max_crashes} "
+                f"crashes in {policy.window_s:g} s)",
+                flush=True,
+            )
         while not stop.wait(0.5):
-            if not server.is_running():
+            if server.state == "failed":
+                return 1  # the supervisor said why
+            if policy is None and not server.is_running():
                 print(
                     f"error: tritonserver exited unexpectedly (code {server.process.returncode}); "
                     f"log tail:\n{server.log_tail()}",

@@ -253,6 +253,7 @@ class TritonServer:
         self._own_log = False
         self.delete_own_log = True  # a temp log created by start() is removed by a clean stop()
         self._start_failed = False
+        self._stopping = threading.Event()  # set by stop(): a start-up wait in progress gives up
 
     # -------------------------------------------------------------- properties
 
@@ -309,7 +310,7 @@ class TritonServer:
         elif self.model_control == "explicit" and not explicit_loads:
             cmd.append("--load-model=*")
         # a distinct shared-memory prefix so several servers on one machine never collide
-        cmd.append(f"--backend-config=python,shm-region-prefix-name=avemo{os.getpid()}_{self.ports.grpc}_")
+        cmd.append(f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}")
         cmd += self.extra_args
         return cmd
 
@@ -367,6 +368,7 @@ class TritonServer:
         if self.is_running():
             return
         self._start_failed = False
+        self._stopping.clear()
         if not self.model_repository.is_dir():
             raise TritonServerError(
                 f"model repository {self.model_repository} does not exist (run `avemo export` first)"
@@ -404,6 +406,15 @@ class TritonServer:
             self._own_log = True
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self._log_handle = open(self.log_file, "ab")
+        try:
+            self._spawn(timeout)
+        except BaseException:
+            self._start_failed = True
+            self.stop(timeout=10)
+            raise
+
+    def _spawn(self, timeout: float) -> None:
+        """Run ``self.command`` (logging to the open log) and wait until the server and models are ready."""
         self.process = subprocess.Popen(
             self.command,
             env=self.build_env(),
@@ -413,12 +424,7 @@ class TritonServer:
             start_new_session=True,  # Ctrl-C in the terminal goes to us; we stop the server cleanly
         )
         _RUNNING.add(self)
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self._start_failed = True
-            self.stop(timeout=10)
-            raise
+        self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
         import tritonclient.grpc as grpcclient
@@ -431,6 +437,8 @@ class TritonServer:
                 code = self.process.poll()
                 if code is not None:
                     raise self._failure(f"tritonserver exited with code {code} during start-up")
+                if self._stopping.is_set():
+                    raise TritonServerError("stopped while waiting for tritonserver to become ready")
                 try:
                     if client.is_server_live() and client.is_server_ready():
                         not_ready = [m for m in self.models if not client.is_model_ready(m)]
@@ -457,6 +465,7 @@ class TritonServer:
 
     def stop(self, timeout: float = 30) -> int | None:
         """SIGTERM (graceful: in-flight requests finish), SIGKILL after ``timeout``; returns the exit code."""
+        self._stopping.set()
         proc = self.process
         code = None
         if proc is not None:
@@ -472,6 +481,7 @@ class TritonServer:
             else:
                 code = proc.returncode
             self._kill_stray_stubs(proc.pid)
+            self._remove_shared_memory()
         _RUNNING.discard(self)
         if self._log_handle is not None:
             self._log_handle.close()
@@ -482,6 +492,21 @@ class TritonServer:
                 except OSError:
                     pass
         return code
+
+    @property
+    def shm_prefix(self) -> str:
+        """Prefix of the Python backend's shared-memory regions (``/dev/shm/<prefix><uuid>``) of this server."""
+        return f"avemo{os.getpid()}_{self.ports.grpc}_"
+
+    def _remove_shared_memory(self) -> None:
+        """Unlink this server's regions: a stub killed with the server never removes its own."""
+        shm = Path("/dev/shm")
+        if shm.is_dir():
+            for region in shm.glob(f"{self.shm_prefix}*"):
+                try:
+                    region.unlink()
+                except OSError:
+                    pass
 
     @staticmethod
     def _kill_stray_stubs(server_pid: int) -> None:
