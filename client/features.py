@@ -26,6 +26,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from avemo.client.grpc_client import request_retrying_busy
 from avemo.client.grpc_stream import EmotionClientError
 from avemo.contract.dialogues import SPEAKERS, DialogueSignature
 from avemo.contract.endpoint import CLIENT_TIMEOUT, GRPC_URL
@@ -108,10 +109,10 @@ class FeatureClient:
             inp.set_data_from_numpy(arr)
             inputs.append(inp)
         outputs = [grpcclient.InferRequestedOutput(sig.output_name), grpcclient.InferRequestedOutput(MODALITY_WEIGHTS)]
-        try:
-            result = self._client.infer(self.model_name, inputs, outputs=outputs, client_timeout=self.timeout)
-        except InferenceServerException as exc:
-            raise EmotionClientError(f"inference failed on '{self.model_name}': {exc.message() or exc}") from exc
+        result = request_retrying_busy(
+            lambda: self._client.infer(self.model_name, inputs, outputs=outputs, client_timeout=self.timeout),
+            self.model_name,
+        )
         return result.as_numpy(sig.output_name), result.as_numpy(MODALITY_WEIGHTS)
 
     def _request(self, features: dict, lengths: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -31,23 +31,26 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.utils.shared_memory as sysshm
 from tritonclient.utils import InferenceServerException
 
+from avemo.client.busy import is_busy, retry_busy
 from avemo.client.grpc_stream import (
     _REQUEST_ID_RE,  # noqa: F401 - re-exported: where the request-id tag format lives
     CHANNEL_ARGS,
     RECONNECT_TIMEOUT,
     EmotionClientError,
     ResilientStream,
+    ServerBusy,
     ServerUnavailable,
     WindowError,
     WindowResult,
 )
-from avemo.contract.endpoint import CLIENT_TIMEOUT, GRPC_URL, MODEL_NAME
+from avemo.contract.endpoint import BUSY_RETRIES, CLIENT_TIMEOUT, GRPC_URL, MODEL_NAME
 from avemo.contract.geometry import FACE_SIZE, SAMPLE_RATE, VIDEO_FPS, WindowGeometry
 from avemo.contract.tensors import (
     AUDIO,
@@ -61,11 +64,14 @@ from avemo.contract.tensors import (
     resolve_dims,
 )
 
+T = TypeVar("T")
+
 __all__ = [
     "RECONNECT_TIMEOUT",
     "EmotionClient",
     "EmotionClientError",
     "ServedModel",
+    "ServerBusy",
     "ServerUnavailable",
     "ShmLayout",
     "WindowError",
@@ -215,6 +221,21 @@ class _ShmRegions:
     layout: ShmLayout
 
 
+def request_retrying_busy(
+    call: Callable[[], T], model_name: str, on_busy: Callable[[int, float, BaseException], None] | None = None
+) -> T:
+    """One request, retried after a jittered backoff while the server answers busy (``client.busy``).
+    ``ServerBusy`` when it is still busy after ``BUSY_RETRIES`` retries; ``EmotionClientError`` for any
+    other failure."""
+    try:
+        return retry_busy(call, on_busy=on_busy)
+    except InferenceServerException as exc:
+        msg = f"inference failed on '{model_name}': {exc.message() or exc}"
+        if is_busy(exc):
+            raise ServerBusy(f"{msg} (still busy after {BUSY_RETRIES} retries with backoff)") from exc
+        raise EmotionClientError(msg) from exc
+
+
 class EmotionClient:
     """Talks to one model on one Triton server over gRPC.
 
@@ -245,6 +266,7 @@ class EmotionClient:
         self.reconnect_timeout = float(reconnect_timeout)
         self.on_event = on_event
         self.reconnects = 0  # streams reopened after a transport failure, over this client's life
+        self.busy_retries = 0  # one-shot calls retried after a busy answer, over this client's life
         channel_args = [
             ("grpc.max_send_message_length", _MAX_MESSAGE),
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
@@ -339,22 +361,30 @@ class EmotionClient:
         probs, weights = [], []
         for i in range(0, len(audio), step):
             sl = slice(i, i + step)
-            try:
-                if regions is None:
-                    result = self._client.infer(
-                        self.model_name,
-                        self._inputs(audio[sl], frames[sl], mask[sl]),
-                        outputs=self._outputs(),
-                        client_timeout=self.timeout,
-                    )
-                    p, w = result.as_numpy(PROBS), result.as_numpy(MODALITY_WEIGHTS)
-                else:
-                    p, w = self._infer_shm(regions, audio[sl], frames[sl], mask[sl])
-            except InferenceServerException as exc:
-                raise EmotionClientError(f"inference failed on '{self.model_name}': {exc.message() or exc}") from exc
+
+            def once(sl=sl):
+                if regions is not None:
+                    return self._infer_shm(regions, audio[sl], frames[sl], mask[sl])
+                result = self._client.infer(
+                    self.model_name,
+                    self._inputs(audio[sl], frames[sl], mask[sl]),
+                    outputs=self._outputs(),
+                    client_timeout=self.timeout,
+                )
+                return result.as_numpy(PROBS), result.as_numpy(MODALITY_WEIGHTS)
+
+            p, w = self.call_retrying_busy(once)
             probs.append(p)
             weights.append(w)
         return np.concatenate(probs), np.concatenate(weights)
+
+    def call_retrying_busy(self, call: Callable[[], T]) -> T:
+        """``call()`` with busy answers retried (``request_retrying_busy``), counted in ``busy_retries``."""
+
+        def count(attempt: int, wait: float, exc: BaseException) -> None:
+            self.busy_retries += 1
+
+        return request_retrying_busy(call, self.model_name, count)
 
     # ------------------------------------------------------------------ system shared memory
 
@@ -444,6 +474,7 @@ class EmotionClient:
         raise_on_refused: bool = False,
         reconnect_timeout: float | None = None,
         on_event: Callable[[str], None] | None = None,
+        lag_budget: float | None = None,
     ) -> Iterator[WindowResult]:
         """Send windows as they are produced (a generator is fine: webcam/mic) and yield results in order.
 
@@ -458,6 +489,9 @@ class EmotionClient:
           unanswered) reconnects and resends the unanswered windows -- none lost, none answered twice;
           ``ServerUnavailable`` if the server is not back within ``reconnect_timeout`` s (default: the
           client's). ``on_event`` (default: the client's) hears about it; ``self.reconnects`` counts it.
+        - A busy answer (the server's queue is full) is retried after a jittered backoff (``WindowResult.busy``).
+        - ``lag_budget`` (s, live sources): a window whose answer would come later than that after its
+          ``ready_at`` is dropped and yielded with ``shed=True``; one answered later has ``late=True``.
         """
         self.model()  # config first: fail early, and dims for validation
         if not self._stream_lock.acquire(blocking=False):
@@ -470,6 +504,7 @@ class EmotionClient:
                 self.reconnect_timeout if reconnect_timeout is None else reconnect_timeout,
                 on_event or self.on_event,
                 raise_on_refused,
+                lag_budget,
             )
             yield from stream.results()
         finally:

@@ -9,10 +9,19 @@ One stream carries every window; results come back in window order. Three kinds 
   or no answer for ``timeout`` s while the stream is otherwise silent): the stream is cancelled, the
   client waits up to ``reconnect_timeout`` s for the server and model to be ready again, opens a new
   stream and resends every unanswered window in index order. Request ids are ``"<index>.<generation>"``
-  and every callback is tagged with its stream's generation, so a late answer from an abandoned stream
+  (plus ``".<n>"`` for the n-th resend after a busy answer) and every callback is tagged with its stream's generation, so a late answer from an abandoned stream
   is dropped: no window is lost or answered twice. A server that does not come back raises
   ``ServerUnavailable``;
+- a BUSY answer (Triton's bounded queue: "Exceeds maximum queue size" / "Request timeout expired", see
+  ``client.busy``) keeps the window pending and resends it after a jittered backoff, on the same stream;
 - anything else (a producer error, a non-transport gRPC status) ends the stream with an exception.
+
+Real time: with ``lag_budget`` (s), a window whose answer would come later than that after its media was
+ready (``ready_at``) is dropped instead of queued: not sent when it is already that late, sent with the
+rest of the budget as Triton's per-request queue timeout (the server refuses it rather than run it late),
+and not retried when the backoff would overrun the budget. A dropped window is yielded in order with
+``shed=True`` (and ``error`` saying why); an answer that still came later than the budget has ``late=True``.
+Without a budget (a file) every window is answered, however long the server stays busy.
 
 Memory: a window's arrays are kept until it is yielded; at most ``max_in_flight`` windows are held.
 The same ``InferenceServerClient`` (one gRPC channel) is reused after a server restart: gRPC reconnects
@@ -34,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
+from avemo.client.busy import backoff, is_busy_message, name_requests_in_stream_errors
 from avemo.contract.tensors import MODALITY_WEIGHTS, PROBS
 
 RECONNECT_TIMEOUT = 60.0  # seconds a stream waits for a lost server to come back before giving up
@@ -53,6 +63,7 @@ _TRANSPORT_CODES = {
 _REQUEST_ID_RE = re.compile(r"\[request[ _]id[:=] ?([^\]]*)\]")  # Triton core / our Python backend tags
 
 log = logging.getLogger(__name__)
+name_requests_in_stream_errors()  # so a queue timeout names its window like every other refusal
 
 
 class EmotionClientError(RuntimeError):
@@ -66,6 +77,10 @@ class WindowError(EmotionClientError):
         where = f"window {index} (start {start:.2f} s)" if index is not None and start is not None else "a window"
         super().__init__(f"{where}: {message}")
         self.index, self.start, self.server_message = index, start, message
+
+
+class ServerBusy(EmotionClientError):
+    """The server kept answering busy (its queue full) through every retry of a one-shot call."""
 
 
 class ServerUnavailable(EmotionClientError):
@@ -85,6 +100,9 @@ class WindowResult:
     latency_ms: float  # (last) send -> answer
     error: str | None = None  # the server's message when it refused this window
     lag_ms: float | None = None  # window's media available (``ready_at``) -> answer; None without ready_at
+    shed: bool = False  # dropped: its answer would have come later than the stream's lag budget
+    late: bool = False  # answered, but later than the lag budget after its media
+    busy: int = 0  # busy answers this window got before its answer (each retried after a backoff)
 
 
 @dataclass
@@ -95,6 +113,8 @@ class _Pending:
     ready_at: float | None
     rid: str = ""
     t_send: float | None = None  # perf_counter of the send on the current stream; None: not sent on it
+    busy: int = 0  # busy answers so far
+    retry_at: float | None = None  # perf_counter when a busy window is sent again
 
 
 class ResilientStream:
@@ -112,8 +132,10 @@ class ResilientStream:
         reconnect_timeout: float,
         on_event: Callable[[str], None] | None,
         raise_on_refused: bool,
+        lag_budget: float | None = None,
     ) -> None:
         self.client, self.windows = client, windows
+        self.lag_budget = None if lag_budget is None else float(lag_budget)
         self.reconnect_timeout = float(reconnect_timeout)
         self.on_event, self.raise_on_refused = on_event, raise_on_refused
         self.events: queue.Queue = queue.Queue()
@@ -127,6 +149,7 @@ class ResilientStream:
         self.fails_without_answer = 0  # transport failures since the last answer
         self.failing_since = (0.0, 0.0)  # (time.time(), time.monotonic()) of the first of them
         self.stale = 0  # answers dropped because their window was already answered (or unknown)
+        self.busy = self.shed = self.late = 0  # busy answers, windows dropped, windows answered late
 
     # ---------------------------------------------------------------- stream primitives (hold self.lock)
 
@@ -138,12 +161,41 @@ class ResilientStream:
         self.up = True
 
     def _send(self, p: _Pending) -> None:
-        p.rid, p.t_send = f"{p.index}.{self.gen}", time.perf_counter()
+        now = time.perf_counter()
+        retry = f".{p.busy}" if p.busy else ""  # a busy window's resend gets an id of its own
+        p.rid, p.t_send, p.retry_at = f"{p.index}.{self.gen}{retry}", now, None
+        extra = {}
+        left = self._budget_left(p, now)
+        if left is not None:  # the server refuses it once it has waited the rest of the budget in its queue
+            extra["timeout"] = max(1, int(left * 1e6))
         try:
             c = self.client
-            c._client.async_stream_infer(c.model_name, c._inputs(*p.arrays), request_id=p.rid, outputs=c._outputs())
+            c._client.async_stream_infer(
+                c.model_name, c._inputs(*p.arrays), request_id=p.rid, outputs=c._outputs(), **extra
+            )
         except InferenceServerException:  # the stream just died: its error callback triggers the resend
             p.t_send = None
+
+    def _budget_left(self, p: _Pending, now: float) -> float | None:
+        """Seconds of the lag budget this window has left (negative: over); None without a budget."""
+        if self.lag_budget is None or p.ready_at is None:
+            return None
+        return self.lag_budget - (now - p.ready_at)
+
+    def _shed(self, p: _Pending, why: str) -> WindowResult:
+        self.shed += 1
+        now = time.perf_counter()
+        return WindowResult(
+            index=p.index,
+            start=p.start,
+            probs=None,
+            modality_weights=None,
+            latency_ms=float("nan"),
+            error=f"shed: {why}",
+            lag_ms=(now - p.ready_at) * 1000.0 if p.ready_at is not None else None,
+            shed=True,
+            busy=p.busy,
+        )
 
     def _close(self, cancel: bool) -> None:
         self.up = False
@@ -165,6 +217,11 @@ class ResilientStream:
                     if self.stop.is_set():
                         return
                 p = _Pending(i, float(w.start), (audio, frames, mask), getattr(w, "ready_at", None))
+                left = self._budget_left(p, time.perf_counter())
+                if left is not None and left <= 0:  # already later than the budget: not worth a request
+                    self.events.put(("shed", p, f"{-left + self.lag_budget:.2f} s after its media, before sending"))
+                    count = i + 1
+                    continue
                 with self.lock:
                     self.pending[i] = p
                     if self.up:  # else: the reconnect resends it
@@ -186,17 +243,23 @@ class ResilientStream:
         total, next_index, clean = None, 0, False
         try:
             while total is None or next_index < total:
+                for r in self._resend_due():
+                    done[r.index] = r
                 try:
-                    event = self.events.get(timeout=0.25)
+                    event = self.events.get(timeout=self._next_wait())
                 except queue.Empty:
                     silent = self._silent_window()
                     if silent:
                         self._reconnect(silent)
-                    continue
-                if event[0] == "done":
+                    event = None
+                if event is None:
+                    pass
+                elif event[0] == "done":
                     total = event[1]
                 elif event[0] == "fail":
                     raise event[1]
+                elif event[0] == "shed":
+                    done[event[1].index] = self._shed(event[1], event[2])
                 elif event[1] == self.gen:  # answers of an abandoned stream are dropped here
                     r = self._answer(*event[2:])
                     if r is not None:
@@ -214,6 +277,55 @@ class ResilientStream:
             thread.join(timeout=1)
             with self.lock:
                 self._close(cancel=not clean)  # error or consumer stopped early: drop what is in flight
+
+    def _next_wait(self) -> float:
+        """How long the consumer may block: until the next busy window is due, at most 0.25 s."""
+        with self.lock:
+            due = [p.retry_at for p in self.pending.values() if p.retry_at is not None]
+        if not due:
+            return 0.25
+        return min(0.25, max(0.0, min(due) - time.perf_counter()))
+
+    def _resend_due(self) -> list[WindowResult]:
+        """Send the busy windows whose backoff is over (on the open stream); shed those out of budget."""
+        now, shed = time.perf_counter(), []
+        with self.lock:
+            if not self.up:
+                return shed
+            due = sorted(
+                (p for p in self.pending.values() if p.retry_at is not None and p.retry_at <= now),
+                key=lambda p: p.index,
+            )
+            for p in due:
+                left = self._budget_left(p, now)
+                if left is not None and left <= 0:
+                    del self.pending[p.index]
+                    shed.append(self._shed(p, f"still busy after {p.busy} tries, out of the lag budget"))
+                else:
+                    self._send(p)
+        return shed
+
+    def _busy(self, rid: str, msg: str, t_recv: float) -> WindowResult | None:
+        """A busy answer for ``rid``: back off and resend the window, or shed it when that would be too late."""
+        try:
+            index = int(rid.split(".")[0])
+        except ValueError:
+            return None
+        with self.lock:
+            p = self.pending.get(index)
+            if p is None or p.rid != rid:
+                self.stale += 1
+                return None
+            self.busy += 1
+            p.busy += 1
+            wait = backoff(p.busy)
+            left = self._budget_left(p, t_recv)
+            if left is not None and left <= wait:
+                del self.pending[index]
+                return self._shed(p, f"server busy ({msg.split('] ')[-1]}), no time left in the lag budget")
+            p.t_send, p.retry_at = None, t_recv + wait
+        self.last_answer, self.fails_without_answer = t_recv, 0  # a busy answer is an answer: the server is up
+        return None
 
     def _take(self, rid: str) -> _Pending | None:
         """The pending window this request id belongs to, removed; None for a stale or unknown id."""
@@ -237,6 +349,8 @@ class ResilientStream:
             msg = (error.message() if isinstance(error, InferenceServerException) else None) or str(error)
             status = error.status() if isinstance(error, InferenceServerException) else None
             m = _REQUEST_ID_RE.search(msg)
+            if status is None and m and is_busy_message(msg):  # not now: try again later
+                return self._busy(m.group(1).strip(), msg, t_recv)
             if status is None and m:  # the server refused this one request
                 p, probs, weights = self._take(m.group(1).strip()), None, None
             elif status is not None and status not in _TRANSPORT_CODES:
@@ -247,6 +361,9 @@ class ResilientStream:
         if p is None:
             return None
         self.last_answer, self.fails_without_answer = t_recv, 0
+        late = self._budget_left(p, t_recv)
+        late = late is not None and late < 0 and msg is None
+        self.late += late
         return WindowResult(
             index=p.index,
             start=p.start,
@@ -255,6 +372,8 @@ class ResilientStream:
             latency_ms=(t_recv - p.t_send) * 1000.0 if p.t_send is not None else float("nan"),
             error=msg,
             lag_ms=(t_recv - p.ready_at) * 1000.0 if p.ready_at is not None else None,
+            late=late,
+            busy=p.busy,
         )
 
     def _silent_window(self) -> str | None:
@@ -287,7 +406,7 @@ class ResilientStream:
             self.gen += 1
             self._close(cancel=True)
             for p in self.pending.values():
-                p.t_send = None
+                p.t_send = p.retry_at = None
         if self.fails_without_answer > _MAX_FAILS_WITHOUT_ANSWER:
             n = self.fails_without_answer
             raise self._unavailable(reason, f"it is up but failed the stream {n} times in a row without an answer")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from avemo.contract.dialogues import SIGNATURES, SPEAKERS, DialogueSignature
+from avemo.contract.endpoint import MAX_QUEUE_SIZE, QUEUE_TIMEOUT_US
 from avemo.contract.features import FeatureSignature, lengths_name
 from avemo.contract.geometry import WindowGeometry
 from avemo.contract.tensors import (
@@ -272,6 +273,8 @@ def render_config_pbtxt(
     max_batch_size: int = MAX_BATCH_SIZE,
     preferred_batch_sizes: Sequence[int] = PREFERRED_BATCH_SIZES,
     max_queue_delay_us: int = MAX_QUEUE_DELAY_US,
+    max_queue_size: int = MAX_QUEUE_SIZE,
+    queue_timeout_us: int = QUEUE_TIMEOUT_US,
     instance_count: int = 1,
     device: str = "gpu",
     tensorrt: bool = False,
@@ -307,7 +310,18 @@ def render_config_pbtxt(
     batching = ["dynamic_batching {"]
     if preferred:
         batching.append(f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]")
-    batching += [f"  max_queue_delay_microseconds: {int(max_queue_delay_us)}", "}"]
+    batching += [
+        f"  max_queue_delay_microseconds: {int(max_queue_delay_us)}",
+        "  # load shedding (contract.endpoint): a full queue or a request that waited too long is refused at",
+        "  # once (clients read either as busy and retry after a backoff), not run seconds late",
+        "  default_queue_policy {",
+        "    timeout_action: REJECT",
+        f"    default_timeout_microseconds: {int(queue_timeout_us)}",
+        "    allow_timeout_override: true  # a live client's per-request timeout: the rest of its lag budget",
+        f"    max_queue_size: {int(max_queue_size)}",
+        "  }",
+        "}",
+    ]
     if dialogue:
         batching = ["# one dialogue per request (max_batch_size 1, U variable): no dynamic batcher"]
     kind = "KIND_GPU" if fl.native and device == "gpu" else "KIND_CPU"
