@@ -9,9 +9,9 @@ One stream carries every window; results come back in window order. Three kinds 
   or no answer for ``timeout`` s while the stream is otherwise silent): the stream is cancelled, the
   client waits up to ``reconnect_timeout`` s for the server and model to be ready again, opens a new
   stream and resends every unanswered window in index order. Request ids are ``"<index>.<generation>"``
-  (plus ``".<n>"`` for the n-th resend after a busy answer) and every callback is tagged with its stream's generation, so a late answer from an abandoned stream
-  is dropped: no window is lost or answered twice. A server that does not come back raises
-  ``ServerUnavailable``;
+  (plus ``".<n>"`` for the n-th resend after a busy answer) and every callback is tagged with its stream's
+  generation, so a late answer from an abandoned stream is dropped: no window is lost or answered twice.
+  A server that does not come back raises ``ServerUnavailable``;
 - a BUSY answer (Triton's bounded queue: "Exceeds maximum queue size" / "Request timeout expired", see
   ``client.busy``) keeps the window pending and resends it after a jittered backoff, on the same stream;
 - anything else (a producer error, a non-transport gRPC status) ends the stream with an exception.

@@ -120,6 +120,13 @@ class StreamsResult:
     errors: int  # refused windows + streams that failed
     error_messages: list[str] = field(default_factory=list)
     reconnects: int = 0
+    sent: int = 0  # windows the sources produced
+    lost: int = 0  # produced, but never answered, refused nor shed (a failed stream's remainder)
+    duplicated: int = 0  # windows yielded more than once (the client's dedupe failed)
+    shed: int = 0  # dropped: the answer would have come later than lag_budget_s
+    late: int = 0  # answered, but later than lag_budget_s
+    busy: int = 0  # busy answers (queue full), each retried after a backoff
+    lag_budget_s: float | None = None
     latency_ms: Latency | None = None  # send -> answer
     lag_ms: Latency | None = None  # window due -> answer
     throughput: float = 0.0  # answered windows / s
@@ -186,6 +193,7 @@ class _Tally:
         self.messages: list[str] = []
         self.last = 0.0  # perf_counter of the last answer
         self.reconnects = 0
+        self.sent = self.lost = self.duplicated = self.shed = self.late = self.busy = 0
 
     def ok(self, latency_ms: float, lag_ms: float | None = None) -> None:
         with self.lock:
@@ -342,8 +350,15 @@ def run_streams(
     windows: list[Window] | None = None,
     timeout: float = CLIENT_TIMEOUT,
     max_in_flight: int = 64,
+    lag_budget: float | None = None,
+    reconnect_timeout: float | None = None,
+    on_event: Callable[[str], None] | None = None,
 ) -> StreamsResult:
-    """``streams`` concurrent bidirectional streams for ``duration`` s (see the module docstring for ``pace``)."""
+    """``streams`` concurrent bidirectional streams for ``duration`` s (see the module docstring for ``pace``).
+
+    Every window is accounted for: answered, refused (an error), shed (``lag_budget`` s, live semantics),
+    lost (never yielded: its stream failed) or yielded twice (duplicated); ``on_event`` hears each stream's
+    reconnect lines (default: none)."""
     from avemo.client.grpc_client import EmotionClient
 
     if pace not in PACES:
@@ -355,7 +370,12 @@ def run_streams(
         client = None
         try:
             try:
-                client = EmotionClient(url, model, timeout=timeout)
+                client = EmotionClient(
+                    url,
+                    model,
+                    timeout=timeout,
+                    **({} if reconnect_timeout is None else {"reconnect_timeout": reconnect_timeout}),
+                )
                 served = client.model()
                 pool = windows or make_windows(served, seed=k)
             except Exception as exc:  # noqa: BLE001
@@ -367,6 +387,7 @@ def run_streams(
             end = clock.start + duration
             first = clock.start + (k * hop[0] / streams if pace == "realtime" else 0.0)
             answered = threading.Semaphore(1)  # pace "max": one window in flight
+            produced = [0]
 
             def source():
                 i = 0
@@ -386,18 +407,36 @@ def run_streams(
                     w = pool[(k + i) % len(pool)]
                     yield Window(start=i * hop[0], audio=w.audio, frames=w.frames, mask=w.mask, ready_at=due)
                     i += 1
+                    produced[0] = i
 
+            seen: set[int] = set()
+            dup = shed = late = busy = 0
+            listen = (lambda line: on_event(f"stream {k}: {line}")) if on_event else (lambda line: None)
             try:
-                for r in client.stream_iter(source(), max_in_flight=max_in_flight, on_event=lambda line: None):
+                for r in client.stream_iter(
+                    source(), max_in_flight=max_in_flight, on_event=listen, lag_budget=lag_budget
+                ):
                     answered.release()
-                    if r.error is not None:
+                    dup += r.index in seen
+                    seen.add(r.index)
+                    busy += r.busy
+                    if r.shed:
+                        shed += 1
+                    elif r.error is not None:
                         tally.error(f"window refused: {r.error}")
                     else:
+                        late += r.late
                         tally.ok(r.latency_ms, r.lag_ms)
             except Exception as exc:  # noqa: BLE001 - the stream failed: one error, the others go on
                 tally.error(f"stream {k}: {type(exc).__name__}: {exc}")
             with tally.lock:
                 tally.reconnects += client.reconnects
+                tally.sent += produced[0]
+                tally.lost += produced[0] - len(seen)
+                tally.duplicated += dup
+                tally.shed += shed
+                tally.late += late
+                tally.busy += busy
         finally:
             if client is not None:
                 client.close()
@@ -414,6 +453,13 @@ def run_streams(
         errors=tally.errors,
         error_messages=tally.messages,
         reconnects=tally.reconnects,
+        sent=tally.sent,
+        lost=tally.lost,
+        duplicated=tally.duplicated,
+        shed=tally.shed,
+        late=tally.late,
+        busy=tally.busy,
+        lag_budget_s=lag_budget,
         latency_ms=Latency.of(tally.latency),
         lag_ms=Latency.of(tally.lag),
         throughput=len(tally.latency) / elapsed if elapsed else 0.0,

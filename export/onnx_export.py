@@ -26,7 +26,7 @@ from avemo.export.triton_config import Spec
 OPSET = 18
 MIN_OPSET = 17  # the dynamo exporter's floor
 PARITY_ATOL = 1e-4  # max |probs_export - probs_torch| and |weights_export - weights_torch| allowed (ONNX, TorchScript)
-# The production image's onnxruntime (1.19.2 in Triton 24.10, see Dockerfile) loads IR <= 10, opset <= 21.
+# The production image's onnxruntime (1.22.0 in Triton 25.07, see Dockerfile) loads IR <= 10, opset <= 22.
 MAX_IR_VERSION = 10
 FORBIDDEN_OPS = ("STFT", "DFT")  # no CUDA kernel in onnxruntime: the node would fall back to the CPU
 

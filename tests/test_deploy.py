@@ -25,8 +25,18 @@ DOCKERFILE = ROOT / "Dockerfile"
 MANIFESTS = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
 PORTS = {"http": endpoint.HTTP_PORT, "grpc": endpoint.GRPC_PORT, "metrics": endpoint.METRICS_PORT}
 READY, LIVE = "/v2/health/ready", "/v2/health/live"  # Triton's HTTP health endpoints (KServe v2)
-# The highest ONNX opset the image's native onnxruntime backend (ORT 1.19.2 in Triton 24.10) loads.
-IMAGE_ORT_MAX_OPSET = 21
+# What the base image (Dockerfile's FROM) holds, from Triton's release notes and build.py for 25.07 (2.59.1):
+# moving the base image means checking these again. Its native onnxruntime backend is ORT 1.22.0, which loads
+# ONNX IR <= 10 and opset <= 22; its python backend stub wants numpy < 2 (the image installs "numpy<2").
+IMAGE_RELEASE = "25.07"
+IMAGE_ORT = "1.22.0"
+IMAGE_ORT_MAX_OPSET = 22
+IMAGE_ORT_MAX_IR = 10
+IMAGE_NUMPY_MAJOR = 1
+# The first release whose gRPC frontend has both fixes for request cancellation racing request completion
+# (triton-inference-server/server PRs #7840 and #8078: 25.04, Triton 2.57.0); older ones segfault under
+# concurrent gRPC streams that cancel.
+GRPC_CANCEL_FIXED = (25, 4)
 
 
 def _tool(name: str) -> str:
@@ -134,7 +144,10 @@ def test_kubernetes_validate_rejects_a_broken_manifest(tmp_path, old, new):
 def test_dockerfile_base_image_and_ports():
     ins = _instructions(DOCKERFILE)
     (base,) = _args(ins, "FROM")
-    assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d{2}\.\d{2}-py3", base), base
+    tag = re.fullmatch(r"nvcr\.io/nvidia/tritonserver:(\d{2})\.(\d{2})-py3", base)
+    assert tag, base
+    assert (int(tag.group(1)), int(tag.group(2))) >= GRPC_CANCEL_FIXED, f"{base} crashes on gRPC cancellation"
+    assert base.endswith(f":{IMAGE_RELEASE}-py3"), f"{base}: update IMAGE_* in this file to the new release"
     exposed = {int(p) for args in _args(ins, "EXPOSE") for p in args.split()}
     assert exposed == set(PORTS.values())
 
@@ -154,12 +167,14 @@ def test_dockerfile_healthcheck_model_repository_and_user():
     assert any(re.fullmatch(r"model_repository/?\s+/models/?", args) for args in _args(ins, "COPY"))
     (user,) = _args(ins, "USER")
     assert user.split(":")[0] not in ("0", "root")
-    # The python backend's dependencies are pinned, numpy below 2 like the image's own stub environment.
+    # The python backend's dependencies are pinned: numpy of the major the image's stub environment has, and
+    # the ORT of the image's native onnxruntime backend, so emotion and emotion_onnx run the same onnxruntime.
     pip = " ".join(args for args in _args(ins, "RUN") if "pip install" in args)
     assert "--no-cache-dir" in pip
-    numpy = re.search(r"numpy==(\d+)\.\S+", pip)
-    assert numpy and int(numpy.group(1)) < 2, pip
-    assert re.search(r"onnxruntime-gpu==\d+\.\d+\.\d+", pip), pip
+    numpy = re.search(r"numpy==(\d+)\.\d+\.\d+(\s|$)", pip)
+    assert numpy and int(numpy.group(1)) == IMAGE_NUMPY_MAJOR, pip
+    ort = re.search(r"onnxruntime-gpu==(\S+)", pip)
+    assert ort and ort.group(1) == IMAGE_ORT, pip
 
 
 def test_dockerignore_keeps_the_model_repository_only():
@@ -169,9 +184,11 @@ def test_dockerignore_keeps_the_model_repository_only():
 
 
 def test_export_opset_loads_in_the_image_onnxruntime():
-    from avemo.export.onnx_export import OPSET
+    from avemo.export.onnx_export import MAX_IR_VERSION, OPSET
 
     assert OPSET <= IMAGE_ORT_MAX_OPSET, "emotion_onnx would not load in the image: raise the base image too"
+    # The export refuses a model above MAX_IR_VERSION; that bound must be one the image's ORT loads.
+    assert MAX_IR_VERSION <= IMAGE_ORT_MAX_IR, "emotion_onnx could pass the export and still not load in the image"
 
 
 # ---------------------------------------------------------------- the manifests keep the contract
