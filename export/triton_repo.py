@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from avemo.contract.endpoint import MAX_QUEUE_SIZE, QUEUE_TIMEOUT_US
 from avemo.export.triton_config import (
     FLAVOURS,
     LABELS_FILENAME,
@@ -94,6 +95,8 @@ def write_model_repository(
     max_batch_size: int = MAX_BATCH_SIZE,
     preferred_batch_sizes: Sequence[int] = PREFERRED_BATCH_SIZES,
     max_queue_delay_us: int = MAX_QUEUE_DELAY_US,
+    max_queue_size: int = MAX_QUEUE_SIZE,
+    queue_timeout_us: int = QUEUE_TIMEOUT_US,
     instance_count: int = 1,
     device: str = "gpu",
     tensorrt: bool = False,
@@ -127,6 +130,8 @@ def write_model_repository(
         max_batch_size=max_batch_size,
         preferred_batch_sizes=preferred_batch_sizes,
         max_queue_delay_us=max_queue_delay_us,
+        max_queue_size=max_queue_size,
+        queue_timeout_us=queue_timeout_us,
         instance_count=instance_count,
         device=device,
         tensorrt=tensorrt,
