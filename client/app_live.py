@@ -11,6 +11,10 @@ Lag (``lag_ms`` of a result): from the moment the chunk that completed the windo
 (``Window.ready_at``) to the moment Triton's answer is back, i.e. assembly + face crop + gRPC round trip.
 What the browser adds (chunk buffering: up to ``stream_every``; upload; delivering the update) is
 measured in the README's live-lag section.
+
+Overload: a window whose media is already older than ``lag_budget`` s when it is ready to send, or that the
+server answers busy (its queue is full), is dropped and counted (``shed``), not queued: by the time a retry
+came back the picture would be stale. An answer that arrives after the budget is counted ``late``.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from avemo.client.grpc_client import EmotionClient
+from avemo.client.grpc_client import EmotionClient, ServerBusy
 from avemo.client.smoothing import make_smoother
+from avemo.contract.endpoint import LAG_BUDGET_S
 
 MODALITY_CHOICES = {"audio + video": (True, True), "video only": (False, True), "audio only": (True, False)}
 MAX_SESSIONS = 16  # live sessions kept at once (oldest dropped): each holds an assembler and its buffers
@@ -52,6 +57,9 @@ class LiveSession:
     audio_seconds: float = 0.0
     error: str | None = None
     version: int = 0  # bumped on every new result (the plot timer redraws only when it changed)
+    lag_budget: float | None = LAG_BUDGET_S  # s; a window later than this is dropped, not queued
+    shed: int = 0  # windows dropped: over the lag budget before sending, or the server was busy
+    late: int = 0  # windows answered after the lag budget
 
     def __post_init__(self) -> None:
         from avemo.contract.stream import WindowAssembler
@@ -116,12 +124,20 @@ class LiveSession:
         with self._infer_lock:
             for w in windows:
                 t_send = time.perf_counter()
-                probs, weights = self.client.infer(w.audio, w.frames, w.mask)
+                ready = getattr(w, "ready_at", None)
+                if self.lag_budget is not None and ready is not None and t_send - ready > self.lag_budget:
+                    self.shed += 1  # already too late to be worth a request
+                    continue
+                try:
+                    probs, weights = self.client.infer(w.audio, w.frames, w.mask, retry_busy=False)
+                except ServerBusy:
+                    self.shed += 1
+                    continue
                 t_back = time.perf_counter()
+                self.late += self.lag_budget is not None and ready is not None and t_back - ready > self.lag_budget
                 p = np.asarray(probs[0], np.float64)
                 smoothed = np.asarray(self.smoother.update(p), np.float64)
                 k = int(np.argmax(smoothed))
-                ready = getattr(w, "ready_at", None)
                 result = {
                     "start": float(w.start),
                     "end": float(w.start) + self.geometry.window_seconds,
@@ -167,6 +183,8 @@ class LiveSession:
             return f"{hint[0].upper()}{hint[1:]} · {recv}"
         lag = self.lag_stats()
         lag_txt = f" · lag p50 {lag['p50']:.0f} ms, p95 {lag['p95']:.0f} ms over {lag['n']} windows" if lag else ""
+        if self.shed or self.late:
+            lag_txt += f" · {self.shed} dropped, {self.late} late (lag budget {self.lag_budget or 0:g} s)"
         mw = r["modality_weights"]
         return (
             f"**{r['label']}** ({r['prob']:.2f}) at {r['end']:.1f} s · window {len(self.results)} · "

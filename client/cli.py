@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from avemo.client.options import add_client_options
+from avemo.client.options import add_client_options, add_lag_budget_option
 from avemo.contract.media import MediaError
 from avemo.contract.options import add_option
 
@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="play each file at 1x like a live source and report the lag from each window's last sample to its answer",
     )
+    add_lag_budget_option(parser, "with --realtime")
     parser.add_argument("--json", action="store_true", help="print JSON only (one object per clip, as a list)")
     parser.add_argument("--plot", metavar="OUT.png", help="also draw the prediction timelines to this PNG")
 
@@ -65,7 +66,13 @@ def run(args: argparse.Namespace) -> int:
             on_window = None if args.json else lambda w: print(format_window(w), flush=True)
             try:
                 pred = predict_clip(
-                    client, clip, args.face_crop, smoothing=args.smooth, realtime=args.realtime, on_window=on_window
+                    client,
+                    clip,
+                    args.face_crop,
+                    smoothing=args.smooth,
+                    realtime=args.realtime,
+                    on_window=on_window,
+                    lag_budget=args.lag_budget,
                 )
             except (MediaError, FileNotFoundError, ValueError) as exc:
                 print(f"error: skipping {clip}: {exc}", file=sys.stderr)

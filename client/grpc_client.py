@@ -222,17 +222,20 @@ class _ShmRegions:
 
 
 def request_retrying_busy(
-    call: Callable[[], T], model_name: str, on_busy: Callable[[int, float, BaseException], None] | None = None
+    call: Callable[[], T],
+    model_name: str,
+    on_busy: Callable[[int, float, BaseException], None] | None = None,
+    retries: int = BUSY_RETRIES,
 ) -> T:
     """One request, retried after a jittered backoff while the server answers busy (``client.busy``).
     ``ServerBusy`` when it is still busy after ``BUSY_RETRIES`` retries; ``EmotionClientError`` for any
     other failure."""
     try:
-        return retry_busy(call, on_busy=on_busy)
+        return retry_busy(call, retries=retries, on_busy=on_busy)
     except InferenceServerException as exc:
         msg = f"inference failed on '{model_name}': {exc.message() or exc}"
         if is_busy(exc):
-            raise ServerBusy(f"{msg} (still busy after {BUSY_RETRIES} retries with backoff)") from exc
+            raise ServerBusy(f"{msg} (still busy after {retries} retries with backoff)") from exc
         raise EmotionClientError(msg) from exc
 
 
@@ -351,10 +354,14 @@ class EmotionClient:
     def _outputs() -> list:
         return [grpcclient.InferRequestedOutput(PROBS), grpcclient.InferRequestedOutput(MODALITY_WEIGHTS)]
 
-    def infer(self, audio: np.ndarray, frames: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def infer(
+        self, audio: np.ndarray, frames: np.ndarray, mask: np.ndarray, *, retry_busy: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """One-shot inference on one window ([S], [F,H,W,3], [2]) or a batch; returns probs [B,C], weights [B,2].
 
-        A batch larger than the served ``max_batch_size`` is sent as several requests."""
+        A batch larger than the served ``max_batch_size`` is sent as several requests. A busy answer is
+        retried after a jittered backoff (``ServerBusy`` when it lasts); ``retry_busy=False`` raises
+        ``ServerBusy`` at the first one (a live window is stale by the time a retry would answer)."""
         audio, frames, mask, _ = self._batch(audio, frames, mask)
         regions = self._shm_regions() if self.shared_memory else None
         step = regions.layout.capacity if regions is not None else self.model().max_batch_size or len(audio)
@@ -373,18 +380,18 @@ class EmotionClient:
                 )
                 return result.as_numpy(PROBS), result.as_numpy(MODALITY_WEIGHTS)
 
-            p, w = self.call_retrying_busy(once)
+            p, w = self.call_retrying_busy(once, retries=BUSY_RETRIES if retry_busy else 0)
             probs.append(p)
             weights.append(w)
         return np.concatenate(probs), np.concatenate(weights)
 
-    def call_retrying_busy(self, call: Callable[[], T]) -> T:
+    def call_retrying_busy(self, call: Callable[[], T], retries: int = BUSY_RETRIES) -> T:
         """``call()`` with busy answers retried (``request_retrying_busy``), counted in ``busy_retries``."""
 
         def count(attempt: int, wait: float, exc: BaseException) -> None:
             self.busy_retries += 1
 
-        return request_retrying_busy(call, self.model_name, count)
+        return request_retrying_busy(call, self.model_name, count, retries=retries)
 
     # ------------------------------------------------------------------ system shared memory
 

@@ -39,7 +39,7 @@ from avemo.client.live_sources import (
     open_first,
     parse_options,
 )
-from avemo.client.options import add_client_options
+from avemo.client.options import add_client_options, add_lag_budget_option
 
 
 def _bar(p: float, width: int = 10) -> str:
@@ -50,6 +50,8 @@ def _bar(p: float, width: int = 10) -> str:
 def format_window(w: dict) -> str:
     """One live line: time span, running (smoothed) label, the window's own label, weights, lag."""
     span = f"{w['start']:.2f}-{w['end']:.2f} s"
+    if w.get("shed"):
+        return f"  {span:>16}  dropped ({w['error'][len('shed: ') :]})"
     if w["error"] is not None:
         return f"  {span:>16}  refused by the server: {w['error']}"
     p = w["smoothed"][w["smoothed_label"]]
@@ -58,7 +60,7 @@ def format_window(w: dict) -> str:
     own = f"  (window: {w['label']} {w['prob']:.2f})" if w["label"] != w["smoothed_label"] else ""
     return (
         f"  {span:>16}  {w['smoothed_label']:<10} {p:4.2f} {_bar(p)}  "
-        f"audio {mw['audio']:.2f} video {mw['video']:.2f}  {timing}{own}"
+        f"audio {mw['audio']:.2f} video {mw['video']:.2f}  {timing}{' (late)' if w.get('late') else ''}{own}"
     )
 
 
@@ -80,6 +82,10 @@ def format_summary(summary: dict) -> str:
         f"\nsummary: {summary['windows']} windows over {summary['duration']:.2f} s of media in "
         f"{summary['wall_s']:.2f} s (stopped by: {summary['stopped_by']})"
     ]
+    counts = [f"{summary[k]} {k}" for k in ("refused", "shed", "late") if summary.get(k)]
+    if counts:
+        budget = summary.get("lag_budget_s")
+        lines.append(f"  {', '.join(counts)}" + (f" (lag budget {budget:g} s)" if budget else ""))
     if summary.get("label") is not None:
         top = sorted(summary["probs"].items(), key=lambda kv: -kv[1])[:3]
         probs = ", ".join(f"{k} {v:.3f}" for k, v in top)
@@ -128,6 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--no-audio", action="store_true", help="video only")
     parser.add_argument("--seconds", type=float, help="stop after this much media (default: Ctrl-C or the end)")
     add_client_options(parser)
+    add_lag_budget_option(parser, "live sources")
     parser.add_argument("--json", action="store_true", help="print only the JSON summary (with the timeline)")
     parser.add_argument("--plot", metavar="OUT.png", help="also draw the timeline to this PNG")
 
@@ -229,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
         previous_term = _interrupt_on_sigterm()
         capture.start()
         try:
-            for r in client.stream_iter(capture.windows()):
+            for r in client.stream_iter(capture.windows(), lag_budget=args.lag_budget):
                 smoothed = smoother.update(r.probs) if r.error is None else None
                 row = window_entry(r, labels, g.window_seconds, smoothed)
                 row["answered_s"] = round(time.perf_counter() - capture.t_start, 3)
@@ -247,7 +254,9 @@ def run(args: argparse.Namespace) -> int:
                 previous_term = None
         if stopped_by == "end" and args.seconds is not None and capture.reached_seconds:
             stopped_by = f"--seconds {args.seconds:g}"
-        summary = _summary(args.smooth, opened, timeline, labels, capture, wall, stopped_by, error)
+        summary = _summary(
+            args.smooth, opened, timeline, labels, capture, wall, stopped_by, error, lag_budget=args.lag_budget
+        )
         if args.json:
             print(json.dumps(summary, indent=2))
         else:
@@ -266,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
         client.close()
 
 
-def _summary(smoothing, opened, timeline, labels, capture, wall, stopped_by, error) -> dict:
+def _summary(smoothing, opened, timeline, labels, capture, wall, stopped_by, error, lag_budget=None) -> dict:
     """predict's clip summary (same keys, so plots and tools read both) plus the live run's own fields."""
     from avemo.client.predict import summarise
 
@@ -284,6 +293,7 @@ def _summary(smoothing, opened, timeline, labels, capture, wall, stopped_by, err
         "crop_method": capture.assembler.crop_method if capture.assembler is not None else None,
         "stopped_by": stopped_by,
         "errors": list(capture.errors) + ([error] if error else []),
+        "lag_budget_s": lag_budget,
     }
     if any(w["error"] is None for w in timeline):
         out = summarise(name, timeline, labels, duration=duration, **extra)
@@ -298,7 +308,9 @@ def _summary(smoothing, opened, timeline, labels, capture, wall, stopped_by, err
         "lag_ms": None,
         "duration": float(duration),
         "windows": len(timeline),
-        "refused": len(timeline),
+        "refused": sum(1 for w in timeline if not w.get("shed")),
+        "shed": sum(1 for w in timeline if w.get("shed")),
+        "late": 0,
         **extra,
     }
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from avemo.client.smoothing import DEFAULT_SMOOTHING, parse_smoothing
-from avemo.contract.endpoint import CLIENT_TIMEOUT, GRPC_URL, MODEL_NAME
+from avemo.contract.endpoint import CLIENT_TIMEOUT, GRPC_URL, LAG_BUDGET_S, MODEL_NAME
 from avemo.contract.faces import FACE_CROP_METHODS
 
 
@@ -38,4 +38,30 @@ def add_client_options(parser: argparse.ArgumentParser, face_crop: bool = True) 
         help='smoothing of window probabilities over time: "none", "ema:A" (0<A<=1) or "median:K" '
         "(default: %(default)s); it gives the running label, and the clip label is the argmax of the mean "
         "of the smoothed probabilities",
+    )
+
+
+def lag_budget(text: str) -> float | None:
+    """argparse ``type`` for --lag-budget: seconds > 0, or 0 / "none" for no budget."""
+    if text.strip().lower() in ("0", "none", "off"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds (e.g. 1.5) or 'none', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {value:g}")
+    return value
+
+
+def add_lag_budget_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """--lag-budget: a live source drops a window whose answer would come later than this after its media."""
+    parser.add_argument(
+        "--lag-budget",
+        type=lag_budget,
+        default=LAG_BUDGET_S,
+        metavar="S",
+        help=f"{what}: drop (shed) a window whose answer would come more than S s after its last media sample "
+        "instead of queueing it when the server is overloaded; 0 or none = keep every window "
+        "(default: %(default)s)",
     )

@@ -19,6 +19,7 @@ import numpy as np
 
 from avemo.client.grpc_client import EmotionClient, WindowResult
 from avemo.client.smoothing import Smoother
+from avemo.contract.endpoint import LAG_BUDGET_S
 from avemo.contract.stream import ClipStream
 
 
@@ -41,6 +42,8 @@ def window_entry(r: WindowResult, labels: list[str], window_seconds: float, smoo
         "latency_ms": float(r.latency_ms),
         "lag_ms": None if getattr(r, "lag_ms", None) is None else float(r.lag_ms),
         "error": getattr(r, "error", None),
+        "shed": bool(getattr(r, "shed", False)),  # dropped: its answer would have come after the lag budget
+        "late": bool(getattr(r, "late", False)),  # answered after the lag budget
     }
     if entry["error"] is not None:
         return {**entry, "label": None, "prob": None, "probs": None, "modality_weights": None, "smoothed": None}
@@ -77,7 +80,9 @@ def summarise(path, timeline: list[dict], labels: list[str], duration: float | N
         "lag_ms": _stats([w["lag_ms"] for w in answered if w["lag_ms"] is not None]),
         "duration": float(duration) if duration is not None else None,
         "windows": len(timeline),
-        "refused": len(timeline) - len(answered),
+        "refused": sum(1 for w in timeline if w["error"] is not None and not w.get("shed")),
+        "shed": sum(1 for w in timeline if w.get("shed")),
+        "late": sum(1 for w in answered if w.get("late")),
         **extra,
     }
 
@@ -89,6 +94,7 @@ def predict_clip(
     smoothing: str = "none",
     realtime: bool = False,
     on_window: Callable[[dict], None] | None = None,
+    lag_budget: float | None = LAG_BUDGET_S,
 ) -> dict:
     """Stream ``path``'s windows through the served model; ``on_window(row)`` is called as each answer arrives.
 
@@ -103,7 +109,8 @@ def predict_clip(
     t0 = time.perf_counter()
     first = None
     timeline = []
-    for r in client.stream_iter(stream):
+    # a live source drops what would come too late; a file read as fast as it decodes gets every window
+    for r in client.stream_iter(stream, lag_budget=lag_budget if realtime else None):
         if first is None:
             first = time.perf_counter() - t0
         smoothed = smoother.update(r.probs) if getattr(r, "error", None) is None else None
@@ -137,6 +144,8 @@ def format_header() -> str:
 def format_window(w: dict) -> str:
     """One printed line per answered (or refused) window."""
     rng = f"{w['start']:.2f}-{w['end']:.2f}"
+    if w.get("shed"):
+        return f"  {rng:>15}  dropped ({w['error'][len('shed: ') :]})"
     if w["error"] is not None:
         return f"  {rng:>15}  refused by the server: {w['error']}"
     mw = w["modality_weights"]
@@ -152,7 +161,8 @@ def format_summary(pred: dict) -> str:
     meta = []
     if pred.get("duration") is not None:
         meta.append(f"{pred['duration']:.2f} s")
-    meta.append(f"{pred['windows']} windows" + (f" ({pred['refused']} refused)" if pred.get("refused") else ""))
+    dropped = [f"{pred[k]} {k}" for k in ("refused", "shed", "late") if pred.get(k)]
+    meta.append(f"{pred['windows']} windows" + (f" ({', '.join(dropped)})" if dropped else ""))
     if pred.get("crop_method"):
         meta.append(f"face crop: {pred['crop_method']}")
     mods = pred.get("modalities")

@@ -159,7 +159,7 @@ class FakeClient:
     def model(self, refresh=False):
         return self.served
 
-    def infer(self, audio, frames, mask):
+    def infer(self, audio, frames, mask, retry_busy=True):
         self.calls.append((audio.shape, frames.shape, tuple(mask)))
         c = len(self.served.labels)
         k = int(frames.mean() // 64) % c if frames.size else 0
@@ -195,6 +195,31 @@ def test_live_session_windows_from_webcam_and_microphone(geo, serving_labels):
     assert audio_shape == (geo.window_samples,) and frames_shape[0] == geo.frames_per_window and mask == (1.0, 1.0)
     assert sess.frames_in == 23 and abs(sess.audio_seconds - 2.2) < 1e-6
     assert sess.lag_stats()["n"] == 3 and "window 3" in sess.status_markdown()
+
+
+def test_live_session_drops_windows_the_server_is_too_busy_for(geo, serving_labels):
+    """A busy answer (full queue) drops the live window at once, counted, instead of retrying it late."""
+    from avemo.client.grpc_client import ServerBusy
+
+    client = FakeClient(geo, serving_labels)
+    answer = client.infer
+    calls = []
+
+    def infer(audio, frames, mask, retry_busy=True):
+        assert retry_busy is False  # a live window is stale by the time a retry would come back
+        calls.append(1)
+        if len(calls) in (1, 3):  # the first and third windows meet a full queue
+            raise ServerBusy("inference failed on 'emotion': Exceeds maximum queue size")
+        return answer(audio, frames, mask)
+
+    client.infer = infer
+    sess = app_live.LiveSession(client, smooth="none", modalities="video only")
+    got = []
+    for i in range(30):  # 10 fps for 3 s: windows at 0, 0.5, 1.0
+        got += sess.push_image(np.full((96, 128, 3), 200, np.uint8), now=100.0 + i * 0.1)
+    assert len(calls) >= 4 and len(got) == len(calls) - 2 and sess.shed == 2 and sess.late == 0
+    assert [r["start"] for r in got][:2] == [geo.hop_seconds, 3 * geo.hop_seconds]  # windows 1 and 3
+    assert "2 dropped, 0 late" in sess.status_markdown()
 
 
 def test_live_session_pads_a_late_microphone_and_video_only(geo, serving_labels):

@@ -365,3 +365,23 @@ def test_queue_timeout_names_its_request_on_a_stream(triton_server, served_model
     timeouts = [e for e in errors if "Request timeout expired" in e]
     assert timeouts, errors
     assert all(e.startswith("[request id: ") for e in timeouts), timeouts
+
+
+def test_clip_summary_counts_shed_and_late_windows_apart_from_refused():
+    from avemo.client.grpc_stream import WindowResult
+    from avemo.client.predict import format_summary, format_window, summarise, window_entry
+
+    labels = ["calm", "angry"]
+    probs, weights = np.array([0.2, 0.8], np.float32), np.array([0.5, 0.5], np.float32)
+    results = [
+        WindowResult(0, 0.0, probs, weights, 5.0, lag_ms=120.0),
+        WindowResult(1, 0.5, None, None, float("nan"), error="shed: server busy", lag_ms=900.0, shed=True),
+        WindowResult(2, 1.0, probs, weights, 5.0, lag_ms=1700.0, late=True),
+        WindowResult(3, 1.5, None, None, 4.0, error="[request id: 3.0] input 'audio' contains NaN"),
+    ]
+    rows = [window_entry(r, labels, 1.0, r.probs) for r in results]
+    pred = summarise("clip.mp4", rows, labels, duration=2.5)
+    assert (pred["windows"], pred["refused"], pred["shed"], pred["late"]) == (4, 1, 1, 1)
+    assert pred["label"] == "angry"  # from the two answered windows only
+    assert "4 windows (1 refused, 1 shed, 1 late)" in format_summary(pred)
+    assert format_window(rows[1]).strip().endswith("dropped (server busy)")
