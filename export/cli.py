@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from avemo.contract.endpoint import MODEL_NAME, MODEL_REPOSITORY
+from avemo.contract.endpoint import MAX_QUEUE_SIZE, MODEL_NAME, MODEL_REPOSITORY
 from avemo.export.config_check import ConfigError
 from avemo.export.onnx_export import MIN_OPSET, OPSET, PARITY_ATOL, ParityError
 from avemo.export.pipeline import BACKENDS, FORMATS, export_checkpoint
@@ -90,6 +90,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-batch-size", type=int, default=MAX_BATCH_SIZE, help="Triton max_batch_size (default: %(default)s)"
     )
     p.add_argument("--instances", type=int, default=1, help="model instances per server (default: %(default)s)")
+    p.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=MAX_QUEUE_SIZE,
+        help="requests the dynamic batcher queues before answering busy; size it to what the server computes in "
+        "your lag budget (0 = unbounded; default: %(default)s, measured on 2 CPU cores)",
+    )
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
 
 
@@ -117,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
             version_policy=args.version_policy,
             device=args.device,
             tensorrt=args.tensorrt,
+            max_queue_size=args.max_queue_size,
         )
     except ParityError as e:
         print(f"error: export failed the parity check: {e}", file=sys.stderr)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from avemo.contract.dialogues import DialogueSignature
-from avemo.contract.endpoint import MODEL_NAME
+from avemo.contract.endpoint import MAX_QUEUE_SIZE, MODEL_NAME
 from avemo.contract.features import FeatureSignature
 from avemo.contract.geometry import WindowGeometry
 from avemo.export.config_check import check_model_dir
@@ -104,6 +104,7 @@ def export_checkpoint(
     version_policy: str = "latest:1",
     device: str = "gpu",
     tensorrt: bool = False,
+    max_queue_size: int = MAX_QUEUE_SIZE,
 ) -> ExportReport:
     """Export a checkpoint into ``repository`` (one model folder per backend flavour); raises ParityError
     (an export disagrees with eager PyTorch) or ValueError (bad options, or a config Triton would refuse).
@@ -111,6 +112,8 @@ def export_checkpoint(
     dataset live side by side in one repository."""
     t0 = time.time()
     formats = resolve_formats(list(backends), formats)
+    if max_queue_size < 0:
+        raise ValueError(f"max_queue_size must be >= 0 (0 = unbounded), got {max_queue_size}")
     if tensorrt and "onnxruntime" not in backends:
         raise ValueError("--tensorrt is an accelerator of the onnxruntime flavour: add --backend onnxruntime (or all)")
     ckpt = load_checkpoint(checkpoint)
@@ -177,6 +180,7 @@ def export_checkpoint(
                 version=version,
                 version_policy=version_policy,
                 max_batch_size=max_batch_size,
+                max_queue_size=max_queue_size,
                 instance_count=instance_count,
                 device=device,
                 tensorrt=tensorrt and backend == "onnxruntime",
