@@ -14,6 +14,8 @@ One stream carries every window; results come back in window order. Three kinds 
   A server that does not come back raises ``ServerUnavailable``;
 - a BUSY answer (Triton's bounded queue: "Exceeds maximum queue size" / "Request timeout expired", see
   ``client.busy``) keeps the window pending and resends it after a jittered backoff, on the same stream;
+  the stream sends nothing else until then (new windows wait with it), so an overloaded server is not
+  offered every pending window again each backoff;
 - anything else (a producer error, a non-transport gRPC status) ends the stream with an exception.
 
 Real time: with ``lag_budget`` (s), a window whose answer would come later than that after its media was
@@ -150,6 +152,7 @@ class ResilientStream:
         self.failing_since = (0.0, 0.0)  # (time.time(), time.monotonic()) of the first of them
         self.stale = 0  # answers dropped because their window was already answered (or unknown)
         self.busy = self.shed = self.late = 0  # busy answers, windows dropped, windows answered late
+        self.hold_until = 0.0  # perf_counter before which this stream sends nothing (the server said busy)
 
     # ---------------------------------------------------------------- stream primitives (hold self.lock)
 
@@ -224,7 +227,9 @@ class ResilientStream:
                     continue
                 with self.lock:
                     self.pending[i] = p
-                    if self.up:  # else: the reconnect resends it
+                    if time.perf_counter() < self.hold_until:  # backing off: goes with the resends
+                        p.retry_at = self.hold_until
+                    elif self.up:  # else: the reconnect resends it
                         self._send(p)
                 count = i + 1
             self.events.put(("done", count))
@@ -290,7 +295,7 @@ class ResilientStream:
         """Send the busy windows whose backoff is over (on the open stream); shed those out of budget."""
         now, shed = time.perf_counter(), []
         with self.lock:
-            if not self.up:
+            if not self.up or now < self.hold_until:
                 return shed
             due = sorted(
                 (p for p in self.pending.values() if p.retry_at is not None and p.retry_at <= now),
@@ -324,6 +329,9 @@ class ResilientStream:
                 del self.pending[index]
                 return self._shed(p, f"server busy ({msg.split('] ')[-1]}), no time left in the lag budget")
             p.t_send, p.retry_at = None, t_recv + wait
+            # the whole stream holds back, not this window alone: N windows retrying on their own would
+            # offer the overloaded server N requests per backoff instead of one stream's worth
+            self.hold_until = max(self.hold_until, t_recv + wait)
         self.last_answer, self.fails_without_answer = t_recv, 0  # a busy answer is an answer: the server is up
         return None
 
