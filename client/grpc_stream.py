@@ -312,21 +312,16 @@ class ResilientStream:
 
     def _busy(self, rid: str, msg: str, t_recv: float) -> WindowResult | None:
         """A busy answer for ``rid``: back off and resend the window, or shed it when that would be too late."""
-        try:
-            index = int(rid.split(".")[0])
-        except ValueError:
-            return None
         with self.lock:
-            p = self.pending.get(index)
-            if p is None or p.rid != rid:
-                self.stale += 1
+            p = self._current(rid)
+            if p is None:
                 return None
             self.busy += 1
             p.busy += 1
             wait = backoff(p.busy)
             left = self._budget_left(p, t_recv)
             if left is not None and left <= wait:
-                del self.pending[index]
+                del self.pending[p.index]
                 return self._shed(p, f"server busy ({msg.split('] ')[-1]}), no time left in the lag budget")
             p.t_send, p.retry_at = None, t_recv + wait
             # the whole stream holds back, not this window alone: N windows retrying on their own would
@@ -337,17 +332,22 @@ class ResilientStream:
 
     def _take(self, rid: str) -> _Pending | None:
         """The pending window this request id belongs to, removed; None for a stale or unknown id."""
-        try:
-            index = int(rid.split(".")[0])
-        except ValueError:
-            return None
         with self.lock:
-            p = self.pending.get(index)
-            if p is None or p.rid != rid:
-                self.stale += 1
-                return None
-            del self.pending[index]
+            p = self._current(rid)
+            if p is not None:
+                del self.pending[p.index]
             return p
+
+    def _current(self, rid: str) -> _Pending | None:
+        """The pending window whose current request is ``rid`` (hold self.lock); None for a stale or unknown id."""
+        try:
+            p = self.pending.get(int(rid.split(".")[0]))
+        except ValueError:
+            p = None
+        if p is None or p.rid != rid:
+            self.stale += 1
+            return None
+        return p
 
     def _answer(self, result, error, t_recv: float) -> WindowResult | None:
         if error is None:
