@@ -68,7 +68,7 @@ def retry_busy(
 
 
 class _IdTaggedResponses:
-    """The gRPC response iterator of a stream, with the request id put into each error message that lacks
+    """The gRPC response iterator of a stream, with the request id put into each busy error message that lacks
     it (Triton sends the id in ``infer_response.id``; tritonclient passes on the message only)."""
 
     def __init__(self, inner) -> None:
@@ -81,7 +81,9 @@ class _IdTaggedResponses:
         response = next(self._inner)
         msg = response.error_message
         rid = response.infer_response.id
-        if msg and rid and "[request id" not in msg:
+        # busy answers only: an error naming no request is a transport failure to the stream (a server shutting
+        # down answers "Request for unknown model" to every request in flight, with their ids)
+        if msg and rid and "[request id" not in msg and is_busy_message(msg):
             response.error_message = f"[request id: {rid}] {msg}"
         return response
 

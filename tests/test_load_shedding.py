@@ -385,3 +385,23 @@ def test_clip_summary_counts_shed_and_late_windows_apart_from_refused():
     assert pred["label"] == "angry"  # from the two answered windows only
     assert "4 windows (1 refused, 1 shed, 1 late)" in format_summary(pred)
     assert format_window(rows[1]).strip().endswith("dropped (server busy)")
+
+
+def test_stream_errors_get_their_request_id_only_when_busy():
+    """A busy answer is matched to its window; "unknown model" while the server shuts down must stay nameless,
+    so the stream treats it as a transport failure and reconnects (not as a refusal of that window)."""
+
+    def response(msg: str, rid: str):
+        return types.SimpleNamespace(error_message=msg, infer_response=types.SimpleNamespace(id=rid))
+
+    raw = [
+        response("Request timeout expired", "4.0"),
+        response("Request for unknown model: 'emotion' has no available versions", "5.0"),
+        response("[request id: 6.0] Exceeds maximum queue size", "6.0"),
+    ]
+    out = [r.error_message for r in busy_mod._IdTaggedResponses(iter(raw))]
+    assert out == [
+        "[request id: 4.0] Request timeout expired",
+        "Request for unknown model: 'emotion' has no available versions",
+        "[request id: 6.0] Exceeds maximum queue size",
+    ]
