@@ -146,5 +146,6 @@ def run(args: argparse.Namespace) -> int:
         for m in report.models:
             print(f"  {m.flavour:<12} {m.name:<18} version {m.version}  {m.file}")
         if report.onnx_path:
-            print(f"onnxruntime smoke run {report.smoke_ms:.1f} ms (opset {report.opset})")
+            exporter = f"{report.onnx_exporter} exporter"
+            print(f"onnxruntime smoke run {report.smoke_ms:.1f} ms (opset {report.opset}, {exporter})")
     return 0

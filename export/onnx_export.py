@@ -119,8 +119,14 @@ def to_onnx(wrapper: torch.nn.Module, spec: Spec, path: Path, opset: int = OPSET
         warnings.filterwarnings("ignore", message=r".*axis name: \w+ will not be used", category=UserWarning)
         program = _export(wrapper, spec, names_in, names_out, batch, opset)
     program.save(str(path), external_data=False)
+    check_graph(path, program.model_proto)  # the graph just saved: checked without reading the file back
+    return path
+
+
+def check_graph(path: Path, proto: onnx.ModelProto) -> None:
+    """The saved file passes onnx's checker, loads in the production image (IR version) and holds no
+    ``FORBIDDEN_OPS``."""
     onnx.checker.check_model(str(path))
-    proto = program.model_proto  # the graph just saved: checked without reading the file back
     if proto.ir_version > MAX_IR_VERSION:
         raise ParityError(
             f"{path} has ONNX IR version {proto.ir_version}; the production image loads <= {MAX_IR_VERSION}"
@@ -128,7 +134,36 @@ def to_onnx(wrapper: torch.nn.Module, spec: Spec, path: Path, opset: int = OPSET
     forbidden = sorted(set(FORBIDDEN_OPS) & graph_op_types(proto))
     if forbidden:
         raise ParityError(f"{path} holds {forbidden} nodes; the log-mel front end must be a convolution")
-    return path
+
+
+def to_onnx_with_fallback(wrapper: torch.nn.Module, spec: Spec, path: Path, opset: int = OPSET) -> tuple[Path, str]:
+    """``to_onnx`` (the dynamo exporter); where it fails, the TorchScript-based exporter (``dynamo=False``) with
+    the same names and dynamic axes and the same checks. Returns (path, what was used: "dynamo", or "legacy"
+    with the dynamo error). Some pretrained speech encoders have met dynamo failures in some torch and
+    transformers releases; the legacy exporter traces them."""
+    try:
+        return to_onnx(wrapper, spec, path, opset), "dynamo"
+    except ParityError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any exporter failure: try the other exporter, say why
+        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+    names_in, names_out = input_names(spec), output_names(spec)
+    axis = {n: {1: "utterances"} for n in names_in} if isinstance(spec, DialogueSignature) else {
+        n: {0: "batch"} for n in names_in + names_out}  # fmt: skip
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", category=(torch.jit.TracerWarning, DeprecationWarning, FutureWarning))
+        torch.onnx.export(
+            wrapper.eval(),
+            example_inputs(spec, 2, seed=0),
+            str(path),
+            input_names=names_in,
+            output_names=names_out,
+            dynamic_axes=axis,
+            opset_version=opset,
+            dynamo=False,
+        )
+    check_graph(path, onnx.load(str(path)))
+    return path, f"legacy (dynamo failed: {reason})"
 
 
 def _export(wrapper: torch.nn.Module, spec: Spec, names_in: list[str], names_out: list[str], batch, opset: int):

@@ -22,7 +22,7 @@ from avemo.contract.endpoint import MAX_QUEUE_SIZE, MODEL_NAME
 from avemo.contract.features import FeatureSignature
 from avemo.contract.geometry import WindowGeometry
 from avemo.export.config_check import check_model_dir
-from avemo.export.onnx_export import OPSET, PARITY_ATOL, ParityError, Spec, parity, smoke_run, to_onnx
+from avemo.export.onnx_export import OPSET, PARITY_ATOL, ParityError, Spec, parity, smoke_run, to_onnx_with_fallback
 from avemo.export.torchscript_export import TORCHSCRIPT_FILENAME, to_torchscript, torchscript_parity
 from avemo.export.triton_config import FLAVOURS, MAX_BATCH_SIZE, flavour_model_name
 from avemo.export.triton_repo import ONNX_FILENAME, write_model_repository
@@ -61,6 +61,7 @@ class ExportReport:
     seconds: float = 0.0
     formats: list[str] = field(default_factory=list)
     models: list[ServedModelReport] = field(default_factory=list)
+    onnx_exporter: str = ""  # "dynamo", or "legacy (dynamo failed: <why>)"; "" without ONNX
     kind: str = "clip"  # clip | features | dialogue
     task: str = "classification"  # classification | regression
 
@@ -148,11 +149,12 @@ def export_checkpoint(
     else:
         extra["val_macro_f1"] = f"{metrics.get('val_macro_f1', score):.4f}"
     diffs: dict[str, float] = {}
+    onnx_exporter = ""
     models: list[ServedModelReport] = []
     with tempfile.TemporaryDirectory() as tmp:
         files = {}
         if "onnx" in formats:
-            files["onnx"] = to_onnx(wrapper, spec, Path(tmp) / ONNX_FILENAME, opset)
+            files["onnx"], onnx_exporter = to_onnx_with_fallback(wrapper, spec, Path(tmp) / ONNX_FILENAME, opset)
             diffs.update({f"onnx/{k}": v for k, v in parity(wrapper, files["onnx"], spec).items()})
         if "torchscript" in formats:
             files["torchscript"] = to_torchscript(wrapper, spec, Path(tmp) / TORCHSCRIPT_FILENAME)
@@ -205,6 +207,7 @@ def export_checkpoint(
         round(time.time() - t0, 1),
         formats,
         models,
+        onnx_exporter,
         {FeatureSignature: "features", DialogueSignature: "dialogue"}.get(type(spec), "clip"),
         spec.task if isinstance(spec, FeatureSignature) else "classification",
     )

@@ -101,7 +101,11 @@ def refuse_inapplicable(cfg, given_flags: dict[str, str]) -> None:
         fusion == "joyful",
         f"only applies to --fusion joyful (got {fusion})",
     )
-    clips_only = ("face_crop", "video_augment", "use_resnet_audio", "use_resnet_video", "spec_augment")
+    clips_only = (
+        "face_crop", "video_augment", "spec_augment", "audio_encoder", "audio_layers", "audio_pretrained",
+        "video_encoder", "video_pretrained", "freeze_encoders", "unfreeze_after", "encoder_lr", "cache_features",
+        "train_speech_frontend",
+    )  # fmt: skip
     refuse(clips_only, not cfg.is_features, f"applies to clips (--dataset ravdess) only (got --dataset {cfg.dataset})")
     refuse(  # conversations: --split_mode kfold = folds of whole IEMOCAP sessions / MELD dialogues
         ("split_mode",),

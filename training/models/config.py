@@ -27,6 +27,10 @@ FEATURE_BASELINES = ("text",)  # the text-only baseline of the feature datasets
 DIALOGUE_FUSIONS = ("joyful",)  # conversation models only (IEMOCAP / MELD): see training/models/joyful.py
 ALL_FUSIONS = FUSIONS + FEATURE_BASELINES + DIALOGUE_FUSIONS  # what --fusion accepts
 VIDEO_POOLINGS = ("meanmax", "mean", "attention")
+# encoders of the clip model (training/models/encoders.py; the speech transformers in training/models/pretrained.py)
+SPEECH_ENCODER_NAMES = ("wav2vec2_base", "hubert_base", "wavlm_base_plus")
+AUDIO_ENCODERS = ("cnn", "resnet18", *SPEECH_ENCODER_NAMES)
+VIDEO_ENCODERS = ("cnn", "resnet18")
 # what the fusions put in the model's outputs (training/models/fusion.py), for the loss-flag checks
 UNIMODAL_FUSIONS = ("audio", "video", "text")  # one encoder: no cross-modal (contrastive) term
 CLIP_MODALITIES = ("audio", "video")  # the clip model's inputs, in the serving contract's mask order
@@ -120,16 +124,45 @@ class ModelConfig:
     logmel_mean: float = -6.0  # log-mel normalisation, overwritten from training data statistics
     logmel_std: float = 4.0
     # --- optional extensions; every default keeps the original model (same parameters, same forward)
-    use_resnet_audio: bool = field(
-        default=False,
+    audio_encoder: str = field(
+        default="cnn",
         metadata={
-            "help": "ResNet18 on the log-mel (1-channel stem, no fc) instead of the light CNN",
+            "help": "audio encoder: the light log-mel CNN, ResNet18 on the log-mel, or a pretrained speech "
+            "transformer (16 kHz waveform in; needs the pretrained extra)",
+            "choices": AUDIO_ENCODERS,
             "group": HELP_SECTION,
         },
     )
-    use_resnet_video: bool = field(
-        default=False,
-        metadata={"help": "torchvision ResNet18 per frame instead of the light per-frame CNN", "group": HELP_SECTION},
+    audio_layers: int = field(
+        default=0,
+        metadata={
+            "help": "speech encoders: keep the first K of their 12 transformer layers (0 = all; fewer = cheaper)",
+            "group": HELP_SECTION,
+        },
+    )
+    audio_pretrained: str = field(
+        default="default",
+        metadata={
+            "help": "speech encoder weights: default (download through the Hugging Face hub cache), none (random, "
+            "same architecture) or PATH (a local folder or state dict file)",
+            "group": HELP_SECTION,
+        },
+    )
+    video_encoder: str = field(
+        default="cnn",
+        metadata={
+            "help": "video encoder: the light per-frame CNN or torchvision ResNet18 per frame",
+            "choices": VIDEO_ENCODERS,
+            "group": HELP_SECTION,
+        },
+    )
+    video_pretrained: str = field(
+        default="imagenet",
+        metadata={
+            "help": "resnet18 video encoder weights: imagenet (torchvision download and cache), none (random) or "
+            "PATH (a state dict file)",
+            "group": HELP_SECTION,
+        },
     )
     video_pooling: str = field(
         default="meanmax",
@@ -190,6 +223,12 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
         kw.setdefault("unimodal_fallback", False)  # checkpoints from before the option answered with the fused head
+        # checkpoints that chose ResNet18 encoders by flag: random-initialised trunks, their weights in the checkpoint
+        if d.get("use_resnet_audio"):
+            kw["audio_encoder"] = "resnet18"
+        if d.get("use_resnet_video"):
+            kw.setdefault("video_encoder", "resnet18")
+            kw.setdefault("video_pretrained", "none")
         for k in ("audio_channels", "video_channels"):
             if k in kw:
                 kw[k] = tuple(int(x) for x in kw[k])

@@ -1,9 +1,10 @@
 """Audio and video encoders. Each maps one modality to an embedding [B, D].
 
-Light CNNs (CPU friendly, the defaults) and ResNet18 variants (``use_resnet_audio`` /
-``use_resnet_video``). Every encoder also has ``forward_with_sequence`` -> (embedding [B, D],
-tokens [B, T, D']) for the cross-attention fusion when built with ``sequence_dim > 0``; the extra
-token projection only exists then, so the default parameter set is unchanged.
+Light CNNs (CPU friendly, the defaults) and ResNet18 variants (``--audio_encoder resnet18`` /
+``--video_encoder resnet18``; the pretrained speech transformers are in ``pretrained.py``). Every encoder
+also has ``forward_with_sequence`` -> (embedding [B, D], tokens [B, T, D']) for the cross-attention fusion
+when built with ``sequence_dim > 0``; the extra token projection only exists then, so the default parameter
+set is unchanged.
 
 Also here: ``SpecAugment`` (training-mode log-mel masking, a no-op in eval and therefore absent from
 the export), ``TemporalPool`` (frame pooling) and ``VariationalHead`` (mu / logvar on an embedding).
@@ -96,6 +97,11 @@ class SequenceEncoder(nn.Module):
 
     proj: nn.Linear
     seq_proj: nn.Linear | None
+    # True while training on cached features (training/train/frozen.py): the input already is ``features(x)``
+    features_given: bool = False
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.features_given else self.features(x)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -104,7 +110,7 @@ class SequenceEncoder(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.pooled(self.features(x)))  # [B, D]
+        return self.proj(self.pooled(self._features(x)))  # [B, D]
 
     def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens [B, T, sequence_dim] only."""
@@ -114,7 +120,7 @@ class SequenceEncoder(nn.Module):
         """(embedding [B, D], tokens [B, T, sequence_dim]) from one pass through the encoder."""
         if self.seq_proj is None:
             raise RuntimeError(f"{type(self).__name__} was built without sequence_dim: no token projection")
-        x = self.features(x)  # [B, C, T]
+        x = self._features(x)  # [B, C, T]
         return self.proj(self.pooled(x)), self.seq_proj(x.transpose(1, 2))
 
 

@@ -16,6 +16,7 @@ from avemo.training.models.feature_encoders import build_feature_encoder
 from avemo.training.models.frontend import LogMel
 from avemo.training.models.fusion import FUSION_BUILDERS, SEQUENCE_FUSIONS, VARIATIONAL_FUSIONS, modality_dropout
 from avemo.training.models.joyful import build_joyful
+from avemo.training.models.pretrained import SPEECH_ENCODERS, SPEECH_LAYERS, SpeechEncoder
 
 
 def projection_head(dim_in: int, dim_out: int) -> nn.Sequential:
@@ -195,7 +196,9 @@ def model_inputs(model: FusionModel, batch: dict, data_modalities: tuple[str, ..
 def build_model(cfg: ModelConfig, geometry: WindowGeometry) -> FusionModel:
     """The builder: encoders by what the fusion needs, fusion from ``FUSION_BUILDERS``.
 
-    Clip models (``cfg.input_dims`` empty): light CNNs unless ``use_resnet_audio`` / ``use_resnet_video``.
+    Clip models (``cfg.input_dims`` empty): ``cfg.audio_encoder`` / ``cfg.video_encoder`` (light CNNs by default),
+    built with random weights: pretrained weights go in at the start of training (``pretrained.load_pretrained``),
+    and a checkpoint holds them all.
     Feature models: one ``cfg.feature_encoder`` per modality over its ``cfg.input_dims`` features.
     Dialogue models (``cfg.num_speakers`` > 0): ``dialogue_context.build_dialogue_model``.
     Token projections only for the fusions in ``SEQUENCE_FUSIONS``; variational heads when
@@ -227,12 +230,15 @@ def build_model(cfg: ModelConfig, geometry: WindowGeometry) -> FusionModel:
                 geometry.sample_rate, cfg.n_fft, cfg.hop_length, cfg.n_mels, cfg.logmel_mean, cfg.logmel_std
             )
             spec = SpecAugment(cfg.spec_freq_mask, cfg.spec_time_mask, cfg.spec_num_masks) if cfg.spec_augment else None
-            if cfg.use_resnet_audio:
+            if cfg.audio_encoder in SPEECH_ENCODERS:
+                layers = cfg.audio_layers or SPEECH_LAYERS
+                encoders["audio"] = SpeechEncoder(cfg.audio_encoder, layers, cfg.embed_dim, seq_dim)
+            elif cfg.audio_encoder == "resnet18":
                 encoders["audio"] = AudioResNet(frontend, cfg.embed_dim, spec, seq_dim)
             else:
                 encoders["audio"] = AudioCNN(frontend, cfg.audio_channels, cfg.embed_dim, spec, seq_dim)
         if "video" in used:
-            if cfg.use_resnet_video:
+            if cfg.video_encoder == "resnet18":
                 encoders["video"] = VideoResNet(cfg.embed_dim, cfg.video_pooling, seq_dim)
             else:
                 encoders["video"] = VideoCNN(cfg.video_channels, cfg.embed_dim, cfg.video_pooling, seq_dim)

@@ -19,13 +19,17 @@ from avemo.training.losses.weighting import MODES
 from avemo.training.models import config as model_config
 from avemo.training.models.config import (
     ALL_FUSIONS,
+    AUDIO_ENCODERS,
     CONTEXTS,
     DIALOGUE_FUSIONS,
+    SPEECH_ENCODER_NAMES,
     UNIMODAL_FUSIONS,
+    VIDEO_ENCODERS,
     VIDEO_POOLINGS,
     ModelConfig,
 )
 from avemo.training.models.fusion import VARIATIONAL_FUSIONS
+from avemo.training.models.pretrained import check_sources
 from avemo.training.train.runtime import AMP_MODES, CHANNELS_LAST_MODES, DEVICES
 
 WEIGHT_DECAY_SCOPES = ("all", "matrices")  # see avemo.training.train.loop.make_optimizer
@@ -149,6 +153,34 @@ class TrainConfig:
     early_stopping_patience: int = field(
         default=5, metadata=_opt("epochs without val macro-F1 gain before stopping", OPTIMISATION)
     )
+    # pretrained encoders (--audio_encoder wav2vec2_base|..., --video_encoder resnet18): see docs/real_recordings.md
+    freeze_encoders: bool = field(
+        default=False,
+        metadata=_opt(
+            "keep the pretrained encoders' weights fixed (speech transformer, video ResNet18): only the heads train",
+            OPTIMISATION,
+        ),
+    )
+    unfreeze_after: int = field(
+        default=0,
+        metadata=_opt("with --freeze_encoders: train the encoders too from this epoch on (0 = never)", OPTIMISATION),
+    )
+    encoder_lr: float = field(
+        default=1e-5,
+        metadata=_opt("learning rate of the pretrained encoders' weights (the heads use --lr)", OPTIMISATION),
+    )
+    train_speech_frontend: bool = field(
+        default=False,
+        metadata=_opt("also train a speech encoder's convolutional front end (frozen by default)", OPTIMISATION),
+    )
+    cache_features: bool = field(
+        default=True,
+        metadata=_opt(
+            "with --freeze_encoders and no --unfreeze_after: run the frozen encoders once per window and train "
+            "the heads on the cached features (fixed windows, no augmentation; --no-cache_features keeps both)",
+            OPTIMISATION,
+        ),
+    )
     losses: dict = field(default_factory=dict)  # LossWeights fields (training/losses/total.py); empty = defaults
     loss_weighting: str = field(
         default="fixed", metadata=_opt("adaptive multipliers of the loss parts", LOSSES, choices=MODES)
@@ -264,6 +296,8 @@ def check_config(cfg: TrainConfig) -> None:
         ("--fusion", m.fusion, ALL_FUSIONS),
         ("--video_pooling", m.video_pooling, VIDEO_POOLINGS),
         ("--weight_decay_scope", cfg.weight_decay_scope, WEIGHT_DECAY_SCOPES),
+        ("--audio_encoder", m.audio_encoder, AUDIO_ENCODERS),
+        ("--video_encoder", m.video_encoder, VIDEO_ENCODERS),
     ):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))} (got {value!r})")
@@ -299,6 +333,14 @@ def check_config(cfg: TrainConfig) -> None:
             )
         if cfg.dataset in CLIP_DATASETS and len(cfg.modalities) == 1:
             raise ValueError(f"--modalities {cfg.modalities}: for clips, use --fusion audio or --fusion video")
+    check_sources(m)
+    if m.spec_augment and m.audio_encoder in SPEECH_ENCODER_NAMES:
+        raise ValueError(f"--spec_augment masks the log-mel; --audio_encoder {m.audio_encoder} reads the waveform")
+    if cfg.unfreeze_after and not cfg.freeze_encoders:
+        raise ValueError("--unfreeze_after needs --freeze_encoders (the encoders train from the start without it)")
+    if cfg.unfreeze_after < 0 or cfg.encoder_lr <= 0:
+        raise ValueError(f"--unfreeze_after must be >= 0 and --encoder_lr > 0 (got {cfg.unfreeze_after}, "
+                         f"{cfg.encoder_lr})")  # fmt: skip
     if cfg.warmup_epochs < 0:
         raise ValueError(f"--warmup_epochs must be >= 0 (got {cfg.warmup_epochs})")
     if cfg.split_mode == "kfold" and not 0 <= cfg.fold < cfg.folds:

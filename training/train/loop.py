@@ -37,7 +37,17 @@ from avemo.training.models.checkpoint import (
 )
 from avemo.training.models.config import CLIP_MODALITIES, ModelConfig
 from avemo.training.models.model import FusionModel, build_model, model_inputs
+from avemo.training.models.pretrained import load_pretrained
 from avemo.training.train.config import TrainConfig, check_config
+from avemo.training.train.frozen import (
+    FrozenFeatureDataset,
+    cacheable,
+    features_given,
+    frozen_at,
+    keep_frozen_eval,
+    set_trainable,
+    trunk_parameter_ids,
+)
 from avemo.training.train.logger import RunLogger
 from avemo.training.train.runtime import Runtime, make_runtime, shutdown
 
@@ -138,14 +148,23 @@ def scaled_step(opt: torch.optim.Optimizer, factor: float) -> None:
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW. ``weight_decay_scope`` "all" decays every parameter (the default: on the demo corpus it gave
     gated fusion 0.976 test macro-F1 against 0.881 for "matrices"); "matrices" decays only tensors of 2
-    or more dimensions (conv and linear weights), not norms, biases or the gate bias."""
-    if cfg.weight_decay_scope == "all":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
+    or more dimensions (conv and linear weights), not norms, biases or the gate bias. The weights of pretrained
+    encoders (``frozen.trunk_parameter_ids``) form groups of their own at ``--encoder_lr``; the first group is
+    always the heads' (its lr is the one logged)."""
+    trunk = trunk_parameter_ids(model)
+    groups = []
+    for lr, params in ((cfg.lr, [p for p in model.parameters() if id(p) not in trunk]),
+                       (cfg.encoder_lr, [p for p in model.parameters() if id(p) in trunk])):  # fmt: skip
+        if not params:
+            continue
+        if cfg.weight_decay_scope == "all":
+            groups.append({"params": params, "lr": lr, "weight_decay": cfg.weight_decay})
+            continue
+        params = [p for p in params if p.requires_grad]
+        groups += [
+            {"params": [p for p in params if p.ndim >= 2], "lr": lr, "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "lr": lr, "weight_decay": 0.0},
+        ]
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
@@ -285,6 +304,12 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
     task, modalities = mcfg.task, mcfg.modalities
     model = build_model(mcfg, geometry)
     encoders = getattr(model, "encoders", {})  # a dialogue model has its encoders inside
+    resuming = cfg.resume and (out / "last.pt").exists()
+    if not resuming:  # a resumed run's checkpoint holds the pretrained weights already
+        for line in load_pretrained(model, mcfg):
+            if rt.is_main:
+                tqdm.write(f"pretrained {line}")
+    set_trainable(model, cfg, 1)
     if "audio" in encoders and hasattr(encoders["audio"], "frontend"):
         mean, std = logmel_stats(model, datasets["train"])
         mcfg = replace(mcfg, logmel_mean=mean, logmel_std=std)
@@ -299,6 +324,7 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
     if rt.distributed:
         torch.manual_seed(cfg.seed + 1000 * rt.rank)  # rank-specific dropout; DDP copies rank 0's weights
     net = rt.prepare_model(model)  # `model` stays the plain module (same parameters, on the device)
+    wrapped_frozen = frozen_at(cfg, 1)  # the trunks' state when `net` was built
     opt = make_optimizer(model, cfg)
     sched = (
         torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1)) if cfg.use_cosine_annealing else None
@@ -312,6 +338,17 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
     weighter = LossWeighter(cfg.loss_weighting, cfg.loss_weighting_momentum, cfg.loss_weighting_every)
     teachers = load_teachers(cfg, rt.device, labels)
     shared = shared_parameters(model)
+    cached = cacheable(model, cfg, teachers)
+    train_ds, val_ds = datasets["train"], datasets["val"]
+    if cached:  # frozen encoders: their features once per window, the epochs then train only the heads
+        t_cache = time.time()
+        train_ds, val_ds = (FrozenFeatureDataset(datasets[s], model, cached, progress=progress, desc=f"{s} features")
+                            for s in ("train", "val"))  # fmt: skip
+        if rt.is_main:
+            tqdm.write(
+                f"cached frozen {', '.join(cached.values())} features of {len(train_ds) + len(val_ds)} windows "
+                f"({(train_ds.nbytes() + val_ds.nbytes()) / 2**20:.0f} MiB, {time.time() - t_cache:.1f} s)"
+            )
     if resume is not None:
         ts = resume["train_state"]
         opt.load_state_dict(ts["optimizer"])
@@ -348,14 +385,22 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
     )
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.early_stopping_patience:
         epoch = state["epoch"] + 1
+        frozen = set_trainable(model, cfg, epoch)
+        if frozen != wrapped_frozen:  # --unfreeze_after N reached (or passed, when resuming)
+            if rt.is_main:
+                tqdm.write(f"[{mcfg.fusion}] epoch {epoch}: pretrained encoders unfrozen (lr {cfg.encoder_lr:g})")
+            if rt.distributed:  # DDP hooks only the parameters that wanted gradients when it was built
+                net = rt.prepare_model(model)
+            wrapped_frozen = frozen
         net.train()
-        if hasattr(datasets["train"], "set_epoch"):
-            datasets["train"].set_epoch(epoch, cfg.seed)
+        keep_frozen_eval(model, frozen)
+        if hasattr(train_ds, "set_epoch") and not cached:
+            train_ds.set_epoch(epoch, cfg.seed)
         sums: dict[str, float] = {}
         seen_true: list[np.ndarray] = []  # window labels / predictions seen in training (augmented windows)
         seen_pred: list[np.ndarray] = []
         n = 0
-        train_loader = loader(datasets["train"], cfg, True, epoch, rt)
+        train_loader = loader(train_ds, cfg, True, epoch, rt)
         per_epoch = min(len(train_loader), cfg.max_train_batches or len(train_loader))  # steps really taken
         warmup_steps = round(cfg.warmup_epochs * per_epoch)
         bar = progress_bar(
@@ -365,7 +410,7 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
             if cfg.max_train_batches and step >= cfg.max_train_batches:
                 break
             batch = rt.to_device(batch)
-            with rt.autocast():
+            with rt.autocast(), features_given(model, list(cached.values())):
                 outputs = net(*model_inputs(model, batch))
                 teacher_logits = (
                     {name: t(*model_inputs(t, batch, modalities))["logits"] for name, t in teachers.items()}
@@ -396,7 +441,8 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
         sums, n, windows = dict(zip(keys, totals[:-2])), int(totals[-2]), int(totals[-1])  # over every rank
         val_f1 = -1.0  # the selection score: clip macro-F1, or minus the validation MSE for regression
         if rt.is_main:
-            val = evaluate(model, datasets["val"], labels)
+            with features_given(model, list(cached.values())):
+                val = evaluate(model, val_ds, labels)
             val_f1 = selection_score(val, selection_metric(cfg))
         val_f1 = rt.broadcast_float(val_f1)  # every rank takes the same early-stopping decision
         improved = val_f1 > state["best_f1"]
