@@ -28,7 +28,8 @@ def time_steps(
 ) -> dict:
     torch.manual_seed(0)
     rt = make_runtime(device, amp, channels_last)
-    cfg = ModelConfig(fusion=fusion, use_resnet_audio=resnet, use_resnet_video=resnet)
+    enc = "resnet18" if resnet else "cnn"
+    cfg = ModelConfig(fusion=fusion, audio_encoder=enc, video_encoder=enc, video_pretrained="none")
     model = build_model(cfg, DEFAULT_GEOMETRY)
     net = rt.prepare_model(model).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

@@ -151,7 +151,8 @@ def to_onnx_with_fallback(wrapper: torch.nn.Module, spec: Spec, path: Path, opse
     axis = {n: {1: "utterances"} for n in names_in} if isinstance(spec, DialogueSignature) else {
         n: {0: "batch"} for n in names_in + names_out}  # fmt: skip
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.filterwarnings("ignore", category=(torch.jit.TracerWarning, DeprecationWarning, FutureWarning))
+        for category in (torch.jit.TracerWarning, DeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", category=category)
         torch.onnx.export(
             wrapper.eval(),
             example_inputs(spec, 2, seed=0),

@@ -205,7 +205,9 @@ def test_variational_outputs_are_masked(cfg, inputs, geo):
 # ResNet18 audio encoder (the ResNet export test, marked slow); each fusion also carries a
 # non-default encoder option so the options are covered without extra exports.
 ONNX_CASES = [
-    pytest.param("audio", dict(use_resnet_audio=True, spec_augment=True), id="audio-resnet18", marks=pytest.mark.slow),
+    pytest.param(
+        "audio", dict(audio_encoder="resnet18", spec_augment=True), id="audio-resnet18", marks=pytest.mark.slow
+    ),
     pytest.param("video", dict(video_pooling="mean"), id="video-meanpool"),
     pytest.param("late", dict(spec_augment=True), id="late-specaug"),  # SpecAugment must vanish from the export
     pytest.param("concat", dict(video_pooling="attention"), id="concat-attnpool"),
@@ -253,7 +255,14 @@ def test_resnet_encoders_forward_shapes(cfg, inputs, geo):
     """One model with both ResNet18 encoders (batch 1, F = 2 frames): embeddings, tokens, full forward."""
     torch.manual_seed(0)
     model = build_model(
-        cfg("xattn", use_resnet_audio=True, use_resnet_video=True, video_pooling="attention"), geo
+        cfg(
+            "xattn",
+            audio_encoder="resnet18",
+            video_encoder="resnet18",
+            video_pretrained="none",
+            video_pooling="attention",
+        ),
+        geo,
     ).eval()
     a_enc, v_enc = model.encoders["audio"], model.encoders["video"]
     assert isinstance(a_enc, AudioResNet) and isinstance(v_enc, VideoResNet)
@@ -381,8 +390,9 @@ def test_config_old_dicts_load_and_new_fields_round_trip(cfg, geo):
     assert ModelConfig.from_dict(old) == ModelConfig(unimodal_fallback=False)
     new = ModelConfig(
         fusion="xattn",
-        use_resnet_audio=True,
-        use_resnet_video=True,
+        audio_encoder="resnet18",
+        video_encoder="resnet18",
+        video_pretrained="none",
         video_pooling="attention",
         spec_augment=True,
         variational=True,
@@ -394,6 +404,9 @@ def test_config_old_dicts_load_and_new_fields_round_trip(cfg, geo):
         audio_channels=(8,),
     )
     assert ModelConfig.from_dict(json.loads(json.dumps(new.to_dict()))) == new
+    # a checkpoint that chose ResNet18 encoders by flag: the same encoders, random-initialised video trunk
+    flagged = ModelConfig.from_dict({**old, "use_resnet_audio": True, "use_resnet_video": True})
+    assert (flagged.audio_encoder, flagged.video_encoder, flagged.video_pretrained) == ("resnet18", "resnet18", "none")
     with pytest.raises(ValueError, match="fusion"):
         build_model(cfg("nope"), geo)
     with pytest.raises(ValueError, match="pooling"):
