@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from avemo.training.models.config import SPEECH_ENCODER_NAMES  # noqa: F401 - read by serving.py
+
 DEFAULT_PAIRS = (
     "cnn+cnn",
     "cnn+resnet18",

@@ -2,6 +2,9 @@
 
     .venv/bin/python benchmarks/serving.py --checkpoint runs/gated/best.pt [--model-repository model_repository]
         [--quick] [--concurrency 1,4,8,16] [--duration 10] [--streams 16] [--stream-seconds 60] [--json OUT]
+    .venv/bin/python benchmarks/serving.py --audio_encoder cnn,wav2vec2_base --audio_layers 2,12 \
+        --video_encoder resnet18
+        (encoder pairs, random weights: benchmarks/encoders.py)
 
 1. In process, before any server runs (no CPU contention): eager PyTorch (the checkpoint's
    ``ExportWrapper`` under ``torch.inference_mode``), TorchScript (``<model>/<v>/model.pt`` of a
@@ -387,9 +390,33 @@ def _cpu_name() -> str:
 # ------------------------------------------------------------------------------------ main
 
 
+def encoder_pairs(args) -> int:
+    """Every combination of ``--audio_encoder`` (x ``--audio_layers`` for speech encoders) and ``--video_encoder``,
+    measured by ``benchmarks/encoders.py``: in process, Triton, and ``avemo predict`` fast and ``--realtime``."""
+    import encoders  # benchmarks/encoders.py
+
+    audio = (args.audio_encoder or "cnn").split(",")
+    layers = (args.audio_layers or "0").split(",")
+    video = (args.video_encoder or "cnn").split(",")
+    pairs = []
+    for a in audio:
+        for k in layers if a in encoders.SPEECH_ENCODER_NAMES else ["0"]:
+            pairs += [f"{a}{':' + k if k != '0' else ''}+{v}" for v in video]
+    argv = ["--pairs", ",".join(dict.fromkeys(pairs)), "--threads", str(args.threads)]
+    argv += ["--quick"] * args.quick + ["--int8"] * args.int8 + (["--json", str(args.json)] if args.json else [])
+    return encoders.main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, required=True, help="the checkpoint the repository was exported from")
+    p.add_argument("--checkpoint", type=Path, help="the checkpoint the repository was exported from")
+    enc = p.add_argument_group(
+        "encoder pairs (instead of --checkpoint): benchmarks/encoders.py on random-weight models of these encoders"
+    )
+    enc.add_argument("--audio_encoder", help="comma-separated audio encoders (cnn, resnet18, wav2vec2_base, ...)")
+    enc.add_argument("--audio_layers", help="comma-separated layer counts of the speech encoders (0 = all 12)")
+    enc.add_argument("--video_encoder", help="comma-separated video encoders (cnn, resnet18)")
+    enc.add_argument("--int8", action="store_true", help="also time int8 dynamic quantisation of each ONNX graph")
     p.add_argument("--model-repository", type=Path, default=Path(MODEL_REPOSITORY), help="(default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="smoke run: few iterations, short runs")
     p.add_argument(
@@ -404,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="in-process threads (cores)")
     p.add_argument("--json", type=Path, metavar="OUT", help="write every figure here")
     args = p.parse_args(argv)
+    if args.audio_encoder or args.video_encoder or args.audio_layers:
+        return encoder_pairs(args)
+    if args.checkpoint is None:
+        p.error("give --checkpoint, or --audio_encoder / --video_encoder for the encoder pairs")
 
     prof = dict(QUICK if args.quick else FULL)
     for key, value in (("duration", args.duration), ("stream_seconds", args.stream_seconds)):

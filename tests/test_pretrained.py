@@ -344,3 +344,24 @@ def test_the_legacy_exporter_takes_over_where_dynamo_fails(geo, tmp_path, monkey
 
     names = [i.name for i in onnx.load(str(path)).graph.input]
     assert names == ["audio", "frames", "modality_mask"]
+
+
+@pytest.mark.slow
+def test_encoder_benchmark_prints_every_figure_for_each_pair(repo_root, tmp_path, triton_runtime):
+    """``benchmarks/serving.py --audio_encoder ... --video_encoder ...``: one row per pair, in process, through
+    the embedded Triton and through ``avemo predict`` (fast and paced), int8 parity within its tolerance."""
+    out = tmp_path / "enc.json"
+    argv = [sys.executable, str(repo_root / "benchmarks" / "serving.py"), "--audio_encoder", "cnn,wavlm_base_plus",
+            "--audio_layers", "1", "--video_encoder", "cnn", "--quick", "--int8", "--json", str(out)]  # fmt: skip
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["pair"] for r in rows] == ["cnn+cnn", "wavlm_base_plus:1+cnn"]
+    for r in rows:
+        assert r["exporter"] == "dynamo" and r["parity"] <= 1e-4
+        assert r["ort_p50_ms"] > 0 and r["triton_c1_p50_ms"] > 0 and 0 < r["rtf"]
+        assert r["live_windows"] >= 6 and r["live_shed"] + r["live_late"] <= r["live_windows"]
+        assert r["int8_within_atol"] and r["int8_max_abs_diff"] <= 0.05
+    assert rows[1]["parameters_m"] > 10 * rows[0]["parameters_m"]  # the speech transformer is there
+    table = run.stdout
+    assert "| cnn+cnn |" in table and "| wavlm_base_plus:1+cnn |" in table and "RTF" in table
