@@ -365,3 +365,16 @@ def test_encoder_benchmark_prints_every_figure_for_each_pair(repo_root, tmp_path
     assert rows[1]["parameters_m"] > 10 * rows[0]["parameters_m"]  # the speech transformer is there
     table = run.stdout
     assert "| cnn+cnn |" in table and "| wavlm_base_plus:1+cnn |" in table and "RTF" in table
+
+
+def test_train_without_the_weights_ends_with_the_message_not_a_traceback(tiny_corpus, tmp_path):
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"}
+    argv = [sys.executable, "-m", "avemo.cli", "train", "--data_root", str(tiny_corpus), "--cache_dir",
+            str(tmp_path / "cache"), "--out_dir", str(tmp_path / "run"), "--epochs", "1", "--no_progress",
+            "--audio_encoder", "hubert_base", "--audio_layers", "1", "--video_encoder", "resnet18",
+            "--video_pretrained", "none"]  # fmt: skip
+    run = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "avemo: could not load the hubert_base weights" in run.stderr
+    assert "https://huggingface.co/facebook/hubert-base-ls960" in run.stderr and str(tmp_path / "empty") in run.stderr
+    assert not (tmp_path / "run" / "best.pt").exists()

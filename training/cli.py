@@ -393,12 +393,13 @@ def train_config_from_args(args: argparse.Namespace):
 @contextlib.contextmanager
 def feature_file_errors():
     """A bad or hostile feature file ends the command with its one-line message (file, split, key, expected),
-    not a traceback."""
+    not a traceback; so do pretrained weights that cannot be had (what was needed, where it looked, the way out)."""
     from avemo.training.data.safe_pickle import FeatureFileError
+    from avemo.training.models.pretrained import PretrainedWeightsUnavailable
 
     try:
         yield
-    except FeatureFileError as e:
+    except (FeatureFileError, PretrainedWeightsUnavailable) as e:
         raise SystemExit(f"avemo: {e}") from None
 
 
