@@ -37,11 +37,14 @@ from avemo.training.models.config import SPEECH_ENCODER_NAMES  # noqa: F401 - re
 DEFAULT_PAIRS = (
     "cnn+cnn",
     "cnn+resnet18",
+    "wav2vec2_base:2+cnn",
     "wav2vec2_base:2+resnet18",
     "wav2vec2_base:4+resnet18",
     "wav2vec2_base+resnet18",
     "hubert_base:4+resnet18",
+    "hubert_base+resnet18",
     "wavlm_base_plus:4+resnet18",
+    "wavlm_base_plus+resnet18",
 )
 QUICK_PAIRS = ("cnn+cnn", "wav2vec2_base:2+resnet18")
 CLIP_SECONDS = 8.0  # the generated clip predict streams (7 windows of 2 s, hop 1 s)
