@@ -37,12 +37,20 @@ lint: install
 BROWSER_PROGRAMS := chromium chromedriver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-system-deps:
+# The Triton Python-backend stub links the shared libpython of the venv's Python version; a Python built without
+# --enable-shared (pyenv, uv's standalone builds) has none, Debian's libpython3.X package provides it.
+export LIBPYTHON_CHECK := import sys; from avemo.serving.server import find_libpython; sys.exit(find_libpython() is None)
+
+system-deps: install
 	@missing=""; packages=""; \
 	for p in $(BROWSER_PROGRAMS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then packages="chromium chromium-driver"; fi; \
 	if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
 		missing="$$missing initdb"; packages="$$packages postgresql"; \
+	fi; \
+	if [ "$$(uname -s)" = Linux ] && ! $(BIN)/python -c "$$LIBPYTHON_CHECK" >/dev/null 2>&1; then \
+		tag=$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+		missing="$$missing libpython$$tag.so.1.0"; packages="$$packages libpython$$tag"; \
 	fi; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	packages="$${packages# }"; \

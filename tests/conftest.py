@@ -5,9 +5,10 @@ Test modules never import each other (ruff bans ``import tests``): everything sh
 torch / onnx are imported inside the fixtures that need them, so collecting the client tests does not
 load PyTorch.
 
-Real Triton: a test that needs the server SKIPS only where the platform cannot run the bundled
-tritonserver (see ``triton_skip_reason``) and FAILS with the server's own error (log tail) everywhere
-else. ``AVEMO_REQUIRE_TRITON=1`` turns even those skips into failures (for CI machines that must run it).
+Real Triton: a test that needs the server SKIPS only on a platform with no tritonserver build
+(``_triton_platform_skip``). Everywhere else it FAILS when something is missing (``_triton_missing``: the
+package, the binary, the stub, the system libpython, each named with how to get it) or when the server does
+not start (its own error and log tail). ``AVEMO_SKIP_TRITON=1`` skips instead of failing on something missing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -249,48 +251,78 @@ def triton_repository(tmp_path_factory, tiny_onnx, geo, serving_labels, served_m
 # ----------------------------------------------------------------------------------- real Triton
 
 
-def _triton_skip_reason() -> str | None:
-    """Why this platform / environment cannot run the bundled tritonserver at all, or None if it should.
+def _triton_platform_skip() -> str | None:
+    """Why this platform cannot run the bundled tritonserver at all (the only reason to skip), or None.
 
-    Skip conditions (anything else that keeps the server from starting is a test FAILURE):
-    - not Linux on x86_64 / aarch64 (nvidia-pytriton ships the server only for those);
-    - the nvidia-pytriton package is not installed (base install without the [serve] extra);
-    - the tritonserver binary is absent from the installed package;
-    - the wheel holds no Python-backend stub for this Python version;
-    - the system shared libpython3.X.so.1.0 that the stub links is not installed.
+    nvidia-pytriton ships the server for Linux on x86_64 / aarch64 only.
     """
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64"):
         here = f"{sys.platform} {platform.machine()}"
         return f"the bundled tritonserver runs on Linux x86_64/aarch64 only (this is {here})"
+    return None
+
+
+def _triton_missing() -> str | None:
+    """What keeps a platform that should run tritonserver from running it, and how to get it, or None.
+
+    - the nvidia-pytriton package (the ``serve`` extra; ``make install`` installs it);
+    - the tritonserver binary inside it;
+    - the wheel's Python-backend stub for this Python version;
+    - the system shared libpython3.X.so.1.0 that the stub links (``make test`` installs it with apt-get).
+    """
     if importlib.util.find_spec("pytriton") is None:
-        return "nvidia-pytriton is not installed in this environment (pip install -e '.[serve]')"
+        return "nvidia-pytriton is not installed in this environment: pip install -e '.[serve]' (make install does)"
     from avemo.serving import server
 
     binary = server.pytriton_dir() / "tritonserver" / "bin" / "tritonserver"
     if not binary.exists():
-        return f"the tritonserver binary is not installed (no {binary}; reinstall nvidia-pytriton)"
+        return f"the tritonserver binary is not installed (no {binary}): pip install --force-reinstall nvidia-pytriton"
     try:
         server.find_stub()
     except server.TritonServerError as exc:
         return f"no Triton Python-backend stub for this Python: {exc}"
     if server.find_libpython() is None:
         tag = server.python_version_tag()
-        return f"libpython{tag}.so.1.0 (linked by the Triton Python stub) is missing: apt-get install libpython{tag}"
+        return (
+            f"libpython{tag}.so.1.0 (linked by the Triton Python stub) is missing: apt-get install libpython{tag} "
+            "(make test does where apt-get exists), or use a Python built with --enable-shared"
+        )
     return None
+
+
+def _triton_verdict(platform_skip: str | None, missing: str | None, env: dict) -> tuple[str, str]:
+    """("run" | "skip" | "fail", why) for a real-Triton test: skip only on a platform with no tritonserver build
+    (or under ``AVEMO_SKIP_TRITON=1``), fail on anything missing elsewhere."""
+    if platform_skip is not None:
+        return "skip", f"real Triton server not runnable here: {platform_skip}"
+    if missing is not None:
+        if env.get("AVEMO_SKIP_TRITON") == "1":
+            return "skip", f"AVEMO_SKIP_TRITON=1: {missing}"
+        return "fail", f"the real Triton server should run here but cannot: {missing} (AVEMO_SKIP_TRITON=1 skips)"
+    return "run", ""
+
+
+@pytest.fixture(scope="session")
+def triton_checks() -> SimpleNamespace:
+    """The checks behind ``triton_runtime`` (``platform_skip()``, ``missing()``, ``verdict(...)``), for the tests
+    that hold them to failing rather than skipping."""
+    return SimpleNamespace(platform_skip=_triton_platform_skip, missing=_triton_missing, verdict=_triton_verdict)
 
 
 @pytest.fixture(scope="session")
 def triton_runtime():
     """The ``avemo.serving.server`` module, once the platform is known to be able to run tritonserver.
 
-    Skips (reason shown by ``-ra``) only for the conditions in ``_triton_skip_reason``; with
-    ``AVEMO_REQUIRE_TRITON=1`` those fail instead.
+    Skips (reason printed in the summary) only on platforms with no tritonserver build. On Linux x86_64 /
+    aarch64 anything missing FAILS the test, naming it and how to get it; ``AVEMO_SKIP_TRITON=1`` skips instead
+    (like ``AVEMO_SKIP_BROWSER`` and ``AVEMO_SKIP_POSTGRES``).
     """
-    reason = _triton_skip_reason()
-    if reason is not None:
-        if os.environ.get("AVEMO_REQUIRE_TRITON") == "1":
-            pytest.fail(f"AVEMO_REQUIRE_TRITON=1 but the real Triton server cannot run here: {reason}")
-        pytest.skip(f"real Triton server not runnable here: {reason}")
+    platform_skip = _triton_platform_skip()
+    action, why = _triton_verdict(platform_skip, None if platform_skip else _triton_missing(), dict(os.environ))
+    if action == "skip":
+        pytest.skip(why)
+    if action == "fail":
+        pytest.fail(why, pytrace=False)
     from avemo.serving import server
 
     server.find_tritonserver()  # present but not executable: a broken install, fail with the message
