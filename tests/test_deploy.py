@@ -29,9 +29,13 @@ READY, LIVE = "/v2/health/ready", "/v2/health/live"  # Triton's HTTP health endp
 # moving the base image means checking these again. Its native onnxruntime backend is ORT 1.22.0, which loads
 # ONNX IR <= 10 and opset <= 22; its python backend stub wants numpy < 2 (the image installs "numpy<2").
 IMAGE_RELEASE = "25.07"
-IMAGE_ORT = "1.22.0"
-IMAGE_ORT_MAX_OPSET = 22
-IMAGE_ORT_MAX_IR = 10
+# Triton release (the tritonserver:<YY.MM>-py3 tag) -> the onnxruntime its onnxruntime backend is built with
+# (Triton's release notes / build.py). A new base image needs its row here, checked against those notes.
+TRITON_ONNXRUNTIME = {"25.07": "1.22.0"}
+# onnxruntime release -> (newest ONNX opset it implements, newest ONNX IR version it loads), from ONNX Runtime's
+# version matrix (docs/Versioning.md, onnxruntime.ai/docs/reference/compatibility.html).
+ONNXRUNTIME_LIMITS = {"1.22.0": (22, 10)}
+IMAGE_ORT = TRITON_ONNXRUNTIME[IMAGE_RELEASE]
 IMAGE_NUMPY_MAJOR = 1
 # The first release whose gRPC frontend has both fixes for request cancellation racing request completion
 # (triton-inference-server/server PRs #7840 and #8078: 25.04, Triton 2.57.0); older ones segfault under
@@ -183,12 +187,47 @@ def test_dockerignore_keeps_the_model_repository_only():
     assert rules[0] == "*" and "!model_repository" in rules  # allow-list: .venv, data/, .git... stay out
 
 
-def test_export_opset_loads_in_the_image_onnxruntime():
-    from avemo.export.onnx_export import MAX_IR_VERSION, OPSET
+def _image_onnxruntime_limits() -> tuple[str, str, int, int]:
+    """(Triton release, onnxruntime, max opset, max IR version) of the image the Dockerfile's FROM names."""
+    (base,) = _args(_instructions(DOCKERFILE), "FROM")
+    tag = re.fullmatch(r"nvcr\.io/nvidia/tritonserver:(\d{2}\.\d{2})-py3", base)
+    assert tag, f"Dockerfile FROM {base}: not nvcr.io/nvidia/tritonserver:<YY.MM>-py3"
+    release = tag.group(1)
+    if release not in TRITON_ONNXRUNTIME:
+        pytest.fail(
+            f"Dockerfile FROM {base}: Triton {release} is not in TRITON_ONNXRUNTIME (tests/test_deploy.py); add "
+            f"the row {release!r}: '<onnxruntime version>' from Triton's release notes for {release}"
+        )
+    ort = TRITON_ONNXRUNTIME[release]
+    if ort not in ONNXRUNTIME_LIMITS:
+        pytest.fail(
+            f"onnxruntime {ort} (Triton {release}) is not in ONNXRUNTIME_LIMITS (tests/test_deploy.py); add the "
+            f"row {ort!r}: (max opset, max IR version) from ONNX Runtime's version matrix"
+        )
+    return (release, ort, *ONNXRUNTIME_LIMITS[ort])
 
-    assert OPSET <= IMAGE_ORT_MAX_OPSET, "emotion_onnx would not load in the image: raise the base image too"
+
+def test_export_opset_loads_in_the_image_onnxruntime(geo, tiny_dims, tmp_path):
+    """The ONNX export's opset and IR version, and those of a graph it actually writes, are ones the onnxruntime
+    of the image the Dockerfile names loads."""
+    import onnx
+
+    from avemo.export.onnx_export import MAX_IR_VERSION, OPSET, to_onnx
+    from avemo.training.models.config import ModelConfig
+    from avemo.training.models.model import ExportWrapper, build_model
+
+    release, ort, max_opset, max_ir = _image_onnxruntime_limits()
+    image = f"tritonserver:{release}-py3 (onnxruntime {ort}: opset <= {max_opset}, IR <= {max_ir})"
+    assert OPSET <= max_opset, f"export's OPSET {OPSET} would not load in {image}: raise the base image too"
     # The export refuses a model above MAX_IR_VERSION; that bound must be one the image's ORT loads.
-    assert MAX_IR_VERSION <= IMAGE_ORT_MAX_IR, "emotion_onnx could pass the export and still not load in the image"
+    assert MAX_IR_VERSION <= max_ir, f"export's MAX_IR_VERSION {MAX_IR_VERSION} lets through graphs {image} refuses"
+    # ... and a graph the export writes (the smallest clip model: audio only, tiny widths) keeps both
+    wrapper = ExportWrapper(build_model(ModelConfig(fusion="audio", **tiny_dims), geo)).eval()
+    proto = onnx.load(str(to_onnx(wrapper, geo, tmp_path / "model.onnx")), load_external_data=False)
+    opsets = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
+    assert opsets.get("ai.onnx") == OPSET, f"export asked for opset {OPSET}, the graph imports {opsets}"
+    assert opsets["ai.onnx"] <= max_opset, f"the exported graph imports opset {opsets['ai.onnx']}; {image}"
+    assert proto.ir_version <= max_ir, f"the exported graph has IR version {proto.ir_version}; {image}"
 
 
 # ---------------------------------------------------------------- the manifests keep the contract

@@ -187,20 +187,70 @@ def test_schema_check_catches_a_bad_config(repo_all, geo, tmp_path, edit, messag
             check_model_dir(broken, geo)
 
 
-def test_schema_check_catches_a_graph_that_disagrees_with_its_config(repo_all, geo, tmp_path):
+def _rename_graph_tensor(path, old: str, new: str) -> None:
+    """Rename one graph input or output of the ONNX file at ``path`` (and every node edge that names it): a
+    valid graph that binds other tensor names than the config next to it."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    g = proto.graph
+    for value in [*g.input, *g.output, *g.value_info]:
+        if value.name == old:
+            value.name = new
+    for node in g.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+@pytest.mark.parametrize(
+    "old, new, side",
+    [(tensors.MODALITY_MASK, "mask", "inputs"), (tensors.PROBS, "probabilities", "outputs")],
+)
+def test_schema_check_catches_a_graph_that_disagrees_with_its_config(repo_all, geo, tmp_path, old, new, side):
     import shutil
 
     repo, _ = repo_all
     broken = tmp_path / "emo_onnx"
     shutil.copytree(repo / "emo_onnx", broken)
-    # a libtorch file behind an onnxruntime config -> cannot be read as the graph the config names
-    shutil.copyfile(repo / "emo" / "1" / "model.onnx", broken / "1" / "model.onnx")
-    check_model_dir(broken, geo)  # same graph: passes
-    cfg = parse_config((broken / "config.pbtxt").read_text())
-    assert cfg.name == "emo_onnx"
+    check_model_dir(broken, geo)  # the copy as exported: config and graph agree
+    # the config is untouched (it still names the contract's tensors); only the graph binds another name
+    _rename_graph_tensor(broken / "1" / "model.onnx", old, new)
+    with pytest.raises(ConfigError, match=rf"model\.onnx {side} \[.*'{new}'.*\] do not match config\.pbtxt") as e:
+        check_model_dir(broken, geo)
+    problems = str(e.value).split("\n  - ")[1:]
+    assert len(problems) == 1, problems  # the graph comparison, and nothing else, refused it
+    assert parse_config((broken / "config.pbtxt").read_text()).name == "emo_onnx"
     (broken / "1" / "model.onnx").unlink()
     with pytest.raises(ConfigError, match="no model.onnx"):
         check_model_dir(broken, geo)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:FutureWarning")  # Triton's libtorch backend still loads this format
+def test_schema_check_catches_a_torchscript_whose_arguments_disagree_with_its_config(repo_all, geo, tmp_path):
+    """The libtorch backend binds inputs by ``forward``'s argument names: a model.pt taking ``mask`` where the
+    config names ``modality_mask`` would not be served."""
+    import shutil
+
+    repo, _ = repo_all
+    broken = tmp_path / "emo_libtorch"
+    shutil.copytree(repo / "emo_libtorch", broken)
+    check_model_dir(broken, geo)
+    inner = load_torchscript(broken / "1" / "model.pt")
+
+    class Renamed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, audio: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor):
+            return self.inner(audio, frames, mask)
+
+    torch.jit.save(torch.jit.script(Renamed()), str(broken / "1" / "model.pt"))
+    with pytest.raises(ConfigError, match=r"model\.pt inputs \[.*'mask'.*\] do not match config\.pbtxt") as e:
+        check_model_dir(broken, geo)
+    assert len(str(e.value).split("\n  - ")[1:]) == 1, str(e.value)
 
 
 def test_versions_are_kept_and_the_policy_says_which_are_served(checkpoint, tmp_path, geo):

@@ -47,8 +47,11 @@ def test_identity_augment_changes_colour_and_geometry_not_shape():
     assert identity_augment(np.zeros((0, 112, 112, 3), np.uint8), rng).shape == (0, 112, 112, 3)
 
 
-def test_window_dataset_applies_identity_augment_only_in_training(tmp_path):
+def test_window_dataset_applies_identity_augment_only_in_training(tiny_corpus, geo, tmp_path, monkeypatch):
+    from avemo.contract import media
+    from avemo.training.data import dataset as dataset_mod
     from avemo.training.data.dataset import WindowDataset
+    from avemo.training.data.prepare import prepare_data
 
     with pytest.raises(ValueError, match="video_augment must be one of basic, identity"):
         WindowDataset([], [], None, video_augment="faces")
@@ -56,6 +59,53 @@ def test_window_dataset_applies_identity_augment_only_in_training(tmp_path):
     audio, out = augment(np.zeros(8, np.float32), _face_window(), np.random.default_rng(0))
     px = out[0, 2, 2].astype(int)
     assert px[0] < px[1] < px[2]
+
+    # real cached clips, as `avemo train --video_augment identity` prepares them
+    datasets, _ = prepare_data(tiny_corpus, tmp_path / "cache", geo, video_augment="identity", progress=False)
+    train = datasets["train"]
+    assert train.train and train.video_augment == "identity"
+    assert all(not d.train and d.video_augment == "identity" for d in (datasets["val"], datasets["test"]))
+    clips, labels = train.clips, train.labels
+
+    calls = []
+
+    def recorder(frames, rng):
+        calls.append(frames.shape)
+        return identity_augment(frames, rng)
+
+    monkeypatch.setattr(dataset_mod, "identity_augment", recorder)
+
+    # evaluation with identity augment asked for: the raw window at the fixed starts, the same on every read
+    evaluated = WindowDataset(clips, labels, geo, train=False, video_augment="identity")
+    for k in (0, len(evaluated) - 1):
+        item = evaluated[k]
+        i, start = evaluated.index[k]
+        a, f = media.window_arrays(*evaluated.arrays[i], geo, start)
+        assert item["start"] == start
+        assert np.array_equal(item["audio"].numpy(), a), f"eval item {k}: audio is not the raw window"
+        assert np.array_equal(item["frames"].numpy(), f), f"eval item {k}: frames are not the raw window"
+        again = evaluated[k]
+        assert all(np.array_equal(item[key], again[key]) for key in ("audio", "frames", "mask")), k
+    assert calls == []  # never called outside training
+
+    # training: for the same generator state, identity = the basic window passed through identity_augment
+    basic = WindowDataset(clips, labels, geo, train=True, video_augment="basic")
+    identity = WindowDataset(clips, labels, geo, train=True, video_augment="identity")
+    for k in (0, len(basic) // 2, len(basic) - 1):
+        for ds in (basic, identity):
+            ds.set_epoch(3, seed=7)
+        b, d = basic[k], identity[k]
+        assert b["start"] == d["start"] and np.array_equal(b["audio"].numpy(), d["audio"].numpy())
+        assert not np.array_equal(b["frames"].numpy(), d["frames"].numpy()), f"train item {k}: identity = basic"
+    assert calls == [tuple(d["frames"].shape)] * 3  # once per training item, none for basic
+    # ... and exactly that: replaying the generator gives the identity item from the basic one
+    rng = np.random.default_rng([7, 3])
+    span = max(clips[0].duration - geo.window_seconds, 0.0)
+    start = float(rng.uniform(0.0, span)) if span > 0 else 0.0
+    a, f = augment(*media.window_arrays(*identity.arrays[0], geo, start), rng)
+    identity.set_epoch(3, seed=7)
+    first = identity[0]
+    assert first["start"] == start and np.array_equal(first["frames"].numpy(), identity_augment(f, rng))
 
 
 # ---------------------------------------------------------------- fresh corpora
@@ -217,28 +267,43 @@ def test_compare_folds_and_fresh_corpora_end_to_end(tiny_corpus, tmp_path, capsy
     assert "over 2 roots: macro-F1" in capsys.readouterr().out
 
 
-def test_compare_and_evaluate_usage_errors(tmp_path):
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["compare", "--folds", "3", "--split_mode", "stratified"], "--split_mode does not apply with --folds"),
+        (["compare", "--folds", "1"], r"--folds must be 0 \(off\) or at least 2 \(got 1\)"),
+        (["compare", "--fusion_epochs", "-1"], r"--fusion_epochs must be >= 0 \(got -1\)"),
+        (  # no teacher to distil
+            ["compare", "--distill_baselines", "0.5", "--fusions", "gated,late"],
+            r"--distill_baselines needs audio and/or video in --fusions",
+        ),
+        (  # the weight given twice
+            ["compare", "--distill_baselines", "0.5", "--fusions", "audio,gated", "--delta_va", "0.2"],
+            "--distill_baselines sets the teachers and --delta_va itself",
+        ),
+        (  # applies to none of the fusions
+            ["compare", "--fusions", "audio,gated", "--gate_alpha", "0.3"],
+            r"--gate_alpha only applies to --fusion gated_uncertainty \(got audio\)",
+        ),
+        (  # a value one fusion cannot take: refused before any training
+            ["compare", "--fusions", "audio,gated", "--teacher_audio", "t.pt", "--delta_va", "0.3"],
+            "--teacher_audio distils into the unimodal auxiliary heads of a fusion model; --fusion audio has none",
+        ),
+        (["evaluate", "best.pt", "--data_root", "{tmp}/nope"], "--data_root: no such folder {tmp}/nope"),
+    ],
+    ids=["split_mode", "folds", "fusion_epochs", "no_teacher", "delta_va_twice", "gate_alpha", "teacher", "root"],
+)
+def test_compare_and_evaluate_usage_errors(tmp_path, capsys, argv, message):
+    """Each usage error exits 2 with its own message (argparse's "avemo <command>: error: ..."): an unknown
+    flag or a typo would exit 2 too, with another message."""
+    import re
+
     from avemo.cli import main
 
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    message = message.replace("{tmp}", re.escape(str(tmp_path)))
     with pytest.raises(SystemExit) as e:
-        main(["compare", "--folds", "3", "--split_mode", "stratified"])
+        main(argv)
     assert e.value.code == 2
-    with pytest.raises(SystemExit) as e:
-        main(["compare", "--folds", "1"])
-    assert e.value.code == 2
-    with pytest.raises(SystemExit) as e:
-        main(["compare", "--fusion_epochs", "-1"])
-    assert e.value.code == 2
-    for bad in (["--fusions", "gated,late"], ["--fusions", "audio,gated", "--delta_va", "0.2"]):
-        with pytest.raises(SystemExit) as e:  # no teacher to distil; or the weight given twice
-            main(["compare", "--distill_baselines", "0.5", *bad])
-        assert e.value.code == 2
-    with pytest.raises(SystemExit) as e:  # applies to none of the fusions
-        main(["compare", "--fusions", "audio,gated", "--gate_alpha", "0.3"])
-    assert e.value.code == 2
-    with pytest.raises(SystemExit) as e:  # a value one fusion cannot take: refused before any training
-        main(["compare", "--fusions", "audio,gated", "--teacher_audio", "t.pt", "--delta_va", "0.3"])
-    assert e.value.code == 2
-    with pytest.raises(SystemExit) as e:
-        main(["evaluate", "best.pt", "--data_root", str(tmp_path / "nope")])
-    assert e.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after argparse's usage lines
+    assert re.fullmatch(rf"avemo {argv[0]}: error: {message}.*", error), error

@@ -10,10 +10,13 @@ import json
 import os
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -101,31 +104,40 @@ def _study(tmp_path, space, storage: str | None = None, heartbeat: int = 1):
     return study, storage
 
 
-def _ctx(tmp_path, storage, space) -> search_worker.WorkerContext:
+def _ctx(tmp_path, storage, space, heartbeat: int = 1) -> search_worker.WorkerContext:
     return search_worker.WorkerContext(
         folder=str(tmp_path), storage=storage, study="s", space=space.to_dict(), train_argv=[],
-        objective="val_loss", heartbeat=1, max_retry=3, threads=1, poll=0.05,
+        objective="val_loss", heartbeat=heartbeat, max_retry=3, threads=1, poll=0.05,
     )  # fmt: skip
 
 
 def test_parallel_workers_never_train_a_point_twice(tmp_path, monkeypatch):
-    """Nothing enqueued: GridSampler alone hands out points, and once every point has started it hands
-    out running ones again (its known parallel-duplicate behaviour). The guard must keep each point to
-    one training."""
+    """One point queued twice (what two launchers enqueuing the same point at one moment leave), the rest
+    handed out by GridSampler alone, which hands out a point again once its grid is used up (its known
+    parallel-duplicate behaviour, which workers racing for the last points may meet). The guard must keep
+    each point to one training.
+
+    The queued copy is a duplicate by construction: WAITING trials are popped in number order, so the
+    first copy is RUNNING (or done) before the second is popped; which worker pops it does not matter."""
     space = build_space("custom", ["a=1,2,3", "b=1,2"])
     study, storage = _study(tmp_path, space)
+    twice = space.points()[0]
+    study.enqueue_trial(twice)
+    study.enqueue_trial(twice)
     trained: list[str] = []
     lock = threading.Lock()
 
     def fake_trial(ctx, space, trial, point, parser):
         with lock:
             trained.append(point_key(point))
-        time.sleep(0.3)
+        time.sleep(0.3)  # the workers overlap; nothing asserted depends on how much
         return float(point["a"] * 10 + point["b"])
 
     monkeypatch.setattr(search_worker, "run_trial", fake_trial)
     monkeypatch.setattr(search_worker, "train_parser", lambda: None)
-    ctx = _ctx(tmp_path, storage, space)
+    # a grace period (3 x 600 s) no live trial here can outlast: on a loaded machine a 3 s grace could fail a
+    # trial that is still training and have it trained twice; this test is about duplicates, not liveness
+    ctx = _ctx(tmp_path, storage, space, heartbeat=600)
     errors: list[BaseException] = []
 
     def work():
@@ -138,12 +150,14 @@ def test_parallel_workers_never_train_a_point_twice(tmp_path, monkeypatch):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=600)  # bounds a hang only
+    assert not any(t.is_alive() for t in threads), "a worker thread hung"
     assert not errors, errors  # e.g. GridSampler's study.stop() raising outside optimize
     assert sorted(trained) == sorted(point_key(p) for p in space.points())  # each exactly once
     trials = study.get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 6 and len({point_key(t.params) for t in complete}) == 6
+    assert trials[1].state == TrialState.PRUNED and trials[1].user_attrs["duplicate_of"] == 0  # the queued copy
     dups = [t for t in trials if t.state == TrialState.PRUNED]
     assert all("duplicate_of" in t.user_attrs for t in dups)
 
@@ -154,61 +168,127 @@ def _dead_pid() -> int:
     return p.pid
 
 
-def test_a_dead_workers_trial_is_retried_before_new_points(tmp_path):
-    space = build_space("custom", ["a=1,2,3"])
-    study, _ = _study(tmp_path, space)
-    st.enqueue_missing(study, space, retry_failed=True)
-    trial = study.ask()
-    point = search_worker.suggest(trial, space)
+def _owned_by_a_dead_worker(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Mark ``trial`` as held by a worker process of this machine that has exited."""
     st.storage_of(study).set_trial_system_attr(
         trial._trial_id, st.OWNER, {"trial": trial.number, "host": st.this_worker()["host"], "pid": _dead_pid()}
     )
-    assert st.recover_stale(study, heartbeat=60, max_retry=3) == [trial.number]  # no grace wait: the pid is gone
-    assert study.get_trials()[trial.number].state == TrialState.FAIL
-    # waiting trials are popped in number order: the retry queues behind the points queued before it,
-    # and no point is skipped or handed out twice
-    seen = []
-    for _ in range(3):
-        t = study.ask()
-        seen.append(search_worker.suggest(t, space))
-        study.tell(t, 1.0)
-    assert sorted(point_key(p) for p in seen) == sorted(point_key(p) for p in space.points())
-    assert point in seen
+
+
+def _hand_out(study: optuna.Study, space, n: int) -> list[tuple[int, dict, int | None]]:
+    """Ask for, and finish, ``n`` trials one after another, as one worker does: [(trial number, its point, the
+    number of the trial it retries or None)] in the order ``study.ask()`` handed them out."""
+    handed = []
+    for _ in range(n):
+        trial = study.ask()
+        point = search_worker.suggest(trial, space)
+        done = study.tell(trial, 1.0)
+        handed.append((trial.number, point, done.system_attrs.get("failed_trial")))
+    return handed
+
+
+def test_a_dead_workers_trial_is_retried_before_new_points(tmp_path):
+    """A dead worker's trial is failed and a copy of it queued (WAITING, with the same point).
+    ``study.ask()`` pops WAITING trials in trial-number order and samples a new point only when none waits.
+
+    So the copy is handed out before every point that is not queued yet (2.), but NOT before the points queued
+    ahead of it: those keep their turn, first in, first out (1.). In the product the launcher queues every
+    point up front (``prepare_queue``), so there a retry comes after the points still waiting. Either way no
+    point is skipped or handed out twice."""
+    space = build_space("custom", ["a=1,2,3"])
+    a1, a2, a3 = ({"a": v} for v in (1, 2, 3))
+    every_key = {point_key(p) for p in space.points()}
+
+    # 1. every point queued up front, as the launcher does: the retry goes to the back of the queue
+    study, _ = _study(tmp_path / "queued", space)
+    assert st.enqueue_missing(study, space, retry_failed=True) == [a1, a2, a3]
+    trial = study.ask()
+    assert (trial.number, search_worker.suggest(trial, space)) == (0, a1)
+    _owned_by_a_dead_worker(study, trial)
+    assert st.recover_stale(study, heartbeat=60, max_retry=3) == [0]  # no grace wait: the pid is gone
+    assert study.get_trials()[0].state == TrialState.FAIL
+    assert _hand_out(study, space, 3) == [(1, a2, None), (2, a3, None), (3, a1, 0)]
+    assert not study.get_trials(states=(TrialState.WAITING,))  # nothing left over: no second copy
     prog = st.progress_of(study, space)
-    assert prog.settled == {point_key(p) for p in space.points()} and not prog.waiting
+    assert prog.settled == set(prog.complete) == every_key and not prog.running
+
+    # 2. nothing queued (GridSampler samples each new point): the retry comes before any new point
+    study, _ = _study(tmp_path / "sampled", space)
+    trial = study.ask()
+    point = search_worker.suggest(trial, space)
+    _owned_by_a_dead_worker(study, trial)
+    assert st.recover_stale(study, heartbeat=60, max_retry=3) == [0]
+    handed = _hand_out(study, space, 3)
+    assert handed[0] == (1, point, 0)
+    assert [(n, retried) for n, _, retried in handed[1:]] == [(2, None), (3, None)]
+    assert sorted(point_key(p) for _, p, _ in handed) == sorted(every_key)  # the other two, once each
+    prog = st.progress_of(study, space)
+    assert prog.settled == set(prog.complete) == every_key and not prog.waiting and not prog.running
 
 
 def test_journal_heartbeat_silence_fails_and_retries(tmp_path):
+    """A journal storage has no heartbeat of its own: the worker's BEAT attribute is judged against the clock.
+    The clock is passed in (``now``), so the test constructs "within" and "past" the grace period exactly."""
     space = build_space("custom", ["a=1,2"])
     study, _ = _study(tmp_path, space, heartbeat=1)
     trial = study.ask()
     search_worker.suggest(trial, space)
-    # another machine's worker that beat once and went silent
+    grace = st.grace_period(1)
+    started = study.get_trials()[trial.number].datetime_start.timestamp()
+    # another machine's worker that beat once, long after the trial started, and went silent
     storage = st.storage_of(study)
     storage.set_trial_system_attr(trial._trial_id, st.OWNER, {"trial": trial.number, "host": "elsewhere", "pid": 1})
-    storage.set_trial_system_attr(trial._trial_id, st.BEAT, {"trial": trial.number, "time": time.time()})
-    assert st.recover_stale(study, heartbeat=1, max_retry=3) == []  # still within the grace period (3 s)
-    time.sleep(3.5)
-    assert st.recover_stale(study, heartbeat=1, max_retry=3) == [trial.number]
+    beat = started + 100 * grace
+    storage.set_trial_system_attr(trial._trial_id, st.BEAT, {"trial": trial.number, "time": beat})
+    # long past the start, but 1 s short of the grace period after the beat: the beat keeps it alive
+    assert st.recover_stale(study, heartbeat=1, max_retry=3, now=beat + grace - 1) == []
+    assert study.get_trials()[trial.number].state == TrialState.RUNNING
+    # 1 s past the grace period after the beat: silent, failed and retried
+    assert st.recover_stale(study, heartbeat=1, max_retry=3, now=beat + grace + 1) == [trial.number]
+    assert study.get_trials()[trial.number].state == TrialState.FAIL
     waiting = [t for t in study.get_trials() if t.state == TrialState.WAITING]
     assert len(waiting) == 1 and waiting[0].params == trial.params
+    assert waiting[0].system_attrs["failed_trial"] == trial.number
+
+
+def _db_heartbeat(db: Path, trial_id: int) -> datetime | None:
+    """The heartbeat Optuna's RDB storage recorded for a trial (its ``trial_heartbeats`` row), None if none."""
+    with closing(sqlite3.connect(db, timeout=60)) as conn:
+        row = conn.execute("SELECT heartbeat FROM trial_heartbeats WHERE trial_id = ?", (trial_id,)).fetchone()
+    return None if row is None else datetime.fromisoformat(row[0])
 
 
 def test_rdb_native_heartbeat_and_retry_callback(tmp_path):
-    """On an RDB storage Optuna's own heartbeat judges silence; its retry callback queues the copy."""
+    """On an RDB storage Optuna's own heartbeat judges silence; its retry callback queues the copy.
+
+    Alive: the beating thread is seen to record a beat (the row moves past the first one) before the trial is
+    judged. Silent: the recorded beat is moved back an hour in the database, past any grace period."""
     space = build_space("custom", ["a=1,2"])
-    study, _ = _study(tmp_path, space, storage=f"sqlite:///{tmp_path / 'db.sqlite'}", heartbeat=1)
+    db = tmp_path / "db.sqlite"
+    study, _ = _study(tmp_path, space, storage=f"sqlite:///{db}", heartbeat=1)
     assert st.native_heartbeat(study)
     trial = study.ask()
     search_worker.suggest(trial, space)
     with st.Heartbeat(study, trial, interval=1):
-        time.sleep(1.5)
+        first = _db_heartbeat(db, trial._trial_id)
+        assert first is not None  # entering the block beats once
+        deadline = time.time() + 120  # bounds a hang only: the thread beats every second
+        while (last := _db_heartbeat(db, trial._trial_id)) <= first and time.time() < deadline:
+            time.sleep(0.1)
+        assert last > first, "the heartbeat thread recorded no beat"
         assert st.recover_stale(study, heartbeat=1, max_retry=3) == []  # beating: alive
+    assert study.get_trials()[trial.number].state == TrialState.RUNNING
     st.storage_of(study).set_trial_system_attr(trial._trial_id, st.OWNER, {"trial": trial.number, "host": "x"})
-    time.sleep(3.5)  # no beat for longer than the grace period
+    with closing(sqlite3.connect(db, timeout=60)) as conn, conn:  # the worker went silent an hour ago
+        moved = conn.execute(
+            "UPDATE trial_heartbeats SET heartbeat = datetime('now', '-1 hour') WHERE trial_id = ?", (trial._trial_id,)
+        )
+        assert moved.rowcount == 1
     assert st.recover_stale(study, heartbeat=1, max_retry=3) == [trial.number]
+    assert study.get_trials()[trial.number].state == TrialState.FAIL
     waiting = [t for t in study.get_trials() if t.state == TrialState.WAITING]
     assert len(waiting) == 1 and waiting[0].system_attrs["failed_trial"] == trial.number
+    assert waiting[0].params == trial.params
 
 
 def test_a_study_refuses_another_search(tmp_path):
@@ -256,10 +336,16 @@ def test_reports_rank_by_the_objective_and_draw_two_parameter_spaces(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ the real CLI
+# Every dead worker these tests make is a killed process of this machine, which ``recover_stale`` finds at once
+# by its pid. The heartbeat is long (a grace period of 3 x 600 s, past every deadline here), so no live trial is
+# failed (and retried) for a late heartbeat however loaded the machine is: the tests count the failed trials.
+CLI_HEARTBEAT = "600"
+
+
 def _search(tmp_path, corpus, *args, workers: int = 1, popen: bool = False, extra_env=None):
     cmd = [
         *AVEMO, "search", "custom", "--tiny", "--data_root", str(corpus), "--cache_dir", str(tmp_path / "cache"),
-        "--epochs", "2", "--max_train_batches", "2", "--batch_size", "8", "--heartbeat", "1",
+        "--epochs", "2", "--max_train_batches", "2", "--batch_size", "8", "--heartbeat", CLI_HEARTBEAT,
         "--workers", str(workers), "--no_progress", *args,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
@@ -267,6 +353,65 @@ def _search(tmp_path, corpus, *args, workers: int = 1, popen: bool = False, extr
         log = open(tmp_path / "search.log", "w")  # noqa: SIM115 - closed by the test
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+# A sitecustomize module the search's processes load through PYTHONPATH (see _hold): the trial that is the
+# AVEMO_TEST_HOLD_AT-th (from 0) to start training, counted over every worker process, does not train. It writes
+# {"trial", "pid"} to held.json and blocks until it is killed. Every other trial trains as usual.
+HOLD_HOOK = """
+import os
+
+if os.environ.get("AVEMO_TEST_HOLD_DIR"):
+    import json
+    import time
+    from pathlib import Path
+
+    from avemo.training.search import worker
+
+    _train = worker.run_trial
+
+    def _claim(folder):  # this trial's place in the order trials start in, atomic across processes
+        i = 0
+        while True:
+            try:
+                os.close(os.open(folder / f"started-{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                return i
+            except FileExistsError:
+                i += 1
+
+    def run_trial(ctx, space, trial, point, parser):
+        folder = Path(os.environ["AVEMO_TEST_HOLD_DIR"])
+        if _claim(folder) != int(os.environ["AVEMO_TEST_HOLD_AT"]):
+            return _train(ctx, space, trial, point, parser)
+        note = folder / f"held-{os.getpid()}.tmp"
+        note.write_text(json.dumps({"trial": trial.number, "pid": os.getpid()}))
+        note.rename(folder / "held.json")  # atomic: whoever sees held.json reads it whole
+        time.sleep(1800)  # until the test kills this process
+        raise RuntimeError("the held trial was never killed")
+
+    worker.run_trial = run_trial
+"""
+
+
+def _hold(tmp_path, at: int) -> tuple[dict, Path]:
+    """(environment for ``_search``, the held.json path): the ``at``-th trial to start training (from 0, over
+    every worker) holds, RUNNING, with its worker's heartbeat, until killed. A test that waits for held.json
+    then kills a trial that is known to be running and cannot finish first."""
+    folder = tmp_path / "hold"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(HOLD_HOOK)
+    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p)
+    env = {"PYTHONPATH": path, "AVEMO_TEST_HOLD_DIR": str(folder), "AVEMO_TEST_HOLD_AT": str(at)}
+    return env, folder / "held.json"
+
+
+def _wait_for_hold(held: Path, proc: subprocess.Popen, tmp_path) -> dict:
+    """{"trial", "pid"} of the held trial, once it holds (the deadline bounds a hang only)."""
+    deadline = time.time() + 900
+    while not held.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert held.exists(), (tmp_path / "search.log").read_text()[-3000:]
+    return json.loads(held.read_text())
 
 
 def _complete(folder: Path) -> list[dict]:
@@ -313,26 +458,19 @@ def test_two_workers_on_sqlite_run_each_point_of_a_2x2_grid_once(tiny_corpus, tm
 def test_a_killed_search_resumes_without_redoing_finished_trials(tiny_corpus, tmp_path):
     folder = tmp_path / "search"
     params = ("--param", "lr=0.001,0.003", "--param", "weight_decay=0.0,0.01", "--dir", str(folder))
-    proc = _search(tmp_path, tiny_corpus, *params, popen=True)
-    journal = folder / "study.journal"
-    deadline = time.time() + 300
-    finished: dict[int, tuple] = {}
+    env, held_file = _hold(tmp_path, at=1)  # one worker: the first trial finishes, the second holds
+    proc = _search(tmp_path, tiny_corpus, *params, popen=True, extra_env=env)
     try:
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-            if not journal.exists():
-                continue
-            study = optuna.load_study(study_name="search", storage=st.open_storage(str(journal), 1, 3))
-            done = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
-            running = [t for t in study.get_trials() if t.state == TrialState.RUNNING]
-            if done and running:  # one trial finished, the next one is training: kill everything
-                finished = {t.number: (point_key(t.params), t.value, t.user_attrs["run_dir"]) for t in done}
-                break
+        held = _wait_for_hold(held_file, proc, tmp_path)
+        study = optuna.load_study(study_name="search", storage=st.open_storage(str(folder / "study.journal"), 1, 3))
+        trials = study.get_trials()
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        assert [t.number for t in done] == [0] and trials[held["trial"]].state == TrialState.RUNNING
+        finished = {t.number: (point_key(t.params), t.value, t.user_attrs["run_dir"]) for t in done}
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its worker, mid-trial
         proc.wait()
-    assert finished, (tmp_path / "search.log").read_text()[-3000:]
     mtimes = {n: (Path(run) / "metrics.json").stat().st_mtime_ns for n, (_, _, run) in finished.items()}
 
     res = _search(tmp_path, tiny_corpus, *params)  # the same command again: resumes the folder
@@ -344,42 +482,38 @@ def test_a_killed_search_resumes_without_redoing_finished_trials(tiny_corpus, tm
     for n, (key, value, run) in finished.items():  # the same trials, untouched
         assert point_key(by_number[n]["point"]) == key and by_number[n]["value"] == value
         assert (Path(run) / "metrics.json").stat().st_mtime_ns == mtimes[n]
-    # the trial killed mid-training failed, was queued again and resumed from its last.pt or retrained
+    # the trial killed mid-trial (and only it) failed, was queued again and trained by the resumed search
     doc = json.loads((folder / "results.json").read_text())
     failed = [t for t in doc["trials"] if t["state"] == "FAIL"]
-    assert failed and all(t["retried_as"] in by_number for t in failed)
+    assert [t["number"] for t in failed] == [held["trial"]] and failed[0]["retried_as"] in by_number
+    assert point_key(by_number[failed[0]["retried_as"]]["point"]) == point_key(trials[held["trial"]].params)
 
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_trial_is_replaced_and_its_trial_retried(tiny_corpus, tmp_path):
     folder = tmp_path / "search"
+    env, held_file = _hold(tmp_path, at=0)  # the first trial to start holds until its worker is killed
     proc = _search(
-        tmp_path, tiny_corpus, "--param", "lr=0.001,0.002,0.003", "--dir", str(folder), workers=2, popen=True
-    )
-    journal, killed = folder / "study.journal", None
-    deadline = time.time() + 300
+        tmp_path, tiny_corpus, "--param", "lr=0.001,0.002,0.003", "--dir", str(folder), workers=2, popen=True,
+        extra_env=env,
+    )  # fmt: skip
     try:
-        while killed is None and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-            if not journal.exists():
-                continue
-            study = optuna.load_study(study_name="search", storage=st.open_storage(str(journal), 1, 3))
-            for t in study.get_trials(states=(TrialState.RUNNING,)):
-                owner = t.system_attrs.get(st.OWNER) or {}
-                if owner.get("trial") == t.number:  # training: kill that worker process only
-                    os.kill(owner["pid"], signal.SIGKILL)
-                    killed = (t.number, point_key(t.params))
-                    break
-        assert killed is not None, (tmp_path / "search.log").read_text()[-3000:]
-        assert proc.wait(timeout=300) == 0, (tmp_path / "search.log").read_text()[-3000:]
+        held = _wait_for_hold(held_file, proc, tmp_path)
+        study = optuna.load_study(study_name="search", storage=st.open_storage(str(folder / "study.journal"), 1, 3))
+        lost = study.get_trials()[held["trial"]]
+        # running, and held by the worker process about to be killed: it cannot finish before the kill
+        assert lost.state == TrialState.RUNNING
+        assert lost.system_attrs[st.OWNER] == {"trial": lost.number, **st.this_worker(), "pid": held["pid"]}
+        os.kill(held["pid"], signal.SIGKILL)  # that worker process only
+        assert proc.wait(timeout=900) == 0, (tmp_path / "search.log").read_text()[-3000:]  # bounds a hang only
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     doc = json.loads((folder / "results.json").read_text())
     complete = [t for t in doc["trials"] if t["state"] == "COMPLETE"]
     assert len(complete) == 3 and len({point_key(t["point"]) for t in complete}) == 3
-    lost = next(t for t in doc["trials"] if t["number"] == killed[0])
-    assert lost["state"] == "FAIL" and lost["retried_as"] is not None
-    retry = next(t for t in doc["trials"] if t["number"] == lost["retried_as"])
-    assert retry["state"] == "COMPLETE" and point_key(retry["point"]) == killed[1]
-    assert "died" in (tmp_path / "search.log").read_text()  # the launcher started a new worker
+    failed = [t for t in doc["trials"] if t["state"] == "FAIL"]
+    assert [t["number"] for t in failed] == [lost.number] and failed[0]["retried_as"] is not None
+    retry = next(t for t in doc["trials"] if t["number"] == failed[0]["retried_as"])
+    assert retry["state"] == "COMPLETE" and point_key(retry["point"]) == point_key(lost.params)
+    assert "died (exit -9)" in (tmp_path / "search.log").read_text()  # the launcher started a new worker

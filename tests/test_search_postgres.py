@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -163,31 +165,76 @@ def postgres_url() -> Iterator[str]:
 
 # ------------------------------------------------------------------------------------------ tests
 
+# A sitecustomize module the launchers' processes load through PYTHONPATH: a worker's first trial waits, before
+# it trains, until the worker of the other machine has started a trial too (one marker file per machine folder in
+# AVEMO_TEST_MEET_DIR). So both machines hold a trial at one moment and each trains at least one, however unevenly
+# the two start; without it, the machine that starts first may rightly train all four points before the other
+# asks for one. The deadline bounds a hang only (the test then reports the machine that trained nothing).
+MEET_HOOK = """
+import os
+
+if os.environ.get("AVEMO_TEST_MEET_DIR"):
+    import time
+    from pathlib import Path
+
+    from avemo.training.search import worker
+
+    _train = worker.run_trial
+    _met = []
+
+    def run_trial(ctx, space, trial, point, parser):
+        if not _met:
+            _met.append(True)
+            meet = Path(os.environ["AVEMO_TEST_MEET_DIR"])
+            (meet / f"{Path(ctx.folder).name}.started").touch()
+            deadline = time.time() + 300
+            while len(list(meet.glob("*.started"))) < 2 and time.time() < deadline:
+                time.sleep(0.2)
+        return _train(ctx, space, trial, point, parser)
+
+    worker.run_trial = run_trial
+"""
+
 
 def test_two_machines_share_one_study_on_postgresql(postgres_url, tiny_corpus, tmp_path):
     """Two launchers, as on two machines (own folders, one worker each), on one PostgreSQL study: the 2x2
-    grid ends with exactly 4 trained points between them, none trained twice."""
+    grid ends with exactly 4 trained points between them, none trained twice, and both machines trained."""
     import optuna
     from optuna.trial import TrialState
 
+    from avemo.training.search import study as st
+
+    # --heartbeat 600: a grace period (3 x 600 s) longer than the test may run, so no live trial is failed for a
+    # late heartbeat on a loaded machine (which would have its point trained twice); nothing here dies
     cmd = [
         sys.executable, "-c", "import sys; from avemo.cli import main; sys.exit(main())",
         "search", "custom", "--param", "lr=0.001,0.003", "--param", "batch_size=4,8",
-        "--storage", postgres_url, "--study", "shared", "--heartbeat", "1", "--workers", "1", "--no_progress",
+        "--storage", postgres_url, "--study", "shared", "--heartbeat", "600", "--workers", "1", "--no_progress",
         "--tiny", "--data_root", str(tiny_corpus), "--cache_dir", str(tmp_path / "cache"),
         "--epochs", "2", "--max_train_batches", "2",
     ]  # fmt: skip
+    meet = tmp_path / "meet"
+    meet.mkdir()
+    (meet / "sitecustomize.py").write_text(MEET_HOOK)
+    path = os.pathsep.join(p for p in (str(meet), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "AVEMO_TEST_MEET_DIR": str(meet)}
     logs = [open(tmp_path / f"machine{i}.log", "w") for i in range(2)]  # noqa: SIM115 - closed below
     procs = [
-        subprocess.Popen([*cmd, "--dir", str(tmp_path / f"machine{i}")], stdout=logs[i], stderr=subprocess.STDOUT)
+        subprocess.Popen(
+            [*cmd, "--dir", str(tmp_path / f"machine{i}")],
+            stdout=logs[i],
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
         for i in range(2)
     ]
     try:
-        codes = [p.wait(timeout=600) for p in procs]
+        codes = [p.wait(timeout=1200) for p in procs]  # bounds a hang only
     finally:
         for p, log in zip(procs, logs):
             if p.poll() is None:
-                p.kill()
+                os.killpg(p.pid, signal.SIGKILL)  # the launcher and its worker
             log.close()
     assert codes == [0, 0], "\n".join((tmp_path / f"machine{i}.log").read_text()[-2000:] for i in range(2))
     study = optuna.load_study(study_name="shared", storage=postgres_url)
@@ -196,6 +243,19 @@ def test_two_machines_share_one_study_on_postgresql(postgres_url, tiny_corpus, t
     assert len(complete) == 4 and len(points) == 4
     runs = [run for i in range(2) for run in (tmp_path / f"machine{i}").glob("trials/*/metrics.json")]
     assert len(runs) == 4  # each point trained on one machine only
+    # both machines trained: each finished at least one trial, in its own folder, in its own worker process
+    # (the pids its worker log names: "worker 0 (pid N) on study ...", once per start)
+    for i in range(2):
+        machine = tmp_path / f"machine{i}"
+        mine = [t for t in complete if Path(t.user_attrs["run_dir"]).resolve().parent.parent == machine.resolve()]
+        assert mine, f"machine{i} finished no trial"
+        assert len(list(machine.glob("trials/*/metrics.json"))) == len(mine), f"machine{i}: runs != its trials"
+        log = (machine / "logs" / "worker-0.log").read_text()
+        workers = {int(pid) for pid in re.findall(r"worker 0 \(pid (\d+)\)", log)}
+        owners = {t.system_attrs[st.OWNER]["pid"] for t in mine}
+        assert owners and owners <= workers, (i, owners, workers)
+        assert {t.user_attrs["worker"]["pid"] for t in mine} == owners
+    assert sorted(f.name for f in meet.glob("*.started")) == ["machine0.started", "machine1.started"]
     for i in range(2):  # each machine reports the whole study
         doc = json.loads((tmp_path / f"machine{i}" / "results.json").read_text())
         assert doc["finished"] == 4 and doc["storage"].startswith("postgresql+psycopg://")

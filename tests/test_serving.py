@@ -3,6 +3,9 @@
 tiny torch model -> ONNX (dynamo, opset 18, one file) -> write_model_repository -> TritonServer
 -> EmotionClient (config, one-shot, bidirectional stream) / raw tritonclient (malformed requests)
 -> predict on a real MP4 -> stop.
+
+No test here claims a speed: waits are for events, under a deadline (``HANG_S``) that only turns a hang
+into a failure.
 """
 
 from __future__ import annotations
@@ -10,12 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import threading
 import time
 
 import numpy as np
 import pytest
 
 from avemo.contract.tensors import AUDIO, FRAMES, MODALITY_MASK, MODALITY_WEIGHTS, PROBS
+
+HANG_S = 60.0  # bounds a hang only (a tiny model answers in milliseconds)
 
 # geometry (``geo``: 1 s windows, S = 16000, F = 8), labels (``serving_labels``: 4 classes), the tiny ONNX
 # model (``tiny_onnx``), its repository (``triton_repository``) and the shared real server
@@ -244,21 +251,27 @@ def test_stream_matches_onnxruntime(client, ort_session, geo):
 
 @pytest.mark.slow
 def test_stream_sends_windows_as_they_are_produced(client, geo):
+    """Each window is sent, and its answer yielded, while the source is still producing: the source hands
+    over window i + 1 only once window i's answer has been yielded. A client that held windows or answers
+    back until the clip was read would leave the source waiting; the wait is bounded (HANG_S) only so that
+    this fails instead of hanging."""
     windows = _windows(geo, 4)
-    produced = []
+    yielded = [threading.Event() for _ in windows]
+    waits: list[bool] = []
+    deadline = time.monotonic() + HANG_S
 
-    def slow_source():
-        for w in windows:
-            produced.append(time.perf_counter())
+    def source():
+        for i, w in enumerate(windows):
+            if i:
+                waits.append(yielded[i - 1].wait(max(0.0, deadline - time.monotonic())))
             yield w
-            time.sleep(0.3)
 
     got = []
-    for r in client.stream_iter(slow_source()):
-        got.append((r.index, time.perf_counter()))
-    assert [i for i, _ in got] == [0, 1, 2, 3]
-    # window 0's result arrived before the source produced window 2 (no waiting for the whole clip)
-    assert got[0][1] < produced[2]
+    for r in client.stream_iter(source()):
+        got.append(r.index)
+        yielded[r.index].set()
+    assert got == [0, 1, 2, 3]
+    assert waits == [True, True, True]  # every answer came back before the source produced the next window
 
 
 @pytest.mark.slow
@@ -397,25 +410,43 @@ def test_start_failure_raises_with_the_server_log(triton_runtime, triton_reposit
 
 @pytest.mark.slow
 def test_embedded_server_serves_the_python_flavour_and_skips_native_ones(
-    launch_triton, tmp_path, tiny_onnx, geo, serving_labels, served_model_name
+    triton_runtime, tmp_path, tiny_onnx, geo, serving_labels, served_model_name
 ):
     """A repository written with --backend all holds native flavours the embedded server cannot load:
-    it loads the Python-backend model, reports the others as skipped, and the warm-up has run."""
+    it loads the Python-backend model, reports the others as skipped, and has run the loaded model's
+    warm-up: one sample per warm-up batch size (export/triton_config.py: WARMUP_BATCH_SIZES, capped by
+    max_batch_size), which Triton runs while loading the model, before it reports the model ready (its
+    log says so at verbose level 1)."""
+    from avemo.export.triton_config import WARMUP_BATCH_SIZES
     from avemo.export.triton_repo import write_model_repository
 
     repo = tmp_path / "repo"
     write_model_repository(repo, served_model_name, tiny_onnx, serving_labels, geo, max_batch_size=8)
     write_model_repository(repo, served_model_name + "_onnx", tiny_onnx, serving_labels, geo, flavour="onnxruntime")
-    srv = launch_triton(repo)
-    assert srv.ready_models() == [(served_model_name, "1")]
-    assert srv.skipped_models == {served_model_name + "_onnx": "onnxruntime"}
-    assert f"--load-model={served_model_name}" in srv.command
+    log = tmp_path / "triton.log"
+    srv = triton_runtime.TritonServer(repo, triton_runtime.ServerPorts.free(), log_file=log, log_verbose=1)
+    try:
+        srv.start(timeout=120)
+        assert srv.ready_models() == [(served_model_name, "1")]
+        assert srv.skipped_models == {served_model_name + "_onnx": "onnxruntime"}
+        assert f"--load-model={served_model_name}" in srv.command
+    finally:
+        srv.stop()
+    text = log.read_text(errors="replace")
+    # Triton (backend_model_instance.cc, verbose 1): "model 'M' instance I is running warmup sample 'S' ..."
+    ran = re.findall(r"model '([^']+)' instance \S+ is running warmup sample '([^']+)'", text)
+    want = [(served_model_name, f"window_batch{b}") for b in sorted({min(b, 8) for b in WARMUP_BATCH_SIZES})]
+    assert sorted(set(ran)) == want, ran or text[-3000:]
+    assert "failed to run warmup sample" not in text, text[-3000:]
+    loaded = text.index(f"successfully loaded '{served_model_name}'")  # ready only after its warm-up
+    assert all(text.index(f"is running warmup sample '{sample}'") < loaded for _, sample in want)
 
 
 @pytest.mark.slow
 def test_warmup_runs_at_load_time(triton_runtime, triton_repository, served_model_name, tmp_path):
     """Triton runs model_warmup while loading: a warm-up sample of the wrong size fails the load (so the
-    repository's good samples are really run before the first user request)."""
+    repository's good samples are really run before the first user request). The server exits on that
+    failure (--exit-on-error): start() must say so, not merely run out of time."""
     import shutil
 
     from avemo.serving.server import ServerPorts, TritonServer, TritonServerError
@@ -424,6 +455,12 @@ def test_warmup_runs_at_load_time(triton_runtime, triton_repository, served_mode
     shutil.copytree(triton_repository, broken)
     (broken / served_model_name / "warmup" / "audio").write_bytes(b"\0" * 12)
     srv = TritonServer(broken, ServerPorts.free(), log_file=tmp_path / "triton.log")
-    with pytest.raises(TritonServerError):
-        srv.start(timeout=60)
+    try:
+        with pytest.raises(TritonServerError) as info:
+            srv.start(timeout=120)  # bounds a hang only: the failure is the server's exit, seconds in
+        assert not srv.is_running()
+    finally:
+        srv.stop()  # a server that did start (this test failing) is not left running
+    msg = str(info.value)
+    assert "exited with code" in msg and "during start-up" in msg and "not ready after" not in msg, msg
     assert "warmup" in (tmp_path / "triton.log").read_text().lower()

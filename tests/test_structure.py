@@ -260,12 +260,70 @@ def test_pyproject_packages_cover_every_package_and_expose_only_avemo(pyproject,
     assert not stale, f"pyproject lists packages with no folder/__init__.py: {stale}"
 
 
-def test_installed_distribution_exposes_only_avemo():
-    from importlib.metadata import distribution
+def _distribution_top_level(dist) -> dict[str, set[str]]:
+    """The top-level import names an installed distribution puts on sys.path, by where they come from
+    (each source that says something): ``top_level.txt`` (setuptools' own list, when written), the modules
+    and packages its RECORD installs into site-packages (a regular install), and the import paths of its
+    ``.pth`` files (an editable install: the setuptools finder's MAPPING, or folders added to sys.path)."""
+    import ast
 
-    top_level = distribution("avemo").read_text("top_level.txt")
-    if top_level is not None:  # written by setuptools for regular and editable installs
-        assert top_level.split() == ["avemo"], top_level
+    found: dict[str, set[str]] = {}
+    top_level = dist.read_text("top_level.txt")
+    if top_level is not None:
+        found["top_level.txt"] = set(top_level.split())
+    files = list(dist.files or [])
+    installed = set()
+    for f in files:
+        parts = f.parts
+        if parts[0] in ("..", "__pycache__") or parts[0].endswith((".dist-info", ".egg-info", ".pth")):
+            continue  # scripts, metadata, .pth (below)
+        if parts[0].startswith("__editable__") and parts[0].endswith("_finder.py"):
+            continue  # the editable finder: what it maps is read below
+        name = parts[0].removesuffix(".py") if len(parts) == 1 else parts[0]
+        if len(parts) > 1 or parts[0].endswith(".py") or ".cpython-" in parts[0]:
+            installed.add(name.split(".")[0])
+    if installed:
+        found["RECORD"] = installed
+    for pth in (f for f in files if f.name.endswith(".pth")):
+        for line in Path(dist.locate_file(pth)).read_text().splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith(("import ", "import\t")):  # `import __editable___x_finder; ....install()`
+                module = line.split()[1].rstrip(";")
+                finder = next(f for f in files if f.name == f"{module}.py")
+                tree = ast.parse(Path(dist.locate_file(finder)).read_text())
+                for node in tree.body:
+                    target = node.target if isinstance(node, ast.AnnAssign) else None
+                    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                        target = node.targets[0]
+                    if isinstance(target, ast.Name) and target.id in ("MAPPING", "NAMESPACES"):
+                        names = {k.split(".")[0] for k in ast.literal_eval(node.value)}
+                        found.setdefault(f"{finder} MAPPING/NAMESPACES", set()).update(names)
+            elif Path(line).is_dir():  # a folder put on sys.path: everything importable in it is exposed
+                folder = Path(line)
+                found[f"{pth}: {folder}"] = {
+                    p.name.removesuffix(".py")
+                    for p in folder.iterdir()
+                    if (p.is_dir() and (p / "__init__.py").is_file()) or (p.suffix == ".py" and p.stem.isidentifier())
+                }
+    return found
+
+
+def test_installed_distribution_exposes_only_avemo(repo_root):
+    import importlib.util
+    from importlib.metadata import distributions
+
+    # the installed one: an installer writes RECORD (not a checkout's avemo.egg-info, a build by-product)
+    installed = [d for d in distributions(name="avemo") if d.read_text("RECORD") is not None]
+    assert installed, "avemo is not installed (no distribution with a RECORD): pip install -e ."
+    dist = installed[0]
+    found = _distribution_top_level(dist)
+    # at least one source besides top_level.txt, which a build backend may leave out: never an empty check
+    assert set(found) - {"top_level.txt"}, f"no RECORD module and no .pth import path in {dist.files}"
+    assert {k: v for k, v in found.items() if v != {"avemo"}} == {}, found
+    spec = importlib.util.find_spec("avemo")  # and that one name is this checkout's package
+    assert spec is not None and Path(spec.origin).resolve() == repo_root / "avemo" / "__init__.py", spec
 
 
 _IMPORT_ALL = r"""

@@ -305,10 +305,14 @@ def _stale(t: FrozenTrial, native: bool, grace: float, me: dict, now: float) -> 
     return now - max(last, started) > grace
 
 
-def recover_stale(study: optuna.Study, heartbeat: int, max_retry: int) -> list[int]:
-    """Fail the running trials whose worker is gone and enqueue their retry; returns their numbers."""
+def recover_stale(study: optuna.Study, heartbeat: int, max_retry: int, now: float | None = None) -> list[int]:
+    """Fail the running trials whose worker is gone and enqueue their retry; returns their numbers.
+
+    ``now`` (unix seconds) is the time a journal heartbeat is judged against; None (every caller in the
+    product): the clock. It is there for tests, which pass a time within or past the grace period instead
+    of sleeping through it. Optuna's native heartbeat on an RDB storage is judged by the database's clock."""
     storage, native = storage_of(study), native_heartbeat(study)
-    me, now = this_worker(), time.time()
+    me, now = this_worker(), time.time() if now is None else now
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     if native:
         optuna.storages.fail_stale_trials(study)  # heartbeat older than the grace period -> FAIL + retry callback
