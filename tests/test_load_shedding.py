@@ -206,14 +206,15 @@ def test_lag_budget_sheds_a_window_that_stays_busy_and_keeps_the_others():
     fake = _Fake(server)
     client, _ = _client(fake)
     t0 = time.perf_counter()
-    results = list(client.stream_iter(_windows(4, ready_at=time.perf_counter), lag_budget=0.3))
+    # 2 s: the windows the fake answers at once could only miss it by a 2 s stall of the machine
+    results = list(client.stream_iter(_windows(4, ready_at=time.perf_counter), lag_budget=2.0))
     assert [r.index for r in results] == [0, 1, 2, 3]
     shed = results[1]
     assert shed.shed and shed.probs is None and shed.error.startswith("shed: ") and shed.busy >= 1
     assert all(r.error is None and not r.shed for i, r in enumerate(results) if i != 1)
-    assert time.perf_counter() - t0 < 5  # bounded by the budget, not retried for ever
+    assert time.perf_counter() - t0 < 60  # a hang bound: window 1 is given up at its budget, not retried for ever
     budgets = [t for _, _, t in fake.sent]
-    assert all(t is not None and 0 < t <= 300_000 for t in budgets)  # the rest of the budget, in us
+    assert all(t is not None and 0 < t <= 2_000_000 for t in budgets)  # the rest of the budget, in us
 
 
 def test_window_already_past_the_budget_is_shed_without_a_request():
