@@ -304,7 +304,8 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
     task, modalities = mcfg.task, mcfg.modalities
     model = build_model(mcfg, geometry)
     encoders = getattr(model, "encoders", {})  # a dialogue model has its encoders inside
-    resuming = cfg.resume and (out / "last.pt").exists()
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    resuming = cfg.resume and last_path.exists()
     if not resuming:  # a resumed run's checkpoint holds the pretrained weights already
         for line in load_pretrained(model, mcfg):
             if rt.is_main:
@@ -315,8 +316,7 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
         mcfg = replace(mcfg, logmel_mean=mean, logmel_std=std)
         model.encoders["audio"].frontend.set_normalisation(mean, std)
     state = {"epoch": 0, "best_f1": float("-inf"), "bad_epochs": 0, "history": []}  # best_f1: best selection score
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    resume = load_checkpoint(last_path) if cfg.resume and last_path.exists() else None
+    resume = load_checkpoint(last_path) if resuming else None
     if cfg.resume and resume is None and rt.is_main:
         tqdm.write(f"nothing to resume: {last_path} does not exist; starting a new run")
     if resume is not None:
