@@ -5,10 +5,19 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test lint install system-deps clean
 
-$(BIN)/avemo: pyproject.toml
+# Editable install in setuptools' strict mode: build/__editable__.avemo-*/avemo/ is a tree of links to the
+# sources laid out as installed (avemo/contract/ -> contract/, ...), put on sys.path by a .pth file, which mypy,
+# pyright and editors follow (the default mode's import hook is invisible to them). A module added or removed
+# reaches that tree only through a reinstall, so the install also depends on MODULE_LIST, the list of modules,
+# rewritten only when the list changes (a folder's mtime would change on every save by rename, too).
+MODULE_LIST := $(VENV)/.avemo-modules
+MODULES := $(shell find avemo contract training export serving client -name '*.py' -not -path '*/__pycache__/*' | LC_ALL=C sort)
+$(shell mkdir -p $(VENV) && printf '%s\n' $(MODULES) | cmp -s - $(MODULE_LIST) || printf '%s\n' $(MODULES) >$(MODULE_LIST))
+
+$(BIN)/avemo: pyproject.toml $(MODULE_LIST)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --config-settings editable_mode=strict -e '.[dev]'
 	touch $(BIN)/avemo
 
 install: $(BIN)/avemo
@@ -25,8 +34,10 @@ K8S_VERSION := 1.33.0
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy  # the package (through the link tree), tests/ and benchmarks/: [tool.mypy] in pyproject.toml
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/kubernetes-validate --strict --kubernetes-version $(K8S_VERSION) deploy/k8s/*.yaml
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site  # not -q: it hides the warnings --strict counts
 
 # System packages the tests need, from Debian: Chromium with its chromedriver for the app's browser tests
 # (tests/test_app_browser.py) and PostgreSQL for the search's shared Optuna storage

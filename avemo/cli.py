@@ -33,11 +33,17 @@ COMMANDS = {
 }
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+class CommandParser(argparse.ArgumentParser):
+    """The top-level parser: ``commands`` maps each command name to its subparser."""
+
+    commands: dict[str, argparse.ArgumentParser]
+
+
+def build_parser(command: str | None = None) -> CommandParser:
     """The parser; only ``command``'s own arguments are added (so `avemo predict` never imports torch).
 
     ``parser.commands`` maps each command name to its subparser."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="avemo", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

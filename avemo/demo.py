@@ -5,6 +5,8 @@ corpus -> cache -> train gated fusion + audio-only + video-only baselines -> exp
 -> start the bundled Triton server -> stream every held-out test clip through gRPC -> clip-level
 accuracy and macro-F1 computed from Triton's answers -> stop the server.
 Writes ``<runs>/demo_summary.json`` and prints a table.
+
+``--url HOST:PORT``: a running Triton server takes the embedded one's place (``avemo.demo_server``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from avemo.contract.endpoint import HOST, MODEL_NAME, MODEL_REPOSITORY
+from avemo.contract.endpoint import MODEL_NAME, MODEL_REPOSITORY
+from avemo.demo_server import RemoteServerError, check_server, demo_server
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,6 +45,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=Path(MODEL_REPOSITORY),
         help="Triton model repository (default: %(default)s)",
+    )
+    p.add_argument(
+        "--url",
+        default=None,
+        metavar="HOST:PORT",
+        help="gRPC address of a running Triton server to use instead of starting the embedded one; it must read "
+        "--model-repository in explicit model-control mode: the demo asks it to load the exported model "
+        "(default: start the embedded server, Linux x86_64/aarch64 only)",
     )
     p.add_argument("--epochs", type=int, default=12, help="max epochs of the baselines (default: %(default)s)")
     p.add_argument(
@@ -79,16 +90,21 @@ def train_or_reuse(fusion: str, args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """With --json, stdout carries only the summary document; progress lines go to stderr."""
+    check_server(args)  # before minutes of training
     from avemo.training.cli import progress_to_stderr
 
     out = sys.stdout
     with progress_to_stderr(args.json):
-        if args.dataset != "ravdess":
-            from avemo import feature_demo
+        try:
+            if args.dataset != "ravdess":
+                from avemo import feature_demo
 
-            return feature_demo.run(args, out)
-        args.data_root = args.data_root or Path("data/corpus")
-        return _run(args, out)
+                return feature_demo.run(args, out)
+            args.data_root = args.data_root or Path("data/corpus")
+            return _run(args, out)
+        except RemoteServerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
 
 
 def _run(args: argparse.Namespace, out) -> int:
@@ -98,8 +114,6 @@ def _run(args: argparse.Namespace, out) -> int:
     from avemo.client.predict import predict_clip
     from avemo.contract.progress import progress
     from avemo.export.pipeline import export_checkpoint
-    from avemo.serving.server import ServerPorts
-    from avemo.serving.supervisor import SupervisedServer
     from avemo.training.cli import summary_line
     from avemo.training.data import ravdess
     from avemo.training.evaluation.metrics import classification_metrics
@@ -123,17 +137,12 @@ def _run(args: argparse.Namespace, out) -> int:
     labels = list(report.labels)  # the served model's classes, as stored in its checkpoint
     items, _ = ravdess.scan(args.data_root, num_classes=len(labels))
     test_items = ravdess.make_splits(items, "actor")["test"]
-    ports = ServerPorts.free()
-    print(f"[demo] 4/5 starting Triton on {HOST}:{ports.grpc} (gRPC)")
-    y_true, y_pred, latencies, failed = [], [], [], []
-    supervised = SupervisedServer(
-        args.model_repository,
-        ports=ports,
-        log_file=args.runs / "triton.log",
-        on_event=lambda line: print(f"[demo]   {line}"),
-    )
-    with supervised as server:
-        client = EmotionClient(server.url, MODEL_NAME)
+    y_true: list[int] = []
+    y_pred: list[int] = []
+    latencies: list[float] = []
+    failed: list[dict[str, str]] = []
+    with demo_server(args, MODEL_NAME, Path(report.onnx_path), args.runs / "triton.log", "4/5") as url:
+        client = EmotionClient(url, MODEL_NAME)
         print(f"[demo] 5/5 streaming {len(test_items)} test clips through Triton")
         for it in progress(test_items, desc="predict via Triton", unit="clip"):
             try:

@@ -3,8 +3,9 @@
 features file -> the unimodal audio and video teachers -> the seed-002 text-audio-video regression model
 (MSE + delta_va x distillation from the teachers + delta_nce x InfoNCE against text, the grid-search
 guide's defaults, 8 epochs) -> export (ONNX, python flavour) into the repository beside the clip model ->
-the embedded Triton server -> every test sample through gRPC -> the field's metrics from Triton's answers,
-side by side with the in-process ones (`avemo evaluate`), which they must equal.
+the embedded Triton server (or with ``--url`` a running one, ``avemo.demo_server``) -> every test sample
+through gRPC -> the field's metrics from Triton's answers, side by side with the in-process ones
+(`avemo evaluate`), which they must equal.
 Writes ``<runs>/feature_demo/summary.json`` and prints a table.
 """
 
@@ -36,10 +37,9 @@ def train_preset(preset: str, out_dir: Path, args: argparse.Namespace, *extra: s
 
 
 def run(args: argparse.Namespace, out) -> int:
+    from avemo.demo_server import demo_server
     from avemo.export.pipeline import export_checkpoint
     from avemo.feature_predict import predict_feature_split
-    from avemo.serving.server import ServerPorts
-    from avemo.serving.supervisor import SupervisedServer
     from avemo.training.evaluation.feature_eval import evaluate_feature_checkpoint
     from avemo.training.models.checkpoint import model_from_checkpoint
     from avemo.training.synthetic.features import write_mmsa_file
@@ -68,17 +68,10 @@ def run(args: argparse.Namespace, out) -> int:
 
     model, ckpt = model_from_checkpoint(checkpoint)
     local = evaluate_feature_checkpoint(model, ckpt, args.data_root, args.dataset, args.cache_dir, "test")
-    ports = ServerPorts.free()
-    print(f"[demo] 6/6 Triton on 127.0.0.1:{ports.grpc}: every test sample through gRPC")
     t_serve = time.time()
-    supervised = SupervisedServer(
-        args.model_repository,
-        ports=ports,
-        log_file=runs / "triton.log",
-        on_event=lambda line: print(f"[demo]   {line}"),
-    )
-    with supervised as server:
-        served = predict_feature_split(server.url, args.dataset, args.data_root, args.dataset, "test", args.cache_dir)
+    with demo_server(args, args.dataset, Path(report.onnx_path), runs / "triton.log", "6/6") as url:
+        print(f"[demo]   every test sample through gRPC ({url})")
+        served = predict_feature_split(url, args.dataset, args.data_root, args.dataset, "test", args.cache_dir)
     t_serve = time.time() - t_serve
     diff = max(abs(served["regression"][k] - local["regression"][k]) for k in local["regression"])
     summary = {

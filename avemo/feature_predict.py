@@ -38,6 +38,7 @@ def predict_feature_split(
     """Metrics of the served model on ``split`` of ``data_root``: the dict `avemo evaluate --json` prints for a
     feature checkpoint (``evaluate_predictions``), plus "served_model" and "url"."""
     from avemo.client.features import FeatureClient
+    from avemo.contract.features import FeatureSignature
     from avemo.contract.progress import progress as progress_bar
     from avemo.training.data.feature_cache import open_features
     from avemo.training.data.features import targets
@@ -53,6 +54,7 @@ def predict_feature_split(
             raise ValueError(f"the served model '{model_name}' was trained on {sig.dataset}, not --dataset {dataset}")
         corpus = open_features(data_root, cache_dir, dataset=dataset, progress=progress)
         check_dims(corpus, sig.dims, source=f"the served model '{model_name}'")
+        assert isinstance(sig, FeatureSignature)  # not a conversation model's
         part = corpus.splits[SPLITS[split]]
         for m in sig.modalities:
             if part.features[m].shape[1] > sig.seq_lens[m]:

@@ -8,6 +8,8 @@ import argparse
 from avemo.client import cli as clip_cli
 from avemo.contract.options import UsageError
 
+CLIP_FILE_OPTIONS = ("annotate", "timeline_json", "timeline_csv")  # files made from clips only
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     clip_cli.add_arguments(parser)
@@ -19,6 +21,9 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"give clips or --dataset {args.dataset} --data_root FILE, not both")
         if not args.data_root:
             raise UsageError(f"--dataset {args.dataset} needs --data_root FILE (the feature file)")
+        clip_only = [f"--{k.replace('_', '-')}" for k in CLIP_FILE_OPTIONS if getattr(args, k, None)]
+        if clip_only:
+            raise UsageError(f"{', '.join(clip_only)}: for clips, not with --dataset")
         from avemo import feature_predict
 
         return feature_predict.run(args)

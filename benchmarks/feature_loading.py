@@ -65,7 +65,7 @@ def _rss_now_mb() -> dict[str, float]:
     return out
 
 
-def child(stage: str, path: Path, cache: Path, samples: tuple[int, ...], items: int) -> dict:
+def child(stage: str, path: Path, cache: Path, samples: tuple[int, int, int], items: int) -> dict:
     """One stage, run inside its own process; returns its timings and peak RSS."""
     import numpy as np
     import torch  # noqa: F401 - the training process has torch loaded: count it in every stage

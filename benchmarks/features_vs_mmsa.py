@@ -32,6 +32,7 @@ import time
 import traceback
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 ROOT = Path(__file__).resolve().parents[1]
 MMSA_VENV = ROOT / ".venv-mmsa"
@@ -108,7 +109,7 @@ def run_ours(data: Path, epochs: int, seed: int, workdir: Path | None = None) ->
     history = results["history"]
     best_epoch = 1 + int(np.argmin([h["val_loss"] for h in history]))
     model, _ = model_from_checkpoint(results["checkpoint"])
-    datasets, *_ = prepare_run(cfg, None, False)
+    datasets, *_ = prepare_run(cfg, None, False)  # type: ignore[arg-type]  # a feature run reads no geometry
     pred = predict(model, datasets["test"], batch_size=64)
     l1 = np.abs(pred["prediction"] - pred["label"])
     batch_l1 = [float(l1[i : i + 64].mean()) for i in range(0, len(l1), 64)]
@@ -206,7 +207,8 @@ def run_mmsa_model(python: Path, data: Path, model: str, args: argparse.Namespac
 def run_mmsa(data: Path, models: list[str], args: argparse.Namespace, workdir: Path) -> tuple[dict, dict]:
     """MMSA's half: {"MMSA <model>": row} for every model, and the file description the runner read."""
     python = ensure_mmsa_venv(args.venv)
-    rows, info = {}, {}
+    rows: dict = {}
+    info: dict = {}
     for model in models:
         rows[f"MMSA {model}"], file_info = run_mmsa_model(python, data, model, args, workdir)
         info = info or file_info
@@ -267,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(samples) != 3 or (seq_lens and len(seq_lens) != 3):
             ap.error("--samples takes train,valid,test and --seq-lens T,A,V")
         print(f"features_vs_mmsa: writing {data}", flush=True)
-        generate(data, samples, seq_lens)
+        generate(data, samples, cast("tuple[int, int, int] | None", seq_lens))  # lengths checked above
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="features_vs_mmsa_"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 # Single-task models that read pre-extracted features (no BERT weights to download). Names as MMSA spells them.
 NON_BERT_MODELS = ["LF_DNN", "EF_LSTM", "TFN", "LMF", "MFN", "Graph_MFN", "MFM", "MulT"]
@@ -113,7 +114,7 @@ def apply_shims() -> None:
 
     torch.cuda.set_device = set_device
 
-    base = lr_scheduler.ReduceLROnPlateau
+    base: Any = lr_scheduler.ReduceLROnPlateau  # a class to derive from (mypy cannot take a variable as a base)
     if getattr(base, "_mmsa_shim", False):
         return
 
@@ -123,7 +124,7 @@ def apply_shims() -> None:
         def __init__(self, *args, verbose=None, **kwargs):  # MMSA's MulT passes verbose=True
             super().__init__(*args, **kwargs)
 
-    lr_scheduler.ReduceLROnPlateau = ReduceLROnPlateau
+    lr_scheduler.ReduceLROnPlateau = ReduceLROnPlateau  # type: ignore[misc]  # the shim replaces torch's class
 
 
 def describe_file(path: Path) -> dict:
@@ -173,7 +174,7 @@ class Instrument:
         self.reset()
 
     def reset(self) -> None:
-        self.run = {}
+        self.run: dict = {}
 
     def install(self) -> None:
         import MMSA.run as mmsa_run

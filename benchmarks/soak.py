@@ -89,6 +89,7 @@ def run_soak(
     t0 = [time.perf_counter()]
 
     def killer() -> None:
+        assert kill_every is not None  # started only with kill_every
         k = 0
         while not stop.wait(max(0.0, t0[0] + (k + 1) * kill_every - time.perf_counter())):
             if time.perf_counter() - t0[0] >= seconds:
@@ -97,6 +98,7 @@ def run_soak(
                 return
             sig = signals[k % len(signals)]
             pid = server.pid
+            assert pid is not None  # the server is up
             os.kill(pid, getattr(signal, sig))
             result.kills.append(Kill(round(time.perf_counter() - t0[0], 2), sig, pid))
             say(f"[killer] {sig} -> tritonserver pid {pid} at {result.kills[-1].at_s:.1f} s")

@@ -71,8 +71,8 @@ class _Scene:
         low = rng.integers(40, 200, size=(bh // 64 + 2, bw // 64 + 2, 3)).astype(np.uint8)
         bg = cv2.resize(low, (bw, bh), interpolation=cv2.INTER_CUBIC)
         fine = rng.integers(0, 48, size=(bh // 4 + 1, bw // 4 + 1, 1)).astype(np.uint8)
-        fine = cv2.resize(fine, (bw, bh), interpolation=cv2.INTER_NEAREST)[..., None]
-        self.background = cv2.add(bg, np.repeat(fine, 3, axis=2))
+        fine_full = cv2.resize(fine, (bw, bh), interpolation=cv2.INTER_NEAREST)[..., None]
+        self.background = cv2.add(bg, np.repeat(fine_full, 3, axis=2))
         # sensor-like noise: a few full-frame tiles, one per frame in turn (random draws per frame are slow)
         self.noise = [rng.integers(0, 14, size=(height, width, 3), dtype=np.uint8) for _ in range(4)]
         self.skin = tuple(int(v) for v in np.clip(np.array([224, 172, 140]) + rng.integers(-15, 16, 3), 0, 255))

@@ -12,6 +12,7 @@ serving beyond loopback needs ``--host 0.0.0.0 --ssl-certfile cert.pem --ssl-key
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from avemo.client.options import add_client_options
 from avemo.client.smoothing import DEFAULT_SMOOTHING
@@ -38,6 +39,9 @@ IDS = {
     "plot": "upload-plot",
     "table": "upload-table",
     "error": "upload-error",
+    "video": "upload-video",
+    "json": "upload-json",
+    "csv": "upload-csv",
     "webcam": "live-webcam",
     "mic": "live-mic",
     "live_label": "live-label",
@@ -105,10 +109,69 @@ class UploadGuard:
         return p
 
 
-def _predict(client, path, smooth: str) -> dict:
-    from avemo.client.predict import predict_clip
+API_NAMES = ("predict_clip", "model_info")  # the public API (gradio_client); every other event is private
 
-    return predict_clip(client, path, smoothing=smooth)
+
+def add_api(gr, client, guard: UploadGuard, smooth: str) -> None:
+    """The public API endpoints, ``/predict_clip`` and ``/model_info`` (see docs/app_api.md), on components the
+    page does not show. Call inside the gr.Blocks context."""
+    from avemo.client import app_upload
+    from avemo.client.app_views import upload_error_text
+    from avemo.client.predict import predict_clip as predict
+
+    def _fail(name: str, exc: Exception, path=None):
+        return gr.Error(upload_error_text(name, exc, client.url, path).replace("**", "").replace("`", "'"))
+
+    def predict_clip(clip: str) -> tuple[str, dict, list]:
+        """Predict the emotion in one audio/video clip with the served model, window by window. The clip label is
+        the argmax of the mean of the (smoothed) window probabilities.
+
+        Parameters:
+            clip: the clip file (MP4, WebM, WAV, ...), uploaded with gradio_client.handle_file("clip.mp4")
+        Returns:
+            label: the clip's label (str)
+            probabilities: {label: probability} for the whole clip, over the served model's labels (dict)
+            timeline: one dict per window, in time order: index, start and end (s), label and prob (the window's
+            own top class), probs ({label: p}), smoothed_label and smoothed (the running label after the app's
+            smoothing), modality_weights ({"audio": w, "video": w}), latency_ms, and error (None, or why the
+            server refused that window, its other values then None)
+        """
+        name = Path(clip).name if clip else "clip"
+        try:
+            path = guard.check(clip)
+            return app_upload.api_answer(predict(client, path, smoothing=smooth))
+        except Exception as exc:  # noqa: BLE001 - the caller gets the reason, never a traceback
+            raise _fail(name, exc, clip) from exc
+
+    def model_info() -> dict:
+        """The served model the app talks to: name, version, gRPC url, labels (in the order of every probability
+        vector), and the window geometry (window_seconds, hop_seconds, sample_rate, video_fps, face_size).
+
+        Returns:
+            model: the model's description (dict)
+        """
+        try:
+            return app_upload.model_info(client)
+        except Exception as exc:  # noqa: BLE001
+            raise _fail(client.model_name, exc) from exc
+
+    with gr.Column(visible=False):  # inputs and outputs of the API only
+        clip_in = gr.File(label="clip", type="filepath")
+        label_out = gr.Textbox(label="label")
+        probs_out = gr.JSON(label="probabilities")
+        timeline_out = gr.JSON(label="timeline")
+        model_out = gr.JSON(label="model")
+        run_api = gr.Button("predict_clip")
+        run_info = gr.Button("model_info")
+    run_api.click(
+        predict_clip,
+        clip_in,
+        [label_out, probs_out, timeline_out],
+        api_name="predict_clip",
+        concurrency_limit=4,
+        show_progress="hidden",
+    )
+    run_info.click(model_info, None, model_out, api_name="model_info", queue=False, show_progress="hidden")
 
 
 def build_app(
@@ -121,6 +184,7 @@ def build_app(
     """The gr.Blocks page (not launched)."""
     import gradio as gr
 
+    from avemo.client import app_upload
     from avemo.client import app_views as views
     from avemo.client.app_live import MODALITY_CHOICES, LiveSessions
     from avemo.client.grpc_client import EmotionClient
@@ -129,6 +193,8 @@ def build_app(
     status_client = EmotionClient(url, model, timeout=3.0)  # the header's checks must not wait 30 s
     sessions = LiveSessions(lambda: client, smooth=smooth)
     sample_files = views.sample_clips(samples) if samples else []
+    outputs = app_upload.OutputFolders()  # the annotated clips and timeline files of the latest uploads
+    hidden: dict[str, Any] = dict(api_visibility="private")  # the page's own events: no part of the API
 
     def status():
         return views.server_status(status_client)[1]
@@ -140,7 +206,7 @@ def build_app(
         guard = UploadGuard(demo.GRADIO_CACHE, samples)
         gr.Markdown("## avemo: audio-video emotion recognition, served by Triton")
         status_md = gr.Markdown(status(), elem_id=IDS["status"])
-        gr.Timer(STATUS_EVERY).tick(status, None, status_md, show_progress="hidden", queue=False)
+        gr.Timer(STATUS_EVERY).tick(status, None, status_md, show_progress="hidden", queue=False, **hidden)
 
         with gr.Tab("Upload a clip"):
             with gr.Row():
@@ -151,34 +217,52 @@ def build_app(
                             [[str(p)] for p in sample_files], inputs=[upload], label="samples", examples_per_page=8
                         )
                     label = gr.Label(label="clip label", num_top_classes=8, elem_id=IDS["label"])
+                    with gr.Row():
+                        json_file = gr.DownloadButton("timeline JSON", visible=False, elem_id=IDS["json"])
+                        csv_file = gr.DownloadButton("timeline CSV", visible=False, elem_id=IDS["csv"])
                 with gr.Column(scale=2):
                     error = gr.Markdown(visible=False, elem_id=IDS["error"])
                     summary = gr.Markdown(elem_id=IDS["summary"])
+                    gr.Markdown(
+                        "The clip as the model saw it: the green box is the tracked face its crops came from, a "
+                        "dashed orange square the centre crop used where no face was found; the banner shows the "
+                        "running label of the window at that moment."
+                    )
+                    video = gr.Video(
+                        label="annotated clip", show_label=False, interactive=False, height=480, elem_id=IDS["video"]
+                    )
                     plot = gr.Plot(label="timeline: window probabilities and modality weights", elem_id=IDS["plot"])
             table = gr.Dataframe(
                 headers=views.TABLE_HEADERS, label="windows", interactive=False, elem_id=IDS["table"], wrap=True
             )
 
             def on_file(path):
+                no_file = gr.update(value=None, visible=False)
                 if not path:
-                    return None, "", None, None, gr.update(value="", visible=False)
+                    return None, "", None, None, gr.update(value="", visible=False), None, no_file, no_file
                 name = Path(path).name
                 try:
-                    pred = _predict(client, guard.check(path), smooth)
+                    done = app_upload.process_upload(client, guard.check(path), name, outputs.new(), smooth)
                 except Exception as exc:  # noqa: BLE001 - every failure becomes a message; the app keeps serving
                     msg = views.upload_error_text(name, exc, url, path)
-                    return None, "", None, None, gr.update(value=msg, visible=True)
+                    return None, "", None, None, gr.update(value=msg, visible=True), None, no_file, no_file
+                pred = done.pred
                 labels = list(pred["probs"])
                 fig = views.timeline_figure(pred["timeline"], labels, f"{name}: {pred['label']}", pred["label"])
+                summary_md = views.summary_markdown(pred, name) + (f"\n\n{done.video_note}" if done.video_note else "")
                 return (
                     pred["probs"],
-                    views.summary_markdown(pred, name),
+                    summary_md,
                     fig,
                     views.timeline_rows(pred["timeline"]),
                     gr.update(value="", visible=False),
+                    str(done.video) if done.video else None,
+                    gr.update(value=str(done.json), visible=True),
+                    gr.update(value=str(done.csv), visible=True),
                 )
 
-            upload.change(on_file, upload, [label, summary, plot, table, error], concurrency_limit=4)
+            upload_out = [label, summary, plot, table, error, video, json_file, csv_file]
+            upload.change(on_file, upload, upload_out, concurrency_limit=4, **hidden)
 
         with gr.Tab("Live: webcam + microphone"):
             gr.Markdown(
@@ -238,20 +322,25 @@ def build_app(
                 return None, "Reset: waiting for the camera and the microphone", None, -1
 
             live_out = [live_label, live_status]
-            opts = dict(time_limit=LIVE_TIME_LIMIT, concurrency_limit=8, show_progress="hidden")
+            opts: dict[str, Any] = dict(
+                time_limit=LIVE_TIME_LIMIT, concurrency_limit=8, show_progress="hidden", **hidden
+            )
             webcam.stream(on_frame, [webcam, modalities], live_out, stream_every=WEBCAM_EVERY, **opts)
             mic.stream(on_audio, [mic, modalities], live_out, stream_every=MIC_EVERY, **opts)
             gr.Timer(LIVE_PLOT_EVERY).tick(
-                on_tick, [modalities, plotted], [live_plot, plotted, live_status], show_progress="hidden"
+                on_tick, [modalities, plotted], [live_plot, plotted, live_status], show_progress="hidden", **hidden
             )
-            reset.click(on_reset, None, [live_label, live_status, live_plot, plotted])
-            modalities.change(on_reset, None, [live_label, live_status, live_plot, plotted])
+            reset.click(on_reset, None, [live_label, live_status, live_plot, plotted], **hidden)
+            modalities.change(on_reset, None, [live_label, live_status, live_plot, plotted], **hidden)
+
+        add_api(gr, client, guard, smooth)
 
         def on_unload(request: gr.Request):
             sessions.drop(request.session_hash or "anon")
 
         demo.unload(on_unload)
     demo.avemo_client = client
+    demo.avemo_outputs = outputs  # the upload tab's output folders (removed by run() on exit)
     setattr(demo, LIVE_SESSIONS_ATTR, sessions)  # the live sessions, for tests and lag measurements
     return demo
 
@@ -298,6 +387,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     finally:
         demo.avemo_client.close()
+        demo.avemo_outputs.cleanup()
     return 0
 
 

@@ -10,7 +10,7 @@ at the start when the microphone starts after the camera.
 Lag (``lag_ms`` of a result): from the moment the chunk that completed the window reached the handler
 (``Window.ready_at``) to the moment Triton's answer is back, i.e. assembly + face crop + gRPC round trip.
 What the browser adds (chunk buffering: up to ``stream_every``; upload; delivering the update) is
-measured in the README's live-lag section.
+measured in docs/streaming.md (live-tab lag).
 
 Overload: a window whose media is already older than ``lag_budget`` s when it is ready to send, or that the
 server answers busy (its queue is full), is dropped and counted (``shed``), not queued: by the time a retry
@@ -118,7 +118,7 @@ class LiveSession:
     # ---------------------------------------------------------------------------------- Triton
 
     def _infer(self, windows) -> list[dict]:
-        out = []
+        out: list[dict] = []
         if not windows:
             return out
         with self._infer_lock:

@@ -22,7 +22,7 @@ T = TypeVar("T")
 
 
 def is_busy_message(message: str | None) -> bool:
-    return bool(message) and any(m in message for m in BUSY_MESSAGES)
+    return message is not None and message != "" and any(m in message for m in BUSY_MESSAGES)
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -112,5 +112,6 @@ def name_requests_in_stream_errors() -> bool:
         return original(self, _IdTaggedResponses(response_iterator))
 
     _init_handler._avemo_tagged = True  # type: ignore[attr-defined]
+    assert cls is not None  # it had an _init_handler
     cls._init_handler = _init_handler
     return True

@@ -133,7 +133,7 @@ class FeatureClient:
             raise EmotionClientError(f"served model '{self.model_name}' is not a conversation model")
         speakers = np.asarray(speakers, np.int64).reshape(1, -1)  # [1, U]
         u = speakers.shape[1]
-        arrays = {SPEAKERS: speakers}
+        arrays: dict[str, np.ndarray] = {SPEAKERS: speakers}
         arrays[MODALITY_MASK] = (np.ones((u, len(sig.modalities)), np.float32) if mask is None else mask)[None]
         for m, name in zip(sig.modalities, sig.served):
             arrays[name] = np.asarray(features[m], np.float32)[None]  # [1, U, D]

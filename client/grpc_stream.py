@@ -222,6 +222,7 @@ class ResilientStream:
                 p = _Pending(i, float(w.start), (audio, frames, mask), getattr(w, "ready_at", None))
                 left = self._budget_left(p, time.perf_counter())
                 if left is not None and left <= 0:  # already later than the budget: not worth a request
+                    assert self.lag_budget is not None  # (a budget left implies a budget)
                     self.events.put(("shed", p, f"{-left + self.lag_budget:.2f} s after its media, before sending"))
                     count = i + 1
                     continue
@@ -266,9 +267,9 @@ class ResilientStream:
                 elif event[0] == "shed":
                     done[event[1].index] = self._shed(event[1], event[2])
                 elif event[1] == self.gen:  # answers of an abandoned stream are dropped here
-                    r = self._answer(*event[2:])
-                    if r is not None:
-                        done[r.index] = r
+                    answer = self._answer(*event[2:])
+                    if answer is not None:
+                        done[answer.index] = answer
                 while next_index in done:
                     r = done.pop(next_index)
                     next_index += 1
@@ -293,7 +294,8 @@ class ResilientStream:
 
     def _resend_due(self) -> list[WindowResult]:
         """Send the busy windows whose backoff is over (on the open stream); shed those out of budget."""
-        now, shed = time.perf_counter(), []
+        now = time.perf_counter()
+        shed: list[WindowResult] = []
         with self.lock:
             if not self.up or now < self.hold_until:
                 return shed
@@ -387,11 +389,11 @@ class ResilientStream:
     def _silent_window(self) -> str | None:
         """The deadline: a sent window unanswered for ``timeout`` s while nothing else came back."""
         with self.lock:
-            sent = [p for p in self.pending.values() if p.t_send is not None]
+            sent = [(p.t_send, p) for p in self.pending.values() if p.t_send is not None]
         if not sent:
             return None
-        oldest = min(sent, key=lambda p: p.t_send)
-        quiet = time.perf_counter() - max(oldest.t_send, self.last_answer)
+        t_send, oldest = min(sent, key=lambda s: s[0])
+        quiet = time.perf_counter() - max(t_send, self.last_answer)
         if quiet <= self.client.timeout:
             return None
         return f"StatusCode.DEADLINE_EXCEEDED: no answer for window {oldest.index} in {quiet:.1f} s"

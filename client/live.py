@@ -235,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
         stopped_by, error = "end", None
         previous_term = _interrupt_on_sigterm()
         capture.start()
+        assert capture.t_start is not None  # start() set it
         try:
             for r in client.stream_iter(capture.windows(), lag_budget=args.lag_budget):
                 smoothed = smoother.update(r.probs) if r.error is None else None

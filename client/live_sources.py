@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from avemo.contract.stream import Pacer, WindowAssembler
 
@@ -63,8 +64,8 @@ class SourceSpec:
 @dataclass
 class OpenedSource:
     spec: SourceSpec
-    container: object  # av.container.InputContainer
-    stream: object  # its first video / audio stream
+    container: Any  # av.container.InputContainer
+    stream: Any  # its first video / audio stream
     paced: bool  # played at 1x by the capture thread (not a capture device)
 
     def describe(self) -> str:
@@ -178,6 +179,7 @@ def open_source(spec: SourceSpec, timeout: float = OPEN_TIMEOUT) -> OpenedSource
         raise OSError(f"no {spec.kind} stream" + (f" (it has {', '.join(others)})" if others else ""))
     stream = streams[0]
     if spec.kind == "video":  # slice threads only: frame threads would hold frames back (latency)
+        assert isinstance(stream, av.VideoStream)
         stream.thread_type = "SLICE"
     fmt_names = set((container.format.name or "").split(",")) | {spec.format or ""}
     return OpenedSource(spec, container, stream, paced=not (fmt_names & CAPTURE_FORMATS))
@@ -235,7 +237,7 @@ class Capture:
         self.sources = sources
         self.geometry, self.face_crop = geometry, face_crop
         self.seconds = seconds
-        self.assembler = None  # WindowAssembler, made by start()
+        self.assembler: WindowAssembler | None = None  # made by start()
         self.lock = threading.Lock()  # one assembler, several threads
         self.stop_event = threading.Event()
         self.queue: queue.Queue = queue.Queue()
@@ -289,6 +291,7 @@ class Capture:
 
     def _run(self, src: OpenedSource) -> None:
         kind = src.spec.kind
+        assert self.assembler is not None and self.t_start is not None  # start() set them
         push = self.assembler.push_video_frame if kind == "video" else self.assembler.push_audio_frame
         step = self._video_step(src) if kind == "video" else None
         t0 = None
@@ -332,6 +335,7 @@ class Capture:
                 self._finished = True
                 if not self.stop_event.is_set():
                     try:
+                        assert self.assembler is not None
                         windows = self.assembler.finish()
                     except ValueError as exc:  # face_crop "haar" and no face in the whole stream
                         self.errors.append(str(exc))

@@ -370,12 +370,8 @@ def run_streams(
         client = None
         try:
             try:
-                client = EmotionClient(
-                    url,
-                    model,
-                    timeout=timeout,
-                    **({} if reconnect_timeout is None else {"reconnect_timeout": reconnect_timeout}),
-                )
+                options: dict[str, Any] = {} if reconnect_timeout is None else {"reconnect_timeout": reconnect_timeout}
+                client = EmotionClient(url, model, timeout=timeout, **options)
                 served = client.model()
                 pool = windows or make_windows(served, seed=k)
             except Exception as exc:  # noqa: BLE001

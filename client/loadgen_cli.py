@@ -138,9 +138,9 @@ def run(args: argparse.Namespace) -> int:
     if args.streams > 0:
         seconds = args.stream_duration if args.stream_duration is not None else args.duration
         print(f"[loadgen] {args.streams} streams ({args.pace}): {seconds:g} s ...", file=sys.stderr, flush=True)
-        r = run_streams(args.url, args.model, args.streams, seconds, pace=args.pace, timeout=args.timeout)
-        print(f"[loadgen]   {summary_line(r)}", file=sys.stderr, flush=True)
-        results.append(r)
+        streams = run_streams(args.url, args.model, args.streams, seconds, pace=args.pace, timeout=args.timeout)
+        print(f"[loadgen]   {summary_line(streams)}", file=sys.stderr, flush=True)
+        results.append(streams)
     if args.json:
         print(json.dumps({"model": served.name, "version": served.version, "runs": [r.to_dict() for r in results]}))
     else:

@@ -14,12 +14,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from avemo.client.grpc_client import EmotionClient, WindowResult
 from avemo.client.smoothing import Smoother
 from avemo.contract.endpoint import LAG_BUDGET_S
+from avemo.contract.faces import FaceBox
 from avemo.contract.stream import ClipStream
 
 
@@ -35,26 +37,27 @@ def _stats(values: list[float]) -> dict | None:
 
 def window_entry(r: WindowResult, labels: list[str], window_seconds: float, smoothed=None) -> dict:
     """One timeline row: the window's own answer, its smoothed probabilities and label, timings."""
-    entry = {
+    entry: dict[str, Any] = {
         "index": int(r.index),
         "start": round(float(r.start), 3),
         "end": round(float(r.start) + window_seconds, 3),
         "latency_ms": float(r.latency_ms),
-        "lag_ms": None if getattr(r, "lag_ms", None) is None else float(r.lag_ms),
+        "lag_ms": None if r.lag_ms is None else float(r.lag_ms),
         "error": getattr(r, "error", None),
         "shed": bool(getattr(r, "shed", False)),  # dropped: its answer would have come after the lag budget
         "late": bool(getattr(r, "late", False)),  # answered after the lag budget
     }
-    if entry["error"] is not None:
+    if entry["error"] is not None or r.probs is None or r.modality_weights is None:
         return {**entry, "label": None, "prob": None, "probs": None, "modality_weights": None, "smoothed": None}
-    k = int(np.argmax(r.probs))
-    s = np.asarray(r.probs if smoothed is None else smoothed, np.float64)
+    probs, weights = r.probs, r.modality_weights  # an answered window has both
+    k = int(np.argmax(probs))
+    s = np.asarray(probs if smoothed is None else smoothed, np.float64)
     return {
         **entry,
         "label": labels[k],
-        "prob": float(r.probs[k]),
-        "probs": {lab: float(p) for lab, p in zip(labels, r.probs)},
-        "modality_weights": {"audio": float(r.modality_weights[0]), "video": float(r.modality_weights[1])},
+        "prob": float(probs[k]),
+        "probs": {lab: float(p) for lab, p in zip(labels, probs)},
+        "modality_weights": {"audio": float(weights[0]), "video": float(weights[1])},
         "smoothed": {lab: float(p) for lab, p in zip(labels, s)},
         "smoothed_label": labels[int(np.argmax(s))],
     }
@@ -76,7 +79,7 @@ def summarise(path, timeline: list[dict], labels: list[str], duration: float | N
         "label": labels[int(np.argmax(mean))],
         "probs": {lab: float(p) for lab, p in zip(labels, mean)},
         "timeline": timeline,
-        "latency_ms": {**_stats(lat), "mean": float(np.mean(lat))},
+        "latency_ms": {**(_stats(lat) or {}), "mean": float(np.mean(lat))},  # lat is not empty: answered is not
         "lag_ms": _stats([w["lag_ms"] for w in answered if w["lag_ms"] is not None]),
         "duration": float(duration) if duration is not None else None,
         "windows": len(timeline),
@@ -95,8 +98,11 @@ def predict_clip(
     realtime: bool = False,
     on_window: Callable[[dict], None] | None = None,
     lag_budget: float | None = LAG_BUDGET_S,
+    on_face: Callable[[FaceBox], None] | None = None,
 ) -> dict:
     """Stream ``path``'s windows through the served model; ``on_window(row)`` is called as each answer arrives.
+    ``on_face(box)`` gets the face box (or centre square) each sampled frame's crop was cut from, in frame
+    order (``avemo.client.annotate`` draws them).
 
     Returns the prediction dict (clip label, probabilities, timeline, latency, lag in real-time mode,
     ``first_answer_s``, ``wall_s``). A window the server refused is a timeline row with ``error`` set.
@@ -105,7 +111,7 @@ def predict_clip(
     served = client.model()
     g = served.geometry
     smoother = Smoother(smoothing)
-    stream = ClipStream(Path(path), g, face_crop, realtime=realtime)
+    stream = ClipStream(Path(path), g, face_crop, realtime=realtime, on_face=on_face)
     t0 = time.perf_counter()
     first = None
     timeline = []

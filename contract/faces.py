@@ -11,11 +11,13 @@ decoded whole or streamed.
     tracker = FaceTracker(size=112)
     crop = tracker.push(frame)            # uint8 [H, W, 3] RGB -> uint8 [112, 112, 3]
     tracker.counts                        # {"haar": n, "center": m} frames per crop kind
+    tracker.last_box                      # FaceBox(x, y, side, kind): the square that crop came from
 """
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -37,7 +39,7 @@ def _get_cascade():
                 f"OpenCV {cv2.__version__} has no CascadeClassifier (OpenCV 5 moved it out of the main "
                 "package); install the pinned opencv-python-headless==4.11.0.86, or use face_crop='center'"
             )
-        xml = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+        xml = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"  # type: ignore[attr-defined]  # not in cv2's stubs
         cascade = cv2.CascadeClassifier(xml)
         if cascade.empty():
             raise RuntimeError(f"cannot load OpenCV Haar cascade {xml}")
@@ -61,11 +63,27 @@ def _detect(frame: np.ndarray):
     return (x + fw / 2) / scale, (y + fh / 2) / scale, max(fw, fh) * (1 + FACE_MARGIN) / scale
 
 
-def _square(frame: np.ndarray, cx: float, cy: float, side: float, size: int) -> np.ndarray:
-    h, w = frame.shape[:2]
+@dataclass(frozen=True)
+class FaceBox:
+    """The square of one frame that was cropped (frame pixels): ``frame[y : y + side, x : x + side]``.
+
+    ``kind``: "haar" (a tracked face box) or "center" (no face: the centre square fallback)."""
+
+    x: int
+    y: int
+    side: int
+    kind: str
+
+
+def square_box(h: int, w: int, cx: float, cy: float, side: float) -> tuple[int, int, int]:
+    """(x0, y0, s): the square of side ``side`` centred on (cx, cy), shrunk and shifted to fit a [h, w] frame."""
     s = int(round(min(side, h, w)))
     x0 = int(round(min(max(cx - s / 2, 0), w - s)))
     y0 = int(round(min(max(cy - s / 2, 0), h - s)))
+    return x0, y0, s
+
+
+def _square(frame: np.ndarray, x0: int, y0: int, s: int, size: int) -> np.ndarray:
     return cv2.resize(frame[y0 : y0 + s, x0 : x0 + s], (size, size), interpolation=cv2.INTER_AREA)
 
 
@@ -105,6 +123,7 @@ class FaceTracker:
         self._i = 0  # index of the next frame
         self._last: tuple[int, tuple] | None = None  # (frame index, box) of the latest detection
         self._recent: deque = deque(maxlen=max(1, int(smooth)))  # boxes of the last frames (past only)
+        self.last_box: FaceBox | None = None  # the square the latest crop was cut from (annotation, tests)
 
     def push(self, frame: np.ndarray) -> np.ndarray:
         """uint8 [H, W, 3] RGB -> uint8 [size, size, 3] crop of this frame."""
@@ -122,8 +141,11 @@ class FaceTracker:
                 box = tuple(np.mean(np.asarray(self._recent, np.float64), axis=0))
             else:
                 self._recent.clear()
-        self.counts["haar" if box is not None else "center"] += 1
-        return _square(frame, *(box if box is not None else (w / 2, h / 2, min(h, w))), self.size)
+        kind = "haar" if box is not None else "center"
+        self.counts[kind] += 1
+        x0, y0, s = square_box(h, w, *(box if box is not None else (w / 2, h / 2, min(h, w))))
+        self.last_box = FaceBox(x0, y0, s, kind)
+        return _square(frame, x0, y0, s, self.size)
 
     def finish(self) -> None:
         """End of the stream: for method "haar", a clip in which no face was ever found is an error."""

@@ -17,7 +17,7 @@ EMOTIONS_8: tuple[str, ...] = (
     "surprised",  # 08
 )
 
-# 4-class mapping (documented in the README): low-arousal neutral/calm, positive happy/surprised,
+# 4-class mapping (documented in docs/data.md): low-arousal neutral/calm, positive happy/surprised,
 # negative-passive sad/fearful, negative-active angry/disgust.
 EMOTIONS_4: tuple[str, ...] = ("neutral", "happy", "sad", "angry")
 MAP_8_TO_4: dict[str, str] = {

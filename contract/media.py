@@ -46,6 +46,7 @@ def decode_clip(path, geometry: WindowGeometry = DEFAULT_GEOMETRY, face_crop: st
     stream = ClipStream(path, geometry, face_crop, keep=True)
     for _ in stream:
         pass
+    assert stream.assembler is not None  # set when iteration starts
     return stream.assembler.clip(str(path))
 
 
@@ -60,6 +61,7 @@ def decode_audio(path, sample_rate: int = DEFAULT_GEOMETRY.sample_rate) -> np.nd
         if e.reason != "no audio or video stream":
             raise
         return np.zeros(0, np.float32)
+    assert stream.assembler is not None  # set when iteration starts
     return stream.assembler.clip(str(path)).audio
 
 

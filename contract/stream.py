@@ -18,14 +18,15 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 
-from avemo.contract.faces import FaceTracker, NoFaceError, crop_method
+from avemo.contract.faces import FaceBox, FaceTracker, NoFaceError, crop_method
 from avemo.contract.geometry import DEFAULT_GEOMETRY, WindowGeometry
 from avemo.contract.windows import DecodedClip, Window, window_arrays
 
@@ -75,7 +76,7 @@ class FrameSampler:
         self.count = 0  # input frames seen
         self.t0: float | None = None
         self.last_t = 0.0
-        self._prev = None  # (t, image) of the previous input frame
+        self._prev: tuple[float, np.ndarray] | None = None  # (t, image) of the previous input frame
 
     @staticmethod
     def _get(image):
@@ -92,7 +93,7 @@ class FrameSampler:
         while self.k / self.fps <= t + _EPS:
             target = self.k / self.fps
             use_prev = self._prev is not None and target - self._prev[0] <= t - target  # tie: earlier frame
-            src = self._prev[1] if use_prev else image
+            src = self._prev[1] if use_prev and self._prev is not None else image
             if id(src) not in cache:
                 cache[id(src)] = self._get(src)
             out.append(cache[id(src)])
@@ -108,7 +109,7 @@ class FrameSampler:
 
     def finish(self) -> list[np.ndarray]:
         """End of stream: repeats the last frame up to the video duration."""
-        out = []
+        out: list[np.ndarray] = []
         if self._prev is not None:
             last = self._get(self._prev[1])
             while self.k / self.fps < self.duration - 1e-6:
@@ -125,6 +126,8 @@ class WindowAssembler:
     ``ready_at`` is then origin + the media time of its last needed sample (its end with audio, its last
     frame without), so lag includes decoding; otherwise the time it was cut.
     ``keep``: keep every sample and crop (``clip()`` returns the whole DecodedClip; the training cache).
+    ``on_face``: called with the ``FaceBox`` each sampled frame was cropped from, in frame order (sampled
+    frame k is the source frame nearest to media time k / video_fps; annotation draws these boxes).
     """
 
     def __init__(
@@ -137,12 +140,14 @@ class WindowAssembler:
         video_step: float | None = None,
         origin: float | None = None,
         keep: bool = False,
+        on_face: Callable[[FaceBox], None] | None = None,
     ):
         self.g, self.keep, self.origin = geometry, keep, origin
+        self.on_face = on_face
         self.want_audio, self.want_video = bool(has_audio), bool(has_video)
         self.tracker = FaceTracker(geometry.face_size, face_crop)
         self.sampler = FrameSampler(geometry.video_fps, video_step)
-        self._resampler = None  # av.AudioResampler, created on the first audio frame
+        self._resampler: av.AudioResampler | None = None  # created on the first audio frame
         self._audio = np.zeros(0, np.float32)  # samples [a_off, n_audio) at geometry.sample_rate
         self._chunks: list[np.ndarray] = []  # appended since the last consolidation
         self.a_off = self.n_audio = 0
@@ -259,6 +264,8 @@ class WindowAssembler:
         for img in images:
             self._frames.append(self.tracker.push(img))
             self.n_frames += 1
+            if self.on_face is not None and self.tracker.last_box is not None:
+                self.on_face(self.tracker.last_box)
         return self._ready() if ready else []
 
     def _consolidate(self) -> None:
@@ -330,7 +337,7 @@ def pick_streams(container, audio: bool = True, video: bool = True):
     return astream, vstream, step
 
 
-def decoded_frames(container, astream, vstream, pace: Pacer | None = None) -> Iterator[tuple[bool, object]]:
+def decoded_frames(container, astream, vstream, pace: Pacer | None = None) -> Iterator[tuple[bool, Any]]:
     """(is_audio, decoded PyAV frame) in demux order; with ``pace`` each packet waits until it is due."""
     for packet in container.demux(*[s for s in (astream, vstream) if s is not None]):
         if pace is not None:
@@ -354,6 +361,7 @@ class ClipStream:
     ``realtime``: packets are released at their timestamps (1x, like a live source) and windows carry
     ``ready_at`` = when their last media sample arrived. After iteration: ``duration``, ``has_audio``,
     ``has_video``, ``crop_method``, ``crop_counts``. Decoding problems raise ``MediaError``.
+    ``on_face``: gets the ``FaceBox`` of every sampled video frame (see ``WindowAssembler``).
     """
 
     def __init__(
@@ -368,8 +376,10 @@ class ClipStream:
         options: dict | None = None,
         audio: bool = True,
         video: bool = True,
+        on_face: Callable[[FaceBox], None] | None = None,
     ):
         self.path, self.geometry, self.face_crop = str(path), geometry, face_crop
+        self.on_face = on_face
         self.realtime, self.keep, self.format, self.options = realtime, keep, format, options
         self.use_audio, self.use_video = audio, video
         self.assembler: WindowAssembler | None = None
@@ -390,8 +400,9 @@ class ClipStream:
                     video_step=step,
                     origin=origin,
                     keep=self.keep,
+                    on_face=self.on_face,
                 )
-                pace = Pacer(origin, [s for s in (astream, vstream) if s is not None]) if self.realtime else None
+                pace = Pacer(origin, [s for s in (astream, vstream) if s is not None]) if origin is not None else None
                 for is_audio, frame in decoded_frames(container, astream, vstream, pace):
                     yield from asm.push_audio_frame(frame) if is_audio else asm.push_video_frame(frame)
                 tail = asm.finish()

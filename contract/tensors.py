@@ -45,7 +45,11 @@ AUDIO_CLIP = 1.0
 AUDIO_REFUSE_ABOVE = 4.0
 
 TRITON_PBTXT_DTYPES = {"FP32": "TYPE_FP32", "UINT8": "TYPE_UINT8", "INT64": "TYPE_INT64"}
-NUMPY_DTYPES = {"FP32": np.dtype(np.float32), "UINT8": np.dtype(np.uint8), "INT64": np.dtype(np.int64)}
+NUMPY_DTYPES: dict[str, np.dtype] = {
+    "FP32": np.dtype(np.float32),
+    "UINT8": np.dtype(np.uint8),
+    "INT64": np.dtype(np.int64),
+}
 
 
 def resolve_dims(spec: TensorSpec, geometry: WindowGeometry, num_classes: int) -> tuple[int, ...]:

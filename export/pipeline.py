@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from avemo.contract.dialogues import DialogueSignature
 from avemo.contract.endpoint import MAX_QUEUE_SIZE, MODEL_NAME
@@ -34,6 +35,9 @@ from avemo.training.models.feature_export import (
     feature_signature_of,
 )
 from avemo.training.models.model import ExportWrapper
+
+if TYPE_CHECKING:
+    import torch
 
 FORMATS = ("onnx", "torchscript")
 BACKENDS = tuple(FLAVOURS)
@@ -127,6 +131,7 @@ def export_checkpoint(
         )
     model, _ = model_from_checkpoint(ckpt)
     spec: Spec
+    wrapper: torch.nn.Module
     model_name = model_name or default_model_name(ckpt)
     if ckpt["model_config"].get("num_speakers"):
         spec = dialogue_signature_of(ckpt)

@@ -28,7 +28,7 @@ TORCHSCRIPT_FILENAME = "model.pt"
 
 def forward_argument_names(module: torch.jit.ScriptModule) -> list[str]:
     """Names of ``forward``'s arguments after ``self``, as the libtorch backend sees them."""
-    return [a.name for a in module.forward.schema.arguments[1:]]
+    return [a.name for a in module.forward.schema.arguments[1:]]  # type: ignore[attr-defined]  # a ScriptMethod
 
 
 def to_torchscript(wrapper: torch.nn.Module, spec: Spec, path: Path) -> Path:

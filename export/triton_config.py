@@ -240,7 +240,7 @@ def warmup_samples(spec: Spec) -> dict[str, np.ndarray]:
     }
 
 
-def _tensor_block(name: str, dtype: str, dims: Sequence[int], label_filename: str | None = None) -> str:
+def _tensor_block(name: str, dtype: str, dims: Sequence[int | str], label_filename: str | None = None) -> str:
     lines = ["  {", f"    name: {pbtxt_str(name)}", f"    data_type: {TRITON_PBTXT_DTYPES[dtype]}"]
     lines.append(f"    dims: [ {', '.join(str(int(d)) for d in dims)} ]")
     if label_filename:

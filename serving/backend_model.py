@@ -6,7 +6,7 @@ Python backend stub, so it is self-contained: numpy, onnxruntime and triton_pyth
 
 Per ``execute`` call: every request is validated (inputs present, dtype, shape [batch, *dims], finite
 FP32 values; a clip model's audio PCM within +-``audio_abs_max`` of the config: PCM belongs in [-1, 1],
-and a 1e19 sample used to come back as NaN probabilities; a feature model's ``<x>_lengths`` within
+and an unchecked 1e19 sample comes back as NaN probabilities; a feature model's ``<x>_lengths`` within
 0..L of its input x, and with ``refuse_empty_mask``, at least one modality present); invalid requests
 get an INVALID_ARG error response naming the input and the expected value; the valid ones are
 concatenated (grouped by shape) and run in ONE onnxruntime call per group (a lone request's arrays are
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import overload
 
 import numpy as np
 import onnxruntime as ort
@@ -86,6 +87,10 @@ def _error_response(msg: str, code_name: str = "INVALID_ARG"):
     return pb_utils.InferenceResponse(output_tensors=[], error=_error(msg, code_name))
 
 
+@overload
+def _param(config: dict, key: str, default: str) -> str: ...
+@overload
+def _param(config: dict, key: str, default: None = None) -> str | None: ...
 def _param(config: dict, key: str, default: str | None = None) -> str | None:
     value = (config.get("parameters") or {}).get(key)
     if isinstance(value, dict):
@@ -319,7 +324,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         responses = [None] * len(requests)
-        groups = {}  # shape signature -> [(request index, arrays, batch)]
+        groups: dict[tuple, list[tuple]] = {}  # shape signature -> [(request index, arrays, batch)]
         for i, request in enumerate(requests):
             try:
                 arrays, batch = self._validate(request)

@@ -12,6 +12,14 @@ from pathlib import Path
 from avemo.contract.endpoint import GRPC_PORT, HOST, HTTP_PORT, METRICS_PORT, MODEL_REPOSITORY
 from avemo.serving.supervisor import RestartPolicy
 
+# Where the embedded server cannot run: the same repository served by a Triton server outside this Python.
+ELSEWHERE = (
+    "Serve the model repository with a Triton server elsewhere and give clients its address (avemo predict|app|"
+    "live --url HOST:8001): the Docker image (docker build -t avemo-triton . && docker run --shm-size=1g "
+    "-p 8000-8002:8000-8002 avemo-triton, plus --gpus all on an NVIDIA GPU; docs/deploy.md), or avemo serve "
+    "--host 0.0.0.0 on a Linux x86_64/aarch64 machine; docs/platforms.md has the steps"
+)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -54,9 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avemo.serving.server import ServerPorts, TritonServerError, models_in_repository
+    from avemo.serving.server import ServerPorts, TritonServerError, embedded_server_problem, models_in_repository
     from avemo.serving.supervisor import SupervisedServer
 
+    problem = embedded_server_problem()
+    if problem is not None:
+        print(f"error: {problem}. {ELSEWHERE}", file=sys.stderr)
+        return 2
     repo = Path(args.model_repository)
     if not repo.is_dir() or not models_in_repository(repo):
         print(
@@ -115,9 +127,9 @@ def run(args: argparse.Namespace) -> int:
             if server.state == "failed":
                 return 1  # the supervisor said why
             if policy is None and not server.is_running():
+                code = server.process.returncode if server.process is not None else None
                 print(
-                    f"error: tritonserver exited unexpectedly (code {server.process.returncode}); "
-                    f"log tail:\n{server.log_tail()}",
+                    f"error: tritonserver exited unexpectedly (code {code}); log tail:\n{server.log_tail()}",
                     file=sys.stderr,
                 )
                 return 1

@@ -17,6 +17,7 @@ import atexit
 import ctypes.util
 import importlib.util
 import os
+import platform
 import re
 import signal
 import socket
@@ -29,6 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from avemo.contract.endpoint import GRPC_PORT, HOST, HTTP_PORT, METRICS_PORT
 
@@ -76,7 +78,26 @@ def _port_in_use(host: str, port: int) -> bool:
 # ---------------------------------------------------------------------------------------- locating
 
 
+EMBEDDED_MACHINES = ("x86_64", "aarch64")  # nvidia-pytriton ships tritonserver for Linux on these alone
+
+
+def embedded_server_problem() -> str | None:
+    """Why this machine cannot run the embedded tritonserver at all, or None where it can.
+
+    The one platform rule (``platform.system()`` / ``platform.machine()``, which tests monkeypatch): the
+    nvidia-pytriton wheels, and the server inside them, exist for Linux x86_64 and aarch64 only. Elsewhere
+    the package is not installed (its dependency carries a Linux marker) and a Triton server runs outside
+    this Python: the Docker image or another machine (docs/platforms.md)."""
+    system, machine = platform.system(), platform.machine()
+    if system == "Linux" and machine in EMBEDDED_MACHINES:
+        return None
+    return f"the embedded Triton server runs on Linux x86_64/aarch64 only (this is {system} {machine})"
+
+
 def pytriton_dir() -> Path:
+    problem = embedded_server_problem()
+    if problem is not None:
+        raise TritonServerError(f"{problem}; see docs/platforms.md")
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         raise TritonServerError("nvidia-pytriton is not installed (pip install nvidia-pytriton)")
@@ -249,7 +270,7 @@ class TritonServer:
         self.command: list[str] = []
         self.models: list[str] = []
         self.skipped_models: dict[str, str] = {}  # model -> backend this server lacks (not loaded)
-        self._log_handle = None
+        self._log_handle: BinaryIO | None = None
         self._own_log = False
         self.delete_own_log = True  # a temp log created by start() is removed by a clean stop()
         self._start_failed = False
@@ -432,6 +453,7 @@ class TritonServer:
         deadline = time.monotonic() + timeout
         client = grpcclient.InferenceServerClient(self.url)
         not_ready = list(self.models)
+        assert self.process is not None  # _spawn started it
         try:
             while True:
                 code = self.process.poll()

@@ -214,6 +214,7 @@ class SupervisedServer(TritonServer):
         with self._lifecycle:
             if self._stopping.is_set():
                 return False
+            assert self.process is not None  # it has just exited
             self._kill_stray_stubs(self.process.pid)
             self._remove_shared_memory()
         if len(recent) >= policy.max_crashes:
@@ -235,6 +236,7 @@ class SupervisedServer(TritonServer):
                 if self._stopping.is_set():
                     return False
                 self._emit(f"restart failed: {str(exc).splitlines()[0]}")
+                assert self.process is not None  # _respawn spawns one before it can fail
                 return self._handle_crash(self.process.returncode if self.process.poll() is not None else -9)
         crash.restarted_in_s = time.time() - crash.at
         self._counts.restarts += 1

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import platform
-import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -254,12 +252,12 @@ def triton_repository(tmp_path_factory, tiny_onnx, geo, serving_labels, served_m
 def _triton_platform_skip() -> str | None:
     """Why this platform cannot run the bundled tritonserver at all (the only reason to skip), or None.
 
-    nvidia-pytriton ships the server for Linux on x86_64 / aarch64 only.
+    nvidia-pytriton ships the server for Linux on x86_64 / aarch64 only: the rule `avemo serve` and `avemo demo`
+    apply (``avemo.serving.server.embedded_server_problem``).
     """
-    if sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64"):
-        here = f"{sys.platform} {platform.machine()}"
-        return f"the bundled tritonserver runs on Linux x86_64/aarch64 only (this is {here})"
-    return None
+    from avemo.serving.server import embedded_server_problem
+
+    return embedded_server_problem()
 
 
 def _triton_missing() -> str | None:
@@ -455,6 +453,7 @@ def load_backend_model(monkeypatch) -> Callable:
 
     def load(model_dir: Path):
         spec = importlib.util.spec_from_file_location("avemo_backend_model_under_test", model_dir / "1" / "model.py")
+        assert spec is not None and spec.loader is not None
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         cfg = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())

@@ -1,8 +1,9 @@
 """`avemo app` in a real browser: headless Chromium (Debian's ``chromium`` + ``chromedriver``, driven by
 Selenium) against the app serving on a free local port, talking to the real embedded Triton server.
 
-- upload tab: a generated corpus clip -> label + timeline plot (screenshot ``test-artifacts/app_upload.png``),
-  then a corrupt file -> the error text, then the clip again (the app still answers);
+- upload tab: a generated corpus clip -> label, timeline plot, annotated clip and the timeline downloads
+  (screenshot ``test-artifacts/app_upload.png``), then a corrupt file -> the error text, then the clip again (the
+  app still answers);
 - live tab: Chromium's fake camera and microphone play a y4m + wav made from the same corpus clip; the
   test waits for live labels and the live plot (``test-artifacts/app_live.png``, lag figures in
   ``test-artifacts/app_live_lag.json``);
@@ -58,23 +59,24 @@ def write_fake_devices(mp4: Path, y4m: Path, wav: Path, rate: int = 48000) -> No
     planes, pcm = [], []
     with av.open(str(mp4)) as container:
         fps = container.streams.video[0].average_rate
+        assert fps is not None
         for frame in container.decode(video=0):
             planes.append(frame.to_ndarray(format="yuv420p"))
     with av.open(str(mp4)) as container:
         resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
-        for frame in container.decode(audio=0):
-            pcm += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+        for aframe in container.decode(audio=0):
+            pcm += [f.to_ndarray().reshape(-1) for f in resampler.resample(aframe)]
         pcm += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
     height, width = planes[0].shape[0] * 2 // 3, planes[0].shape[1]
     with open(y4m, "wb") as f:
         f.write(f"YUV4MPEG2 W{width} H{height} F{fps.numerator}:{fps.denominator} Ip A1:1 C420jpeg\n".encode())
         for plane in planes:
             f.write(b"FRAME\n" + np.ascontiguousarray(plane).tobytes())
-    with wave.open(str(wav), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(rate)
-        f.writeframes(np.concatenate(pcm).astype(np.int16).tobytes())
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.concatenate(pcm).astype(np.int16).tobytes())
 
 
 def wait_for(driver, predicate, what: str, timeout: float = WAIT):
@@ -111,6 +113,15 @@ def error_shown(driver) -> str:
 
 def has_image(driver, elem_id: str) -> bool:
     return bool(driver.find_elements("css selector", f"#{elem_id} img"))
+
+
+def has_video(driver, elem_id: str) -> bool:
+    return bool(driver.find_elements("css selector", f"#{elem_id} video[src]"))
+
+
+def shown(driver, elem_id: str) -> bool:
+    found = driver.find_elements("id", elem_id)
+    return bool(found) and found[0].is_displayed()
 
 
 def click_tab(driver, name: str) -> None:
@@ -169,6 +180,7 @@ def browser_programs() -> tuple[str, str]:
             pytest.skip(reason)
         pytest.fail(reason + "; AVEMO_SKIP_BROWSER=1 skips these tests", pytrace=False)
     pytest.importorskip("gradio", reason="the app needs gradio (pip install -e '.[app]')")
+    assert chromium is not None and driver is not None  # (a missing one skipped or failed above)
     return chromium, driver
 
 
@@ -247,6 +259,9 @@ def test_upload_clip_then_corrupt_file(browser, app_page, corpus_clip, tmp_path,
     upload(browser, corpus_clip)
     label = wait_for(browser, lambda d: shown_label(d, IDS["label"], serving_labels), "the clip label")
     wait_for(browser, lambda d: has_image(d, IDS["plot"]), "the timeline plot")
+    wait_for(browser, lambda d: has_video(d, IDS["video"]), "the annotated clip")
+    for key in ("json", "csv"):
+        wait_for(browser, lambda d, k=key: shown(d, IDS[k]), f"the timeline {key.upper()} download")
     summary = text_of(browser, IDS["summary"])
     assert f"{corpus_clip.name}: {label}" in summary and "modality weights" in summary and "p50" in summary
     assert not error_shown(browser)
@@ -264,6 +279,7 @@ def test_upload_clip_then_corrupt_file(browser, app_page, corpus_clip, tmp_path,
     )
     assert "cannot read" in error and "corrupt.mp4" in error and "/gradio/" not in error, error
     assert not has_image(browser, IDS["plot"])  # the previous clip's plot is gone
+    assert not has_video(browser, IDS["video"]) and not shown(browser, IDS["json"]) and not shown(browser, IDS["csv"])
     browser.save_screenshot(str(artifacts / "app_upload_error.png"))
 
     # the app keeps serving: a sample from --samples (clicked) works after the error

@@ -47,6 +47,7 @@ def dump(data, path: Path) -> Path:
 
 def named(data: tuple, layout: str) -> dict:
     """The tuple's entries by their public names."""
+    names: tuple[str, ...]
     if layout == "iemocap":
         names = ("ids", "speakers", "labels", "text", "audio", "video", "sentences", "train", "test")
     elif len(data) == 10:

@@ -388,7 +388,7 @@ def _ridge_corr(corpus: FeatureCorpus, modalities) -> float:
     x = _pooled(tr, modalities)
     mu, sd = x.mean(0), x.std(0) + 1e-6
     x = (x - mu) / sd
-    best = (-2.0, None)
+    best: tuple[float, np.ndarray | None] = (-2.0, None)
     for ridge in (1.0, 10.0, 100.0, 1000.0):
         w = np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]), x.T @ (tr.regression - tr.regression.mean()))
         r = np.corrcoef(((_pooled(va, modalities) - mu) / sd) @ w, va.regression)[0, 1]

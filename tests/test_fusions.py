@@ -124,13 +124,15 @@ def test_concat_weights_are_first_layer_contribution_norms(cfg, inputs, geo, tin
 def _check_all_grads(model: torch.nn.Module, out: dict[str, torch.Tensor]) -> None:
     g = torch.Generator().manual_seed(1)
     loss = sum((v * torch.randn(v.shape, generator=g)).sum() for v in out.values())  # touches every output
+    assert isinstance(loss, torch.Tensor)
     loss.backward()
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     missing = [n for n, p in params if p.grad is None]
     assert not missing, f"no gradient for {missing}"
-    bad = [n for n, p in params if not torch.isfinite(p.grad).all()]
+    grads = [(n, p.grad) for n, p in params if p.grad is not None]  # all of them (checked above)
+    bad = [n for n, g in grads if not torch.isfinite(g).all()]
     assert not bad, f"non-finite gradient for {bad}"
-    zero = [n for n, p in params if p.grad.abs().sum() == 0]
+    zero = [n for n, g in grads if g.abs().sum() == 0]
     assert not zero, f"all-zero gradient for {zero}"
 
 

@@ -76,7 +76,7 @@ def test_a_run_from_before_warmup_is_reused_only_without_warmup():
     from avemo.training.losses.total import LossWeights
     from avemo.training.train.compare import comparable
 
-    unmasked = LossWeights(aux_masked=False).to_dict()  # the other change of issue 10's recipe, as it was before
+    unmasked = LossWeights(aux_masked=False).to_dict()  # the recipe's other option, off as in such stored runs
     old = TrainConfig(warmup_epochs=0, losses=unmasked).to_dict()
     del old["warmup_epochs"]
     assert comparable(old) == comparable(TrainConfig(warmup_epochs=0, losses=unmasked).to_dict())

@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -58,7 +59,7 @@ def find_postgres_programs() -> tuple[Path, Path] | None:
     return (Path(initdb), Path(pg_ctl)) if initdb and pg_ctl else None
 
 
-def missing_postgres(reason: str) -> None:
+def missing_postgres(reason: str) -> NoReturn:
     """Skip under AVEMO_SKIP_POSTGRES=1, else fail naming what is missing and how to get it."""
     if os.environ.get("AVEMO_SKIP_POSTGRES") == "1":
         pytest.skip(f"{reason} (AVEMO_SKIP_POSTGRES=1)")

@@ -294,11 +294,12 @@ def _distribution_top_level(dist) -> dict[str, set[str]]:
                 finder = next(f for f in files if f.name == f"{module}.py")
                 tree = ast.parse(Path(dist.locate_file(finder)).read_text())
                 for node in tree.body:
-                    target = node.target if isinstance(node, ast.AnnAssign) else None
+                    target: ast.expr | None = node.target if isinstance(node, ast.AnnAssign) else None
                     if isinstance(node, ast.Assign) and len(node.targets) == 1:
                         target = node.targets[0]
-                    if isinstance(target, ast.Name) and target.id in ("MAPPING", "NAMESPACES"):
-                        names = {k.split(".")[0] for k in ast.literal_eval(node.value)}
+                    value = node.value if isinstance(node, ast.Assign | ast.AnnAssign) else None
+                    if isinstance(target, ast.Name) and target.id in ("MAPPING", "NAMESPACES") and value is not None:
+                        names = {k.split(".")[0] for k in ast.literal_eval(value)}
                         found.setdefault(f"{finder} MAPPING/NAMESPACES", set()).update(names)
             elif Path(line).is_dir():  # a folder put on sys.path: everything importable in it is exposed
                 folder = Path(line)

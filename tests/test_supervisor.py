@@ -136,6 +136,7 @@ def _serve(repo: Path, ports, *extra: str) -> subprocess.Popen:
 
 def _read_until(proc: subprocess.Popen, pattern: str, lines: list[str], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
+    assert proc.stdout is not None  # started with stdout=PIPE
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:

@@ -3,10 +3,11 @@ fails them (naming it and how to get it); only a platform with no tritonserver b
 
 from __future__ import annotations
 
-import platform
 import sys
 
 import pytest
+
+from avemo.serving.server import embedded_server_problem
 
 LIBPYTHON = "libpython3.11.so.1.0 (linked by the Triton Python stub) is missing: apt-get install libpython3.11"
 
@@ -41,9 +42,7 @@ def test_each_missing_piece_is_named_with_how_to_get_it(triton_checks, monkeypat
     assert "the tritonserver binary is not installed" in triton_checks.missing()
 
 
-@pytest.mark.skipif(
-    sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64"), reason="no tritonserver build here"
-)
+@pytest.mark.skipif(embedded_server_problem() is not None, reason="no tritonserver build here")
 def test_this_platform_runs_the_real_server(triton_checks):
     """Where a tritonserver build exists, the set-up (make install, make test's system packages) provides
     everything: nothing is missing, so no real-Triton test is skipped here."""

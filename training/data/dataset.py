@@ -6,6 +6,7 @@ import math
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch.utils.data import Dataset
 
@@ -37,7 +38,7 @@ def augment(audio: np.ndarray, frames: np.ndarray, rng: np.random.Generator) -> 
     return audio, f
 
 
-def hue_rotation(angle: float) -> np.ndarray:
+def hue_rotation(angle: float) -> npt.NDArray[np.float64]:
     """3x3 RGB matrix rotating hue by ``angle`` radians about the grey axis (keeps luminance roughly)."""
     c, s = math.cos(angle), math.sin(angle)
     k = np.full((3, 3), 1.0 / 3.0)

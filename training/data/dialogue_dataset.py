@@ -28,6 +28,8 @@ from avemo.training.data.dialogues import Dialogue, check_modalities, read_dialo
 class DialogueDataset(Dataset):
     """Dialogues of one split for the given modalities (names among text / audio / video)."""
 
+    dataset_name: str  # set by prepare_dialogues
+
     def __init__(self, dialogues: list[Dialogue], modalities: tuple[str, ...], class_names: tuple[str, ...]):
         if not dialogues:
             raise ValueError("a dialogue dataset needs at least one dialogue")

@@ -39,6 +39,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,7 @@ CLASS_NAMES: dict[str, tuple[str, ...]] = {
 _IEMOCAP = ("videoIDs", "videoSpeakers", "videoLabels", "videoText", "videoAudio", "videoVisual", "videoSentence")
 _MELD_9 = ("videoIDs", "videoSpeakers", "videoLabelsEmotion", "videoText", "videoAudio", "videoSentence")
 _MELD_10 = ("videoIDs", "videoSpeakers", "videoLabels", "videoText", "videoAudio", "videoVisual", "videoSentence")
-TUPLES = {
+TUPLES: dict[str, dict[int, tuple[str, ...]]] = {
     "iemocap": {9: (*_IEMOCAP, "trainVid", "testVid")},
     "meld": {
         9: (*_MELD_9, "trainVid", "testVid", "videoLabelsSentiment"),
@@ -107,7 +108,7 @@ def _text(value: object) -> str:
     return value.decode("latin1") if isinstance(value, bytes | bytearray) else str(value)
 
 
-def _sequence(path: Path, where: str, value: object) -> object:
+def _sequence(path: Path, where: str, value: object) -> list | tuple | np.ndarray:
     """``value`` when it is a list / tuple / array with one entry per utterance."""
     if isinstance(value, np.ndarray) and value.ndim == 0 or not isinstance(value, list | tuple | np.ndarray):
         raise FeatureFileError(
@@ -126,7 +127,7 @@ def _features(path: Path, where: str, value: object) -> np.ndarray:
             )
         arr = value
     else:
-        rows = []
+        rows: list[np.ndarray] = []
         for i, row in enumerate(value):
             try:
                 vec = np.asarray(row)
@@ -213,7 +214,7 @@ def _strings(path: Path, where: str, value: object, numbers: bool) -> list[str]:
     return out
 
 
-def _top(path: Path, data: object, layout: str) -> tuple[dict[str, object], dict[str, dict[str, object]]]:
+def _top(path: Path, data: object, layout: str) -> tuple[dict[str, Any], dict[str, dict[str, object]]]:
     """The tuple's entries by name and {dict name: {str id: key in the file}}, after checking the tuple's type
     and length, that the first entries are dicts and that they share their dialogue ids."""
     help_ = _TUPLE_HELP[layout]
@@ -228,9 +229,9 @@ def _top(path: Path, data: object, layout: str) -> tuple[dict[str, object], dict
         if name in ("trainVid", "testVid"):
             continue
         if not isinstance(entries[name], dict):
-            found = type(entries[name]).__name__
+            kind = type(entries[name]).__name__
             raise FeatureFileError(
-                f"{path}: entry {i} ({name}) is a {found}, expected a dict keyed by dialogue id; {help_}"
+                f"{path}: entry {i} ({name}) is a {kind}, expected a dict keyed by dialogue id; {help_}"
             )
         by_str = {_text(k): k for k in entries[name]}
         if len(by_str) != len(entries[name]):
@@ -370,7 +371,8 @@ def read_dialogues(
                 f"{path}: dialogue {did!r}, videoSpeakers: one-hot lists of length {width}, dialogue {slots[1]!r}'s "
                 f"have length {slots[0]}"
             )
-    dims = {m: found[m][0] for m in ("text", "audio", "video") if m in found}
+    assert slots is not None  # _top: videoIDs holds a dialogue
+    dims: dict[str, int] = {m: found[m][0] for m in ("text", "audio", "video") if m in found}
     classes = len(CLASS_NAMES[dataset])
     kept = {did: d for did, d in ((k, _keep(v, classes)) for k, v in dialogues.items()) if d is not None}
     if folds:
@@ -425,7 +427,7 @@ def fold_split_ids(
             f"{path}: dialogue {unnamed[0]!r} names no session ({len(unnamed)} such); session folds need IEMOCAP's "
             "dialogue ids ('Ses01F_impro01': session 1)"
         )
-    names = sorted(set(groups.values()))
+    names = sorted({g for g in groups.values() if g is not None})  # (none is None: checked above)
     if LAYOUTS[dataset] != "iemocap":  # dialogues: a seeded permutation (ids carry no order worth keeping)
         names = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
     if folds > len(names):

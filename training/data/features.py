@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import mmap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,8 +91,9 @@ class _MappedFile:
 
     @staticmethod
     def of(arr: np.ndarray) -> _MappedFile | None:
-        whole = isinstance(arr, np.memmap) and arr.filename and isinstance(arr.base, mmap.mmap)  # not a view
-        return _MappedFile(str(arr.filename), int(arr.offset), arr.shape, arr.dtype.str) if whole else None
+        if isinstance(arr, np.memmap) and arr.filename and isinstance(arr.base, mmap.mmap):  # not a view
+            return _MappedFile(str(arr.filename), int(arr.offset), arr.shape, arr.dtype.str)
+        return None
 
     def open(self) -> np.memmap:
         return np.memmap(
@@ -105,6 +107,8 @@ class FeatureDataset(Dataset):
 
     Pickling (DataLoader workers under "spawn", DDP) sends memory-mapped features as file references,
     not as gigabytes of array bytes; the receiving process maps the same cache files."""
+
+    dataset_name: str  # set by prepare_features: the metrics' definitions depend on it
 
     def __init__(self, split: FeatureSplit, modalities: tuple[str, ...], task: str, num_classes: int = 3) -> None:
         if (
@@ -125,7 +129,7 @@ class FeatureDataset(Dataset):
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        refs = {m: _MappedFile.of(a) or a for m, a in self.split.features.items()}
+        refs: dict[str, Any] = {m: _MappedFile.of(a) or a for m, a in self.split.features.items()}  # arrays or refs
         state["split"] = dataclasses.replace(self.split, features=refs)
         return state
 

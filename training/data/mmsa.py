@@ -321,6 +321,7 @@ def read_mmsa(path: str | Path, dataset: str | None = None) -> FeatureCorpus:
         raise ValueError(f"unknown dataset {dataset!r}: one of {', '.join(DATASETS)}")
     data = safe_load(path)
     dims, seq_lens, aligned = _shapes(path, data)
+    assert isinstance(data, dict)  # _shapes checked the top level
     name = dataset.lower() if dataset is not None else infer_dataset(dims)
     if name in DATASETS:
         for modality, want in DATASETS[name].dims.items():

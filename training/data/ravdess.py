@@ -148,7 +148,9 @@ def scan(root, modality: int | None = 1, vocal_channel: int | None = 1, num_clas
             if not f.startswith(".") and Path(f).suffix.lower() in MEDIA_EXTENSIONS:
                 problems.append(Problem(str(Path(dirpath, f)), "media file outside an Actor_XX folder"))
     for adir in actor_dirs:
-        folder_actor = int(_ACTOR_DIR.match(adir.name).group(1))
+        match = _ACTOR_DIR.match(adir.name)
+        assert match is not None  # _actor_dirs lists matching folders only
+        folder_actor = int(match.group(1))
         for path in sorted(p for p in adir.iterdir() if p.is_file() and not p.name.startswith(".")):
             ext = path.suffix.lower()
             if ext not in MEDIA_EXTENSIONS:

@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader
 from avemo.contract.progress import progress as progress_bar
 from avemo.training.evaluation.metrics import classification_metrics
 from avemo.training.evaluation.sentiment_metrics import regression_metrics
-from avemo.training.models.model import model_inputs
+from avemo.training.models.model import FusionModel, model_inputs
 
 
-def _answers(model: torch.nn.Module, o: dict[str, torch.Tensor], out: dict[str, list]) -> None:
+def _answers(model: FusionModel, o: dict[str, torch.Tensor], out: dict[str, list]) -> None:
     """One batch of outputs into the lists of ``predict``: probabilities (classification) or the predicted
     value (regression), for the fused answer and each auxiliary head."""
     regression = getattr(model, "task", "classification") == "regression"
@@ -35,7 +35,7 @@ def _answers(model: torch.nn.Module, o: dict[str, torch.Tensor], out: dict[str, 
 
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, ds, batch_size: int = 64, progress: bool = False, desc: str = "eval"
+    model: FusionModel, ds, batch_size: int = 64, progress: bool = False, desc: str = "eval"
 ) -> dict[str, np.ndarray]:
     """Window-level answers (a feature example is one "window" of its own "clip"): probs [N, C] and
     <m>_probs [N, C] per auxiliary head (classification) or prediction [N] and <m>_prediction [N]
@@ -68,7 +68,7 @@ KEEPS = {c: condition_keeps(c, ("audio", "video")) for c in ("full", "no_audio",
 
 @torch.no_grad()
 def predict_conditions(
-    model: torch.nn.Module, ds, conditions: list[str], batch_size: int = 64
+    model: FusionModel, ds, conditions: list[str], batch_size: int = 64
 ) -> dict[str, dict[str, np.ndarray]]:
     """``predict`` under several conditions ("full", "no_<m>") with one encoder pass per batch
     (``FusionModel.forward_dropping``): {condition: the arrays ``predict`` returns}. A dropped
@@ -120,7 +120,7 @@ def evaluate_predictions(pred: dict[str, np.ndarray], labels: list[str], dataset
     }
 
 
-def evaluate(model: torch.nn.Module, ds, labels: list[str], progress: bool = False, desc: str = "eval") -> dict:
+def evaluate(model: FusionModel, ds, labels: list[str], progress: bool = False, desc: str = "eval") -> dict:
     """``evaluate_predictions(predict(model, ds), labels)`` (the dataset's name picks the regression metrics)."""
     return evaluate_predictions(
         predict(model, ds, progress=progress, desc=desc), labels, getattr(ds, "dataset_name", "mosei")

@@ -47,7 +47,8 @@ class LossWeights:
 
     ce: float = 1.0  # the main loss: fused cross-entropy / focal, or the regression loss
     # 1.0 rather than the seeds' 0.3: a window with one modality missing is answered by the other's auxiliary head
-    # (unimodal fallback), which then has to be as good as a unimodal model (issue 10's k-fold measurement)
+    # (unimodal fallback), which then has to be as good as a unimodal model (the k-fold recipe table in
+    # docs/unseen_people.md)
     aux: float = field(default=1.0, metadata=_option("aux_weight", "weight of each unimodal auxiliary head's loss"))
     contrastive: float = field(
         default=0.1,
@@ -193,9 +194,9 @@ def loss_terms(
             recon.append(reconstruction_loss(outputs["recon"], outputs["recon_target"], w.use_smooth_l1))
         for i, m in enumerate(modalities):
             mw = w.recon_modality_weights[i] if i < len(w.recon_modality_weights) else 1.0
-            tgt = outputs.get(f"recon_target_{m}", outputs.get(f"target_{m}"))
-            if f"recon_{m}" in outputs and tgt is not None:
-                r = reconstruction_loss(outputs[f"recon_{m}"], tgt, w.use_smooth_l1)
+            recon_target = outputs.get(f"recon_target_{m}", outputs.get(f"target_{m}"))
+            if f"recon_{m}" in outputs and recon_target is not None:
+                r = reconstruction_loss(outputs[f"recon_{m}"], recon_target, w.use_smooth_l1)
                 extra[f"recon_{m}"] = float(r.detach())
                 recon.append(mw * r)
         if recon:
@@ -233,7 +234,7 @@ def combine(
     """total = sum_k w_k * dynamic_k * L_k (in insertion order). parts: raw L_k, "w_<k>" (weight in force,
     w_k * dynamic_k), the extra log-only values and "total"."""
     dynamic = dynamic or {}
-    total = None
+    total: torch.Tensor | None = None
     parts: dict[str, float] = {}
     for name, (value, w) in terms.items():
         wk = w * dynamic.get(name, 1.0)
@@ -241,6 +242,7 @@ def combine(
         parts[name] = float(value.detach())
         parts[f"w_{name}"] = float(wk)
     parts.update(extra or {})
+    assert total is not None, "no loss terms"
     parts["total"] = float(total.detach())
     return total, parts
 

@@ -17,6 +17,7 @@ fusions of the clip model work on conversations unchanged.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -123,14 +124,15 @@ class DialogueModel(nn.Module):
     """
 
     dialogue = True
+    utterance_model: Any  # a FusionModel (model.py, which imports this module)
 
-    def __init__(self, utterance_model: nn.Module, contexts: dict[str, DialogueContext] | None = None):
+    def __init__(self, utterance_model: nn.Module, contexts: dict[str, nn.Module] | None = None):
         super().__init__()
         self.utterance_model = utterance_model
         self.contexts = nn.ModuleDict(contexts or {})
-        self.modalities = utterance_model.modalities
-        self.input_names = utterance_model.input_names
-        self.task = utterance_model.task
+        self.modalities: tuple[str, ...] = self.utterance_model.modalities
+        self.input_names: tuple[str, ...] = self.utterance_model.input_names
+        self.task: str = self.utterance_model.task
 
     def _split(self, args: tuple) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor, torch.Tensor]:
         n = len(self.modalities)

@@ -12,11 +12,16 @@ the export), ``TemporalPool`` (frame pooling) and ``VariationalHead`` (mu / logv
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from avemo.training.models.config import VIDEO_POOLINGS
 from avemo.training.models.frontend import LogMel
+
+if TYPE_CHECKING:
+    from torchvision.models import ResNet
 
 
 def conv_block(c_in: int, c_out: int, stride: int = 1, pool: bool = True) -> nn.Sequential:
@@ -86,6 +91,7 @@ class TemporalPool(nn.Module):
         if self.mode == "mean":
             return x.mean(dim=2)
         xt = x.transpose(1, 2)  # [B, F, C]
+        assert self.score is not None  # mode "attention"
         a = torch.softmax(self.score(xt), dim=1)  # [B, F, 1]
         return (a * xt).sum(dim=1)
 
@@ -178,6 +184,9 @@ class VideoCNN(SequenceEncoder):
     Tokens of ``forward_with_sequence``: per-frame features after the temporal conv, projected: [B, F, sequence_dim].
     """
 
+    rgb_mean: torch.Tensor  # buffers (register_buffer)
+    rgb_std: torch.Tensor
+
     def __init__(self, channels: tuple[int, ...], embed_dim: int, pooling: str = "meanmax", sequence_dim: int = 0):
         super().__init__()
         if pooling not in VIDEO_POOLINGS:
@@ -226,7 +235,7 @@ def resnet18_trunk(in_channels: int = 3) -> nn.Module:
     return net
 
 
-def resnet_feature_map(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def resnet_feature_map(net: ResNet, x: torch.Tensor) -> torch.Tensor:
     """ResNet trunk without the global pooling: [N, C_in, H, W] -> [N, 512, H/32, W/32]."""
     x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
     return net.layer4(net.layer3(net.layer2(net.layer1(x))))
@@ -249,10 +258,11 @@ class AudioResNet(SequenceEncoder):
         self.spec_augment = spec_augment
         self.seq_proj = nn.Linear(512, sequence_dim) if sequence_dim > 0 else None
 
-    spectrogram = AudioCNN.spectrogram
+    spectrogram = AudioCNN.spectrogram  # reads frontend / spec_augment, which this class has too
 
     def features(self, audio: torch.Tensor) -> torch.Tensor:
-        return resnet_feature_map(self.net, self.spectrogram(audio)).mean(dim=2)  # [B, 512, T']
+        spec = self.spectrogram(audio)  # type: ignore[misc]  # AudioCNN's method, see above
+        return resnet_feature_map(self.net, spec).mean(dim=2)  # [B, 512, T']
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=2)  # [B, 512]
@@ -264,6 +274,9 @@ class VideoResNet(SequenceEncoder):
     pooling (``TemporalPool``: meanmax / mean / attention) and Linear(->D).
     Tokens for ``forward_with_sequence``: per-frame 512-d features projected, [B, F, sequence_dim].
     """
+
+    rgb_mean: torch.Tensor  # buffers (register_buffer)
+    rgb_std: torch.Tensor
 
     def __init__(self, embed_dim: int, pooling: str = "meanmax", sequence_dim: int = 0):
         super().__init__()

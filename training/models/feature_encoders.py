@@ -74,6 +74,7 @@ class MLPFeatureEncoder(FeatureEncoder):
         return self.mlp(masked_mean_steps(x, lengths))  # [B, E]
 
     def tokens(self, x, lengths):
+        assert self.token_proj is not None  # built with sequence_dim
         return self.token_proj(x)  # [B, L, E]
 
 
@@ -98,6 +99,7 @@ class LSTMFeatureEncoder(FeatureEncoder):
 
     def forward_with_sequence(self, x, lengths):
         e, out = self._run(x, lengths)
+        assert self.token_proj is not None  # built with sequence_dim
         return e, self.token_proj(out) * valid_mask(lengths, x.shape[1]).to(x.dtype)[:, :, None]
 
 
@@ -131,6 +133,7 @@ class TransformerFeatureEncoder(FeatureEncoder):
 
     def forward_with_sequence(self, x, lengths):
         e, h = self._run(x, lengths)
+        assert self.token_proj is not None  # built with sequence_dim
         return e, self.token_proj(h) * valid_mask(lengths, x.shape[1]).to(x.dtype)[:, :, None]
 
 

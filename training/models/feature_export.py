@@ -12,11 +12,16 @@ the class is made per signature with a ``forward`` of exactly those names.
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 import torch
 from torch import nn
 
 from avemo.contract.dialogues import DialogueSignature
 from avemo.contract.features import FeatureSignature
+from avemo.training.models.model import FusionModel
+
+_Wrapper = TypeVar("_Wrapper", bound=nn.Module)
 
 
 class FeatureExportWrapper(nn.Module):
@@ -28,7 +33,7 @@ class FeatureExportWrapper(nn.Module):
     Every input stays a graph input, also of a unimodal baseline among several modalities: each is read
     into a zero-valued [B, 1] term, row by row (one request's values never reach another's rows)."""
 
-    def __init__(self, model: nn.Module, signature: FeatureSignature):
+    def __init__(self, model: FusionModel, signature: FeatureSignature):
         super().__init__()
         if tuple(model.modalities) != signature.modalities:
             raise ValueError(f"model modalities {model.modalities} differ from the signature's {signature.modalities}")
@@ -55,11 +60,11 @@ class DialogueExportWrapper(nn.Module):
     safe in the graph as for the other wrappers: non-finite features zeroed, speakers clamped to 0..S-1,
     the mask to [0, 1]."""
 
-    def __init__(self, model: nn.Module, signature: DialogueSignature):
+    def __init__(self, model: Any, signature: DialogueSignature):  # a DialogueModel or JoyfulModel (their _run)
         super().__init__()
         if tuple(model.modalities) != signature.modalities or not hasattr(model, "contexts"):
             raise ValueError(f"a DialogueModel over {signature.modalities} is needed, got {type(model).__name__}")
-        self.model = model.eval()
+        self.model: Any = model.eval()
         self.max_speaker = signature.num_speakers - 1
 
     def _run(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +81,7 @@ class DialogueExportWrapper(nn.Module):
         return probs + touch, out["modality_weights"].reshape(b, u, -1)
 
 
-def _named_forward(base: type, signature, model: nn.Module) -> nn.Module:
+def _named_forward(base: type[_Wrapper], signature, model: nn.Module) -> _Wrapper:
     """An instance of a subclass of ``base`` whose ``forward`` names its arguments after the signature's inputs
     (Triton's libtorch backend binds inputs by those names)."""
     names = [t.name for t in signature.inputs]
@@ -89,7 +94,7 @@ def _named_forward(base: type, signature, model: nn.Module) -> nn.Module:
     return cls(model, signature)
 
 
-def feature_export_wrapper(model: nn.Module, signature: FeatureSignature) -> FeatureExportWrapper:
+def feature_export_wrapper(model: FusionModel, signature: FeatureSignature) -> FeatureExportWrapper:
     """A ``FeatureExportWrapper`` whose ``forward`` names its arguments after the signature's inputs."""
     return _named_forward(FeatureExportWrapper, signature, model)
 

@@ -54,6 +54,10 @@ def dft_basis(n_fft: int) -> torch.Tensor:
 class LogMel(nn.Module):
     """audio [B, S] float32 -> normalised log-mel [B, 1, n_mels, T], T = S // hop + 1."""
 
+    basis: torch.Tensor  # buffers (register_buffer)
+    fb: torch.Tensor
+    norm: torch.Tensor
+
     def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, mean: float, std: float):
         super().__init__()
         self.n_fft, self.hop_length = n_fft, hop_length

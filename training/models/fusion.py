@@ -192,7 +192,8 @@ class ConcatFusion(nn.Module):
         self.head = classifier(len(modalities) * dim, dim, num_outputs, dropout)
 
     def forward(self, hs, mask, ctx=None):
-        first, d = self.head[0], self.dim
+        first: nn.Linear = self.head[0]  # type: ignore[assignment]  # classifier(): Linear first
+        d = self.dim
         parts = [F.linear(h, first.weight[:, i * d : (i + 1) * d]) for i, h in enumerate(hs)]  # M x [B, D]
         x = parts[0]
         for p in parts[1:]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from avemo.training.models.encoders import AudioCNN, AudioResNet, SpecAugment, V
 from avemo.training.models.feature_encoders import build_feature_encoder
 from avemo.training.models.frontend import LogMel
 from avemo.training.models.fusion import FUSION_BUILDERS, SEQUENCE_FUSIONS, VARIATIONAL_FUSIONS, modality_dropout
-from avemo.training.models.joyful import build_joyful
+from avemo.training.models.joyful import JoyfulModel, build_joyful
 from avemo.training.models.pretrained import SPEECH_ENCODERS, SPEECH_LAYERS, SpeechEncoder
 
 
@@ -86,7 +87,7 @@ class FusionModel(nn.Module):
 
     def _embed(self, name: str, x: torch.Tensor, m: torch.Tensor, lengths, ctx: dict, out: dict) -> torch.Tensor:
         """One modality: encoder -> LayerNorm (-> variational head) -> times its mask column m [B, 1]."""
-        encoder = self.encoders[name]
+        encoder: Any = self.encoders[name]  # one of encoders.py's, feature_encoders.py's or a SpeechEncoder
         args = (x,) if lengths is None else (x, lengths)
         if self.sequence:
             e, tokens = encoder.forward_with_sequence(*args)
@@ -115,7 +116,9 @@ class FusionModel(nn.Module):
             mask = modality_dropout(mask, self.modality_dropout)
         return self._fuse(*self._encode(inputs, mask, lengths), mask)
 
-    def _encode(self, inputs, mask: torch.Tensor, lengths):
+    def _encode(
+        self, inputs, mask: torch.Tensor, lengths
+    ) -> tuple[list[torch.Tensor | None], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Masked embeddings [B, D] per modality (None without an encoder), fusion ctx, extra outputs."""
         hs: list[torch.Tensor | None] = []
         ctx: dict[str, torch.Tensor] = {}
@@ -205,8 +208,8 @@ def build_model(cfg: ModelConfig, geometry: WindowGeometry) -> FusionModel:
     ``cfg.variational`` or the fusion needs them (``VARIATIONAL_FUSIONS``). Construction order (encoders in
     modality order, fusion, model) is fixed: the same seed gives the same weights.
     """
-    if cfg.is_dialogue_model:
-        return build_dialogue_model(cfg, geometry)
+    if cfg.is_dialogue_model:  # a model with FusionModel's interface (modalities, input_names, task, calls)
+        return build_dialogue_model(cfg, geometry)  # type: ignore[return-value]
     if cfg.fusion not in FUSION_BUILDERS:
         raise ValueError(f"unknown fusion {cfg.fusion!r}; expected one of {sorted(FUSION_BUILDERS)}")
     if cfg.fusion in UNIMODAL_FUSIONS and cfg.fusion not in cfg.modalities:
@@ -259,7 +262,7 @@ def build_model(cfg: ModelConfig, geometry: WindowGeometry) -> FusionModel:
     )
 
 
-def build_dialogue_model(cfg: ModelConfig, geometry: WindowGeometry) -> nn.Module:
+def build_dialogue_model(cfg: ModelConfig, geometry: WindowGeometry) -> DialogueModel | JoyfulModel:
     """A dialogue model from its config: ``JoyfulModel`` for ``--fusion joyful``, otherwise a
     ``DialogueModel`` over the utterance-level model of ``cfg.fusion`` with one context per modality
     (none for ``--context none``)."""
@@ -277,7 +280,7 @@ class ExportWrapper(nn.Module):
 
     Inputs are made safe first, in the graph, so that no backend (native onnxruntime or libtorch have no
     validation code of their own) can return a non-finite output: audio is PCM, clipped to
-    [-AUDIO_CLIP, AUDIO_CLIP] (a finite 1e19 sample used to overflow the log-mel's power into inf and the
+    [-AUDIO_CLIP, AUDIO_CLIP] (unclipped, a finite 1e19 sample overflows the log-mel's power into inf and the
     probabilities into NaN), non-finite values are zeroed, the mask is clipped to [0, 1]. The Python
     backend refuses such requests before they get here (INVALID_ARG); this is the last line for the others.
 

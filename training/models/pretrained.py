@@ -116,7 +116,9 @@ class SpeechEncoder(SequenceEncoder):
 
     def front_end(self) -> nn.Module:
         """The convolutional feature extractor (frozen unless --train_speech_frontend)."""
-        return self.speech.feature_extractor
+        front = self.speech.feature_extractor
+        assert isinstance(front, nn.Module)
+        return front
 
     def features(self, audio: torch.Tensor) -> torch.Tensor:
         x = audio - audio.mean(dim=1, keepdim=True)  # [B, S]

@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
-    p.accepts_extra = True  # the train flags held fixed (avemo.cli passes unknown options on as args.extra)
+    # the train flags held fixed (avemo.cli passes unknown options on as args.extra)
+    p.accepts_extra = True  # type: ignore[attr-defined]  # an attribute of ours, read by avemo.cli
     p.add_argument(
         "mode",
         choices=list(MODES),

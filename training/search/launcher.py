@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import cast
 
 import optuna
 from optuna.trial import TrialState
@@ -293,9 +294,14 @@ def follow(study: optuna.Study, ctx: WorkerContext, req: SearchRequest) -> str:
                     tqdm.write(_line(t, space, ctx.objective), file=sys.stderr)
             bar.update(len(prog.settled & keys) - bar.n)
             if prog.complete:
-                best = (min if ctx.objective == "val_loss" else max)(prog.complete.values(), key=lambda t: t.value)
+                best = (min if ctx.objective == "val_loss" else max)(
+                    prog.complete.values(),
+                    key=lambda t: cast(float, t.value),  # a complete trial has its value
+                )
+                point = st.trial_point(best, space)
+                assert point is not None  # and its params
                 bar.set_postfix(
-                    best=f"{best.value:.4f} ({space.label(st.trial_point(best, space))})",
+                    best=f"{best.value:.4f} ({space.label(point)})",
                     running=sum(len(v) for v in prog.running.values()),
                 )
             unsettled = not prog.settled >= keys

@@ -27,8 +27,10 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import optuna
+import optuna.storages.journal
 from optuna.trial import FrozenTrial, TrialState
 
 from avemo.contract.options import UsageError
@@ -107,7 +109,9 @@ def grid_sampler(space: Space) -> QueueGridSampler:
     return QueueGridSampler(space.grid, seed=0)  # the same seed everywhere: one grid order for every process
 
 
-def open_study(storage, name: str, space: Space, direction: str, spec: dict) -> tuple[optuna.Study, bool]:
+def open_study(
+    storage, name: str, space: Space, direction: Literal["minimize", "maximize"], spec: dict
+) -> tuple[optuna.Study, bool]:
     """(study, created): create the study, or load it; a loaded study must search the same space the same
     way (``spec``). Creation is atomic in every storage, so exactly one launcher is the creator."""
     sampler = grid_sampler(space)

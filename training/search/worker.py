@@ -16,6 +16,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import optuna
 from optuna.trial import TrialState
@@ -23,7 +24,8 @@ from optuna.trial import TrialState
 from avemo.training.search import study as st
 from avemo.training.search.space import Space, flag_argv, point_key
 
-OBJECTIVES = {"val_loss": "minimize", "val_macro_f1": "maximize"}  # objective -> study direction
+Direction = Literal["minimize", "maximize"]
+OBJECTIVES: dict[str, Direction] = {"val_loss": "minimize", "val_macro_f1": "maximize"}  # objective -> direction
 
 
 @dataclass

@@ -37,7 +37,7 @@ FRAME_SIZE = 128  # frames are FRAME_SIZE x FRAME_SIZE RGB
 STRONG_GAIN = 1.6  # intensity 02 (strong): deviation of every cue from neutral x STRONG_GAIN
 # The default corpus (`avemo corpus`, `avemo demo`): RAVDESS's 24 actors, repetition 1 only (30 clips each,
 # 720 clips). More people rather than more takes of the same people: with 10 actors x 60 clips, models
-# learnt the 6 training faces (issue 10's ablation, README "Unseen people").
+# learn the 6 training faces and fail on new ones (the corpus ablation in docs/unseen_people.md).
 DEFAULT_ACTORS = 24
 DEFAULT_REPETITIONS = (1,)
 

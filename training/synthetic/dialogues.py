@@ -205,6 +205,7 @@ def write_dialogue_file(
             table["sentiment"][d] = [MELD_SENTIMENT[y] for y in labels]
     train_vid, test_vid = {d for d in ids if d not in test}, test
     t = table
+    data: tuple
     if layout == "iemocap":
         data = (t["ids"], t["speakers"], t["labels"], t["text"], t["audio"], t["video"], t["sentences"])
         data += (train_vid, test_vid)

@@ -29,7 +29,7 @@ def face_identity(rng: np.random.Generator, male: bool, size: int) -> dict:
     def jitter(c, s):
         return tuple(int(np.clip(v + rng.normal(0, s), 0, 255)) for v in c)
 
-    hsv = np.uint8([[[rng.integers(0, 180), rng.integers(40, 120), rng.integers(110, 220)]]])
+    hsv = np.array([[[rng.integers(0, 180), rng.integers(40, 120), rng.integers(110, 220)]]], np.uint8)
     bg = tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])
     skin = jitter(SKIN[rng.integers(len(SKIN))], 8)
     return {

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from avemo.training.data.mmsa import DATASETS, MODALITIES, MODALITY_KEYS, SPLITS, UNIMODAL_KEYS
 
@@ -52,7 +53,7 @@ _WORDS = "good bad movie really not very plot acting great boring love hate fine
 class _LazyArray:
     """An array pickled like numpy's own ``__reduce_ex__(4)`` but whose bytes come block by block."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, blocks: Callable[[], Iterator[np.ndarray]]) -> None:
+    def __init__(self, shape: tuple[int, ...], dtype: DTypeLike, blocks: Callable[[], Iterator[np.ndarray]]) -> None:
         self.shape, self.dtype, self.blocks = shape, np.dtype(dtype), blocks
         self.nbytes = math.prod(shape) * self.dtype.itemsize
 
@@ -65,7 +66,9 @@ class _Writer:
 
     def __init__(self, f) -> None:
         self.f = f
-        func, args, state = np.zeros(1, np.float32).__reduce_ex__(4)  # (_reconstruct, (ndarray, (0,), b'b'), ...)
+        reduced = np.zeros(1, np.float32).__reduce_ex__(4)  # (_reconstruct, (ndarray, (0,), b'b'), ...)
+        assert isinstance(reduced, tuple)  # (a str only for module-level singletons)
+        func, args, state = reduced
         self.reconstruct, self.reconstruct_args, self.state_version = func, args, state[0]
 
     def dump(self, obj: object) -> None:
@@ -124,12 +127,12 @@ class _Writer:
         else:
             self.f.write(long + struct.pack("<I", len(data)) + data)
 
-    def _global(self, obj: object) -> None:
+    def _global(self, obj: type | Callable[..., object]) -> None:
         self.save(obj.__module__)
         self.save(obj.__qualname__)
         self.f.write(pickle.STACK_GLOBAL)
 
-    def _reduce(self, func: object, args: tuple, state: object = None) -> None:
+    def _reduce(self, func: Callable[..., object], args: tuple, state: object = None) -> None:
         self._global(func)
         self.f.write(pickle.MARK)
         for arg in args:
@@ -152,7 +155,7 @@ class _Writer:
         written = 0
         for block in arr.blocks():
             block = np.ascontiguousarray(block, dtype=arr.dtype)
-            w(memoryview(block).cast("B"))
+            w(block.data.cast("B"))
             written += block.nbytes
         if written != arr.nbytes:
             raise RuntimeError(f"array stream wrote {written} bytes, announced {arr.nbytes}")

@@ -3,7 +3,7 @@
 A model trained on ``data/corpus`` (seed s) is evaluated on corpora made with seeds ``s + 1001``,
 ``s + 1002``, ... by the same generator with the same actor count and emotion filter: people it has
 never seen, voices and faces drawn from the same population. ``avemo compare --fresh-corpora N`` and
-the README's generalisation tables use them.
+the generalisation tables of docs/unseen_people.md use them.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import json
 import math
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from avemo.training.losses.total import LossWeights
 from avemo.training.models.checkpoint import load_checkpoint
@@ -41,7 +42,7 @@ _DATA_DECIDED_MODEL = ("modalities", "task", "input_dims", "seq_lens", "num_spea
 BASELINE_MODALITIES = {"text": "t", "audio": "a", "video": "v"}  # feature baselines: --fusions name -> --modalities
 
 # tiny encoders for tests and smoke runs (`--tiny`, hidden)
-TINY_MODEL = {"audio_channels": (8, 16), "video_channels": (8, 16), "embed_dim": 32}
+TINY_MODEL: dict[str, Any] = {"audio_channels": (8, 16), "video_channels": (8, 16), "embed_dim": 32}
 
 COLUMNS = ("fusion", "test macro-F1", "test accuracy", "parameters", "training time (s)", "epochs run")
 
@@ -234,7 +235,9 @@ def compare(
     if seeds != 1:
         raise ValueError(f"seeds > 1 is for feature and conversation datasets (got {seeds} for {base.dataset})")
     out.mkdir(parents=True, exist_ok=True)
-    rows, runs, corpora = [], {}, []
+    rows: list[dict] = []
+    runs: dict[tuple[int, str], dict] = {}
+    corpora: list[tuple[str, str | Path, str, int]] = []
     baselines = [f for f in fusions if f in UNIMODAL_FUSIONS]
     order = fusions
     if distill_baselines > 0:
@@ -262,7 +265,12 @@ def compare(
     epochs = f"at most {base.epochs} epoch(s)" + (
         f" ({fusion_epochs} for the fusion models)" if fusion_epochs > 0 and fusion_epochs != base.epochs else ""
     )
-    result = {"rows": rows, "config": common, "folds": folds, "fresh_corpora": [str(r) for r in fresh_roots]}
+    result: dict[str, Any] = {
+        "rows": rows,
+        "config": common,
+        "folds": folds,
+        "fresh_corpora": [str(r) for r in fresh_roots],
+    }
     if evaluate_test if evaluate_test is not None else (folds > 0 or len(fresh_roots) > 0):
         records = gen.evaluate_runs(runs, corpora, base.cache_dir, progress=base.progress, log=log)
         result["records"] = records

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from avemo.contract.progress import progress as progress_bar
+from avemo.training.models.model import FusionModel
 from avemo.training.models.pretrained import pretrained_trunks
 
 
-def trunk_parameter_ids(model: nn.Module) -> set[int]:
+def trunk_parameter_ids(model: FusionModel) -> set[int]:
     """ids of every parameter of a pretrained trunk (the ones --encoder_lr applies to)."""
     return {id(p) for trunk in pretrained_trunks(model).values() for p in trunk.parameters()}
 
@@ -34,7 +35,7 @@ def frozen_at(cfg, epoch: int) -> bool:
     return cfg.freeze_encoders and (cfg.unfreeze_after <= 0 or epoch < cfg.unfreeze_after)
 
 
-def set_trainable(model: nn.Module, cfg, epoch: int) -> bool:
+def set_trainable(model: FusionModel, cfg, epoch: int) -> bool:
     """requires_grad of every trunk parameter for ``epoch``; a speech encoder's front end stays frozen unless
     ``cfg.train_speech_frontend``. Returns whether the trunks are frozen. AdamW skips parameters without a
     gradient, so one optimiser (built over every parameter) serves frozen and unfrozen epochs."""
@@ -47,14 +48,14 @@ def set_trainable(model: nn.Module, cfg, epoch: int) -> bool:
     return frozen
 
 
-def keep_frozen_eval(model: nn.Module, frozen: bool) -> None:
+def keep_frozen_eval(model: FusionModel, frozen: bool) -> None:
     """Put frozen trunks back in eval mode after ``model.train()``."""
     if frozen:
         for trunk in pretrained_trunks(model).values():
             trunk.eval()
 
 
-def cacheable(model: nn.Module, cfg, teachers: dict) -> dict[str, str]:
+def cacheable(model: FusionModel, cfg, teachers: dict) -> dict[str, str]:
     """input name -> modality of the encoders whose ``features`` can be cached for the whole run: frozen
     throughout (--freeze_encoders without --unfreeze_after), --cache_features on, no teacher reading the raw
     inputs. Empty when nothing can be cached."""
@@ -66,9 +67,9 @@ def cacheable(model: nn.Module, cfg, teachers: dict) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def features_given(model: nn.Module, modalities: list[str]):
+def features_given(model: FusionModel, modalities: list[str]):
     """Within the block the named encoders take their ``features`` as input (what the cache holds)."""
-    encoders = [model.encoders[m] for m in modalities]
+    encoders: list[Any] = [model.encoders[m] for m in modalities]  # encoders with a features_given switch
     for enc in encoders:
         enc.features_given = True
     try:
@@ -84,7 +85,7 @@ class FrozenFeatureDataset(Dataset):
     for a speech encoder, frames -> [512, F] for the video ResNet18, stored as float16 and returned as float32.
     Every other key (mask, label, clip, the other modality's raw input) comes from ``base``."""
 
-    def __init__(self, base, model: nn.Module, inputs: dict[str, str], batch_size: int = 16, progress: bool = False,
+    def __init__(self, base, model: FusionModel, inputs: dict[str, str], batch_size: int = 16, progress: bool = False,
                  desc: str = "features"):  # fmt: skip
         self.base = copy.copy(base)
         self.base.train = False  # the fixed windows of evaluation: a cached window must be the same every epoch
@@ -98,7 +99,8 @@ class FrozenFeatureDataset(Dataset):
             for batch in progress_bar(batches, desc=desc, leave=False, disable=not progress):
                 for name, modality in self.inputs.items():
                     x = batch[name].to(device)
-                    store[name].append(model.encoders[modality].features(x).to("cpu", torch.float16))  # [B, C, T]
+                    encoder: Any = model.encoders[modality]  # a pretrained encoder: trunk features
+                    store[name].append(encoder.features(x).to("cpu", torch.float16))  # [B, C, T]
         model.train(was_training)
         self.features = {name: torch.cat(chunks) for name, chunks in store.items()}  # [N, C, T]
 

@@ -33,6 +33,7 @@ from avemo.training.evaluation.predict import KEEPS, evaluate_predictions, predi
 from avemo.training.evaluation.sentiment_metrics import headline
 from avemo.training.models.checkpoint import model_from_checkpoint
 from avemo.training.models.config import CLIP_MODALITIES, UNIMODAL_FUSIONS
+from avemo.training.train.config import TrainConfig
 
 CONDITIONS = tuple(KEEPS)  # full, no_audio, no_video (a dropped modality: input zeroed, mask entry 0)
 OTHER = {"no_audio": "video", "no_video": "audio"}  # condition -> the unimodal model it is measured against
@@ -53,7 +54,7 @@ def mean_std(values) -> dict:
 
 def evaluate_runs(
     runs: dict[tuple[int, str], dict],
-    corpora: list[tuple[str, str | Path, str, dict]],
+    corpora: list[tuple[str, str | Path, str, int]],
     cache_dir: str | Path,
     progress: bool = True,
     log=print,
@@ -117,7 +118,7 @@ def summarise(records: list[dict], fusions: list[str]) -> dict:
         out["fusions"][fusion] = per_kind
     for fusion in (f for f in fusions if f not in UNIMODAL_FUSIONS):
         for cond, other in OTHER.items():
-            row = {"fusion": fusion, "condition": cond, "against": other}
+            row: dict[str, object] = {"fusion": fusion, "condition": cond, "against": other}
             for kind in kinds:
                 mine = [r for r in records if (r["fusion"], r["kind"], r["condition"]) == (fusion, kind, cond)]
                 diffs = [
@@ -135,8 +136,9 @@ def summarise(records: list[dict], fusions: list[str]) -> dict:
                     if (r["fusion"], r["kind"], r["condition"]) != (fusion, kind, "full"):
                         continue
                     uni = [idx.get((r["fold"], u, r["corpus"], "full")) for u in CLIP_MODALITIES]
-                    if all(uni):
-                        diffs.append(r["macro_f1"] - max(u["macro_f1"] for u in uni))
+                    found = [u for u in uni if u]
+                    if len(found) == len(uni):
+                        diffs.append(r["macro_f1"] - max(u["macro_f1"] for u in found))
                 gain[kind] = mean_std(diffs)
             out["fusion_gain"][fusion] = gain
     return out
@@ -252,7 +254,7 @@ def dropped_conditions(modalities) -> list[str]:
     return [f"no_{m}" for m in modalities] if len(modalities) >= 2 else []
 
 
-def evaluate_feature_runs(runs: dict[tuple[int, int, str], object], log=print) -> list[dict]:
+def evaluate_feature_runs(runs: dict[tuple[int, int, str], TrainConfig], log=print) -> list[dict]:
     """Evaluate every multimodal run on its own test split, with every modality and with each one dropped.
 
     ``runs``: (fold, seed, fusion) -> the run's TrainConfig (its best.pt in ``out_dir``). The test split is

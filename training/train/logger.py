@@ -69,7 +69,7 @@ class RunLogger:
                     name=name,
                     dir=str(self.out_dir),
                     config=config,
-                    mode=attempt,
+                    mode=attempt,  # type: ignore[arg-type]  # WANDB_MODE as set (wandb checks it)
                     reinit="create_new",
                     settings=wandb.Settings(init_timeout=60, console="off"),
                 )

@@ -10,10 +10,10 @@ import random
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
@@ -63,7 +63,9 @@ def loader(ds: WindowDataset, cfg: TrainConfig, shuffle: bool, epoch: int = 0, r
     pin = rt is not None and rt.device.type == "cuda"
     collate = getattr(ds, "collate", None)  # dialogue datasets pad whole dialogues
     if rt is not None and rt.distributed:
-        sampler = DistributedSampler(ds, num_replicas=rt.world_size, rank=rt.rank, shuffle=shuffle, seed=cfg.seed)
+        sampler: DistributedSampler = DistributedSampler(
+            ds, num_replicas=rt.world_size, rank=rt.rank, shuffle=shuffle, seed=cfg.seed
+        )
         sampler.set_epoch(epoch)
         return DataLoader(
             ds,
@@ -88,7 +90,8 @@ def loader(ds: WindowDataset, cfg: TrainConfig, shuffle: bool, epoch: int = 0, r
 
 @torch.no_grad()
 def logmel_stats(model: FusionModel, ds: WindowDataset, n: int = 64) -> tuple[float, float]:
-    frontend = model.encoders["audio"].frontend
+    audio_encoder: Any = model.encoders["audio"]  # AudioCNN / AudioResNet: a LogMel front end
+    frontend = audio_encoder.frontend
     idx = np.linspace(0, len(ds) - 1, min(n, len(ds))).astype(int)
     x = torch.stack([ds[int(i)]["audio"] for i in idx])
     lm = frontend.log_mel(x)
@@ -145,7 +148,7 @@ def scaled_step(opt: torch.optim.Optimizer, factor: float) -> None:
         g["lr"] = lr
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: FusionModel, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW. ``weight_decay_scope`` "all" decays every parameter (the default: on the demo corpus it gave
     gated fusion 0.976 test macro-F1 against 0.881 for "matrices"); "matrices" decays only tensors of 2
     or more dimensions (conv and linear weights), not norms, biases or the gate bias. The weights of pretrained
@@ -314,8 +317,10 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
     if "audio" in encoders and hasattr(encoders["audio"], "frontend"):
         mean, std = logmel_stats(model, datasets["train"])
         mcfg = replace(mcfg, logmel_mean=mean, logmel_std=std)
-        model.encoders["audio"].frontend.set_normalisation(mean, std)
-    state = {"epoch": 0, "best_f1": float("-inf"), "bad_epochs": 0, "history": []}  # best_f1: best selection score
+        audio_encoder: Any = model.encoders["audio"]  # AudioCNN / AudioResNet: a LogMel front end
+        audio_encoder.frontend.set_normalisation(mean, std)
+    # best_f1: the best selection score so far
+    state: dict[str, Any] = {"epoch": 0, "best_f1": float("-inf"), "bad_epochs": 0, "history": []}
     resume = load_checkpoint(last_path) if resuming else None
     if cfg.resume and resume is None and rt.is_main:
         tqdm.write(f"nothing to resume: {last_path} does not exist; starting a new run")
@@ -331,7 +336,7 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
     )
     lw = loss_weights(cfg)
     if hasattr(model, "graph_contrastive"):  # JOYFUL: no graph views to compute when their loss weighs nothing
-        model.graph_contrastive = lw.contrastive != 0
+        setattr(model, "graph_contrastive", lw.contrastive != 0)  # noqa: B010 - an attribute FusionModel lacks
     weight = None
     if lw.use_class_weight and task == "classification":
         weight = class_weights(datasets["train"].labels, cfg.num_classes).to(rt.device)
@@ -452,6 +457,7 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
         if rt.is_main:
+            assert logger is not None  # rank 0 logs
             record = {
                 "epoch": epoch,
                 "lr": opt.param_groups[0]["lr"],
@@ -505,6 +511,7 @@ def _train(cfg: TrainConfig, geometry: WindowGeometry, rt: Runtime) -> dict:
         info = info | {
             "ddp": {"world_size": rt.world_size, "backend": torch.distributed.get_backend(), "weights_spread": spread}
         }
+    assert logger is not None  # rank 0 logs
     results = finish_run(cfg, mcfg, rt, datasets, info, state, labels, n_params, time.time() - t0, logger)
     logger.close()
     return results
