@@ -34,7 +34,7 @@ K8S_VERSION := 1.33.0
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy  # the package (through the link tree), tests/ and benchmarks/: [tool.mypy] in pyproject.toml
+	$(BIN)/mypy  # the package (through the link tree), tests/, benchmarks/, docs/hooks/: [tool.mypy] in pyproject.toml
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/kubernetes-validate --strict --kubernetes-version $(K8S_VERSION) deploy/k8s/*.yaml
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site  # not -q: it hides the warnings --strict counts
