@@ -139,8 +139,8 @@ def in_process(ckpt: Path, onnx_path: Path, prof: dict, threads: int, int8: bool
 
         q = work / "model.int8.onnx"
         # reduce_range: 7-bit weights. On x86 CPUs without VNNI (AVX2 only), onnxruntime's u8 x s8 kernels add
-        # pairs of products in int16, which full-range weights can saturate (the cnn+cnn graph's |dp| was 0.062
-        # with 8-bit and 0.0008 with 7-bit weights on such a CPU); onnxruntime's quantisation guide advises it there.
+        # pairs of products in int16, which full-range weights can saturate (docs/real_recordings.md has the
+        # figures); onnxruntime's quantisation guide advises it there.
         quantize_dynamic(
             str(onnx_path),
             str(q),
